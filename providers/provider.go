@@ -1,0 +1,235 @@
+// Package providers defines the contract between the reconciler and the
+// providers that observe and change one part of a device, and the registry
+// that built-in and third-party providers join from their init functions.
+//
+// A provider owns exactly one section of the desired state (for example
+// "files"), one JSON Schema (schemas/<id>.json) and nothing else. It is driven
+// by the reconciler, which owns ordering, retries, backoff, timeouts and panic
+// recovery: a provider never sleeps, loops, retries or starts goroutines that
+// outlive a call.
+package providers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Kind says how layers of desired state merge for a section.
+type Kind int
+
+const (
+	// Object sections (hostname, timezone) merge field by field: a higher
+	// layer's field replaces the same field of a lower layer.
+	Object Kind = iota
+	// Collection sections (files, sysctl) are maps of named items next to a
+	// few reserved settings (see ReservedKeys). Layers merge item by item;
+	// an item is replaced whole. Reserved settings merge field by field.
+	Collection
+)
+
+// ReservedKeys are the keys of a Collection section that are settings of
+// the section, not items. No item may use these names.
+var ReservedKeys = map[string]bool{"__meta": true, "prune": true, "reportingMode": true}
+
+// Info describes a provider to the registry and the reconciler.
+type Info struct {
+	// ID is the section id: a top-level key of the desired document.
+	ID string
+	// Kind says how layers of this section merge.
+	Kind Kind
+	// DependsOn lists section ids that must be Ready before this section
+	// is reconciled (users before files, for example).
+	DependsOn []string
+	// ReadOnly providers only observe and report (deviceInfo); they have
+	// no desired state, their Plan always returns no change, and they are
+	// reconciled on every pass whether or not anything desires them.
+	ReadOnly bool
+	// New returns a provider. It must not have side effects.
+	New func() Provider
+}
+
+// Provider observes and converges one section.
+//
+// The reconciler calls, in order: Decode on the merged, schema-valid section;
+// Observe; Plan; Apply for each change; and Observe again to verify.
+// `twinlet plan` makes the same calls but never Apply.
+type Provider interface {
+	// Decode turns a merged section that passed its JSON Schema into the
+	// provider's spec and checks what a schema cannot (an RFC 1123 name, a
+	// zone that exists in the database, a path inside the allowed roots).
+	// Invalid input must be reported as an *InvalidError: it is terminal,
+	// and the last good desired section stays in force. Decode is pure.
+	Decode(env *Env, raw json.RawMessage) (Spec, error)
+
+	// Observe reads the current state of what spec names. It is read-only
+	// and must not fail because something is missing: a missing file is an
+	// observation, not an error. The observed value is reported to the twin
+	// as the section's body, so it must marshal to JSON and must never
+	// contain secrets (file contents are reported as hashes, for example).
+	// An error from Observe is transient: the reconciler retries later.
+	Observe(ctx context.Context, env *Env, spec Spec) (Observed, error)
+
+	// Plan compares spec with observed and returns the changes that would
+	// converge them, in the order they must be applied. Plan is pure (it
+	// performs no I/O), deterministic, and returns an empty slice when
+	// nothing is to be done. An *InvalidError from Plan is terminal; any
+	// other error is a provider bug.
+	Plan(spec Spec, observed Observed) ([]Change, error)
+
+	// Apply makes one change. It must be idempotent: applying a change
+	// that is already in effect succeeds and changes nothing, so a crash
+	// at any moment followed by a fresh Observe/Plan/Apply converges.
+	// Writes are atomic (see Env.WriteFileAtomic). An *InvalidError is
+	// terminal; any other error is transient and is retried with backoff.
+	Apply(ctx context.Context, env *Env, c Change) error
+}
+
+// Spec is a provider's decoded desired state. Only the provider that
+// returned it looks inside.
+type Spec any
+
+// Observed is a provider's view of the system. It is reported as the
+// section's body in the twin's reported properties.
+type Observed any
+
+// Action is what a change does to an item.
+type Action string
+
+// The actions a Change can carry.
+const (
+	Create Action = "Create"
+	Update Action = "Update"
+	Delete Action = "Delete"
+)
+
+// Change is one step of a plan. It prints as a line of a diff.
+type Change struct {
+	// Action is Create, Update or Delete.
+	Action Action
+	// Item names what changes: an item name of a collection ("motd") or a
+	// field of an object section ("name").
+	Item string
+	// Key identifies what the change creates or deletes on the system for
+	// prune bookkeeping (a file's path, a sysctl key). When Action is
+	// Create and Key is set, the reconciler records Key as created by
+	// twinlet before it calls Apply; when Action is Delete, it forgets Key
+	// after Apply succeeds.
+	Key string
+	// Before and After are short, printable, secret-free descriptions of
+	// the old and the new value ("mode 0600", "sha256:ab12… 120 B").
+	Before, After string
+	// RebootRequired asks the reboot policy for a reboot once applied.
+	RebootRequired bool
+	// Data carries what Apply needs. It is private to the provider.
+	Data any
+}
+
+// String renders the change as one line of a plan.
+func (c Change) String() string {
+	sign := map[Action]string{Create: "+", Update: "~", Delete: "-"}[c.Action]
+	switch {
+	case c.Before != "" && c.After != "":
+		return fmt.Sprintf("%s %s: %s -> %s", sign, c.Item, c.Before, c.After)
+	case c.After != "":
+		return fmt.Sprintf("%s %s: %s", sign, c.Item, c.After)
+	case c.Before != "":
+		return fmt.Sprintf("%s %s: %s", sign, c.Item, c.Before)
+	}
+	return fmt.Sprintf("%s %s", sign, c.Item)
+}
+
+// FieldError is one problem with desired input, located by a JSON pointer
+// relative to the section ("/motd/path").
+type FieldError struct {
+	Pointer string `json:"pointer"`
+	Message string `json:"message"`
+}
+
+func (e FieldError) Error() string {
+	if e.Pointer == "" {
+		return e.Message
+	}
+	return e.Pointer + ": " + e.Message
+}
+
+// InvalidError reports desired input that can never succeed as written. It
+// is terminal: the reconciler does not retry until the desired state
+// changes.
+type InvalidError struct {
+	Errors []FieldError
+}
+
+// Invalid returns an *InvalidError with one located problem.
+func Invalid(pointer, format string, args ...any) *InvalidError {
+	return &InvalidError{Errors: []FieldError{{Pointer: pointer, Message: fmt.Sprintf(format, args...)}}}
+}
+
+func (e *InvalidError) Error() string {
+	if len(e.Errors) == 1 {
+		return "invalid: " + e.Errors[0].Error()
+	}
+	s := fmt.Sprintf("invalid (%d problems)", len(e.Errors))
+	for _, fe := range e.Errors {
+		s += "; " + fe.Error()
+	}
+	return s
+}
+
+// Add appends a problem to e.
+func (e *InvalidError) Add(pointer, format string, args ...any) {
+	e.Errors = append(e.Errors, FieldError{Pointer: pointer, Message: fmt.Sprintf(format, args...)})
+}
+
+// OrNil returns e when it holds problems and nil otherwise, so that a
+// Decode can collect problems and `return spec, errs.OrNil()`.
+func (e *InvalidError) OrNil() error {
+	if e == nil || len(e.Errors) == 0 {
+		return nil
+	}
+	return e
+}
+
+var (
+	mu       sync.RWMutex
+	registry = map[string]Info{}
+)
+
+// Register adds a provider to the registry. Call it from an init function.
+// It panics on an empty id, a nil New, or an id registered twice.
+func Register(info Info) {
+	if info.ID == "" {
+		panic("providers: Register with an empty id")
+	}
+	if info.New == nil {
+		panic("providers: Register " + info.ID + " without New")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := registry[info.ID]; dup {
+		panic("providers: provider " + info.ID + " registered twice")
+	}
+	registry[info.ID] = info
+}
+
+// Lookup returns the registered provider with the id.
+func Lookup(id string) (Info, bool) {
+	mu.RLock()
+	defer mu.RUnlock()
+	info, ok := registry[id]
+	return info, ok
+}
+
+// All returns every registered provider, sorted by id.
+func All() []Info {
+	mu.RLock()
+	defer mu.RUnlock()
+	out := make([]Info, 0, len(registry))
+	for _, info := range registry {
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
