@@ -1,0 +1,165 @@
+// Package schemas embeds the JSON Schemas (draft 2020-12) of every provider
+// section and of the local policy file, and validates documents against
+// them. They are the single source of truth for validation; `twinlet schema`
+// prints them.
+package schemas
+
+import (
+	"bytes"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/santhosh-tekuri/jsonschema/v5"
+)
+
+//go:embed *.json
+var files embed.FS
+
+// PolicyID is the schema id of a local policy file (DevicePolicy).
+const PolicyID = "policy"
+
+// Problem is one validation problem located by a JSON pointer into the
+// validated document.
+type Problem struct {
+	Pointer string
+	Message string
+}
+
+var (
+	once     sync.Once
+	compiled map[string]*jsonschema.Schema
+	errInit  error
+)
+
+func load() {
+	compiled = map[string]*jsonschema.Schema{}
+	c := jsonschema.NewCompiler()
+	c.Draft = jsonschema.Draft2020
+	ids := IDs()
+	for _, id := range ids {
+		raw, _ := files.ReadFile(id + ".json")
+		if err := c.AddResource(url(id), bytes.NewReader(raw)); err != nil {
+			errInit = fmt.Errorf("schema %s: %w", id, err)
+			return
+		}
+	}
+	for _, id := range ids {
+		s, err := c.Compile(url(id))
+		if err != nil {
+			errInit = fmt.Errorf("schema %s: %w", id, err)
+			return
+		}
+		compiled[id] = s
+	}
+}
+
+func url(id string) string { return "https://twinlet.dev/schemas/" + id + ".json" }
+
+// IDs lists the ids of the embedded schemas, sorted.
+func IDs() []string {
+	ents, _ := fs.ReadDir(files, ".")
+	var out []string
+	for _, e := range ents {
+		if name, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Raw returns the text of the schema with the id.
+func Raw(id string) ([]byte, bool) {
+	b, err := files.ReadFile(id + ".json")
+	return b, err == nil
+}
+
+// Has reports whether a schema with the id is embedded.
+func Has(id string) bool {
+	_, ok := Raw(id)
+	return ok
+}
+
+// Check compiles every embedded schema and returns the first error; a test
+// calls it so that a broken schema never ships.
+func Check() error {
+	once.Do(load)
+	return errInit
+}
+
+var additionalRE = regexp.MustCompile(`^additionalProperties (.+) not allowed$`)
+var quotedRE = regexp.MustCompile(`'((?:[^']|'')*)'`)
+
+// Validate validates the JSON document doc against the schema id and
+// returns its problems, most specific first, one per location and
+// message. A nil result means valid.
+func Validate(id string, doc []byte) ([]Problem, error) {
+	once.Do(load)
+	if errInit != nil {
+		return nil, errInit
+	}
+	s, ok := compiled[id]
+	if !ok {
+		return nil, fmt.Errorf("no schema %q", id)
+	}
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return []Problem{{Pointer: "", Message: "not JSON: " + err.Error()}}, nil
+	}
+	err := s.Validate(v)
+	if err == nil {
+		return nil, nil
+	}
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
+		return nil, fmt.Errorf("validate %s: %w", id, err)
+	}
+	return leaves(ve), nil
+}
+
+// leaves flattens a validation error tree into its most specific causes.
+// An unknown property is located at the property itself, not its parent.
+func leaves(ve *jsonschema.ValidationError) []Problem {
+	var out []Problem
+	seen := map[Problem]bool{}
+	var walk func(*jsonschema.ValidationError)
+	walk = func(e *jsonschema.ValidationError) {
+		if len(e.Causes) > 0 {
+			for _, c := range e.Causes {
+				walk(c)
+			}
+			return
+		}
+		if m := additionalRE.FindStringSubmatch(e.Message); m != nil {
+			for _, q := range quotedRE.FindAllStringSubmatch(m[1], -1) {
+				p := Problem{Pointer: e.InstanceLocation + "/" + escape(q[1]), Message: "unknown field " + q[0]}
+				if !seen[p] {
+					seen[p] = true
+					out = append(out, p)
+				}
+			}
+			return
+		}
+		p := Problem{Pointer: e.InstanceLocation, Message: e.Message}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	walk(ve)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Pointer < out[j].Pointer })
+	return out
+}
+
+func escape(tok string) string {
+	return strings.NewReplacer("~", "~0", "/", "~1").Replace(tok)
+}
