@@ -87,6 +87,14 @@ type Provider interface {
 	Apply(ctx context.Context, env *Env, c Change) error
 }
 
+// PathWatcher is an optional capability: a provider whose state lives in
+// files lists the host paths (files or directories) whose changes should
+// trigger a reconcile, so that drift is healed without waiting for the
+// resync timer. Watches only enqueue; they carry no logic.
+type PathWatcher interface {
+	WatchPaths(env *Env, spec Spec) []string
+}
+
 // Spec is a provider's decoded desired state. Only the provider that
 // returned it looks inside.
 type Spec any
