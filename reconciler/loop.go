@@ -1,0 +1,319 @@
+package reconciler
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/twinlet/twinlet/internal/policy"
+	"github.com/twinlet/twinlet/providers"
+)
+
+// RunOptions configure the long-running loop.
+type RunOptions struct {
+	// Resync re-reconciles every section this often (±10% jitter) to heal
+	// drift that no watch saw; 0 means 5 minutes.
+	Resync time.Duration
+	// PolicyPoll re-hashes the policy directory this often, because
+	// inotify can miss events; 0 means 10 seconds.
+	PolicyPoll time.Duration
+	// Backoff for transient failures; zero means DefaultBackoff.
+	Backoff Backoff
+	// Reload, when it receives, re-reads every source and reconciles
+	// everything (SIGHUP).
+	Reload <-chan struct{}
+	// Enqueue, when it receives section ids, reconciles them (for
+	// example from a twin patch); "*" means every section.
+	Enqueue <-chan []string
+}
+
+// Enqueue adds sections to the running loop's queue (no-op before Run).
+func (r *Reconciler) Enqueue(ids ...string) {
+	r.mu.Lock()
+	q := r.q
+	r.mu.Unlock()
+	if q != nil {
+		q.Add(ids...)
+	}
+}
+
+// QueueLen is the number of sections waiting, for metrics.
+func (r *Reconciler) QueueLen() int {
+	r.mu.Lock()
+	q := r.q
+	r.mu.Unlock()
+	if q == nil {
+		return 0
+	}
+	return q.Len()
+}
+
+// Run reconciles every section, then keeps reconciling on policy changes
+// (fsnotify plus a periodic hash re-read), on drift (the resync timer and
+// provider path watches), and on reloads, until ctx ends. Sources only
+// enqueue section keys; one worker reconciles.
+func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
+	if ro.Resync <= 0 {
+		ro.Resync = 5 * time.Minute
+	}
+	if ro.PolicyPoll <= 0 {
+		ro.PolicyPoll = 10 * time.Second
+	}
+	if ro.Backoff == (Backoff{}) {
+		ro.Backoff = DefaultBackoff
+	}
+	q := newQueue(r.opts.Now)
+	r.mu.Lock()
+	r.q = q
+	r.mu.Unlock()
+	rank := map[string]int{}
+	for i, id := range r.order {
+		rank[id] = i
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		r.log.Warn("fsnotify unavailable; relying on polling", "err", err)
+	}
+	if w != nil {
+		defer w.Close()
+		for _, d := range r.sourceDirs() {
+			if err := w.Add(d); err != nil {
+				r.log.Debug("watch", "dir", d, "err", err)
+			}
+		}
+	}
+	var events <-chan fsnotify.Event
+	var werrs <-chan error
+	if w != nil {
+		events, werrs = w.Events, w.Errors
+	}
+
+	reload := func(all bool) {
+		changed, err := r.Reload()
+		if err != nil {
+			r.log.Error("reload", "err", err)
+			return
+		}
+		if all {
+			q.Add(r.order...)
+			return
+		}
+		if len(changed) > 0 {
+			r.log.Info("desired state changed", "sections", changed)
+			q.Add(changed...)
+		}
+	}
+
+	// The worker.
+	done := make(chan struct{})
+	watched := map[string]bool{}
+	go func() {
+		defer close(done)
+		for {
+			id, ok := q.Get(ctx, rank)
+			if !ok {
+				return
+			}
+			before := r.stateOf(id)
+			res := r.ReconcileSection(ctx, id, false)
+			if ctx.Err() != nil {
+				return
+			}
+			if res.Retry {
+				r.mu.Lock()
+				n := r.failures[id]
+				r.mu.Unlock()
+				d := ro.Backoff.Delay(n)
+				r.log.Info("retry later", "section", id, "in", d.Round(time.Millisecond).String())
+				q.AddAfter(id, d)
+			}
+			if res.Status.State == StateReady && before != StateReady {
+				// Sections waiting on this one may go on.
+				for _, other := range r.order {
+					for _, d := range r.provs[other].info.DependsOn {
+						if d == id {
+							q.Add(other)
+						}
+					}
+				}
+			}
+			r.Publish()
+			if w != nil {
+				r.watchPaths(w, id, watched)
+			}
+		}
+	}()
+
+	q.Add(r.order...)
+	r.mu.Lock()
+	lastHash := ""
+	if r.pol != nil {
+		lastHash = r.pol.Hash
+	}
+	r.mu.Unlock()
+	poll := time.NewTicker(ro.PolicyPoll)
+	defer poll.Stop()
+	resync := time.NewTimer(jitter(ro.Resync))
+	defer resync.Stop()
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			<-done
+			return nil
+		case ev := <-events:
+			if r.isSourceEvent(ev.Name) {
+				debounce.Reset(100 * time.Millisecond)
+			} else if id := r.pathOwner(ev.Name, watched); id != "" {
+				q.Add(id)
+			}
+		case err := <-werrs:
+			r.log.Warn("fsnotify", "err", err)
+		case <-debounce.C:
+			reload(false)
+			lastHash = r.currentHash()
+		case <-poll.C:
+			if r.opts.PolicyDir != "" {
+				if h := policy.HashDir(r.opts.PolicyDir); h != lastHash {
+					lastHash = h
+					reload(false)
+				}
+			}
+		case <-resync.C:
+			q.Add(r.order...)
+			resync.Reset(jitter(ro.Resync))
+		case <-ro.Reload:
+			r.log.Info("reload requested")
+			reload(true)
+		case ids := <-ro.Enqueue:
+			for _, id := range ids {
+				if id == "*" {
+					q.Add(r.order...)
+				} else if r.Known(id) {
+					q.Add(id)
+				}
+			}
+		}
+	}
+}
+
+func (r *Reconciler) currentHash() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pol == nil {
+		return ""
+	}
+	return r.pol.Hash
+}
+
+func (r *Reconciler) stateOf(id string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if res := r.results[id]; res != nil {
+		return res.Status.State
+	}
+	return ""
+}
+
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
+
+// sourceDirs are the directories whose changes are desired-state changes.
+func (r *Reconciler) sourceDirs() []string {
+	var out []string
+	if r.opts.PolicyDir != "" {
+		if _, err := os.Stat(r.opts.PolicyDir); err == nil {
+			out = append(out, r.opts.PolicyDir)
+		}
+	}
+	if r.opts.TwinDesiredFile != "" {
+		out = append(out, filepath.Dir(r.opts.TwinDesiredFile))
+	}
+	return out
+}
+
+func (r *Reconciler) isSourceEvent(name string) bool {
+	dir := filepath.Clean(filepath.Dir(name))
+	if r.opts.PolicyDir != "" && dir == filepath.Clean(r.opts.PolicyDir) {
+		return true
+	}
+	return r.opts.TwinDesiredFile != "" && filepath.Clean(name) == filepath.Clean(r.opts.TwinDesiredFile)
+}
+
+// watchPaths adds the host paths a PathWatcher provider names for its
+// current spec. Watches are only added: a stale watch at most enqueues a
+// harmless reconcile.
+func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[string]bool) {
+	e := r.provs[id]
+	pw, ok := e.p.(providers.PathWatcher)
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	sec := r.st.Sections[id]
+	var lastGood []byte
+	if sec != nil {
+		lastGood = sec.LastGood
+	}
+	r.mu.Unlock()
+	if lastGood == nil {
+		return
+	}
+	var lg map[string]json.RawMessage
+	if json.Unmarshal(lastGood, &lg) != nil {
+		return
+	}
+	env := r.env(id, nil, r.log)
+	spec, err := e.p.Decode(env, stripReserved(lg))
+	if err != nil {
+		return
+	}
+	for _, p := range pw.WatchPaths(env, spec) {
+		key := id + "\x00" + p
+		r.watchMu.Lock()
+		seen := watched[key]
+		r.watchMu.Unlock()
+		if seen {
+			continue
+		}
+		if err := w.Add(p); err == nil {
+			r.watchMu.Lock()
+			watched[key] = true
+			r.watchMu.Unlock()
+		}
+	}
+}
+
+// pathOwner finds the section that watches the path (or its directory).
+func (r *Reconciler) pathOwner(name string, watched map[string]bool) string {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	for _, cand := range []string{name, filepath.Dir(name)} {
+		for key := range watched {
+			id, p, _ := cutNul(key)
+			if p == cand {
+				return id
+			}
+		}
+	}
+	return ""
+}
+
+func cutNul(s string) (string, string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}

@@ -1,0 +1,199 @@
+package reconciler
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"sort"
+	"strings"
+
+	"github.com/twinlet/twinlet/internal/version"
+)
+
+// Report is the outcome of one full pass.
+type Report struct {
+	// Sections in dependency order.
+	Sections []*SectionResult
+	Summary  Summary
+	// Document is the reported document (DESIGN.md shape).
+	Document json.RawMessage
+	// PolicyProblems are problems of whole policy files.
+	PolicyProblems []string
+}
+
+// AllReady reports whether every section is Ready and no policy file
+// has a problem.
+func (rep *Report) AllReady() bool {
+	return rep.Summary.State == StateReady
+}
+
+// Pending counts the changes of a dry run.
+func (rep *Report) Pending() int {
+	n := 0
+	for _, s := range rep.Sections {
+		n += len(s.Plan)
+	}
+	return n
+}
+
+// ReconcileAll reconciles every section once, in dependency order, and
+// returns the report. With dryRun nothing is changed (`twinlet plan`).
+func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
+	r.changedSections() // remember the inputs this pass uses
+	var results []*SectionResult
+	for _, id := range r.order {
+		res := r.ReconcileSection(ctx, id, dryRun)
+		if !res.Absent {
+			results = append(results, res)
+		}
+	}
+	if dryRun {
+		return r.buildReport(results, true)
+	}
+	return r.Publish()
+}
+
+// Publish builds the reported document from the latest result of every
+// section and, when it changed, writes it to <state-dir>/reported.json
+// and hands it to OnReport.
+func (r *Reconciler) Publish() *Report {
+	r.mu.Lock()
+	var results []*SectionResult
+	for _, id := range r.order {
+		if res := r.results[id]; res != nil {
+			results = append(results, res)
+		}
+	}
+	r.mu.Unlock()
+	rep := r.buildReport(results, false)
+	r.mu.Lock()
+	changed := !bytes.Equal(rep.Document, r.reported)
+	if changed {
+		r.reported = rep.Document
+		r.st.Reported = rep.Document
+	}
+	r.mu.Unlock()
+	if changed {
+		if err := r.store.WriteReported(indent(rep.Document)); err != nil {
+			r.log.Error("write reported", "err", err)
+		}
+		if err := r.saveState(); err != nil {
+			r.log.Error("save state", "err", err)
+		}
+		if r.opts.OnReport != nil {
+			r.opts.OnReport(rep.Document)
+		}
+	}
+	return rep
+}
+
+func indent(b []byte) []byte {
+	var out bytes.Buffer
+	if json.Indent(&out, b, "", "  ") != nil {
+		return b
+	}
+	out.WriteByte('\n')
+	return out.Bytes()
+}
+
+// buildReport aggregates section results into the reported document. The
+// summary's lastReconcile moves only when something else in the document
+// changed, so that an idle agent writes nothing.
+func (r *Reconciler) buildReport(results []*SectionResult, dryRun bool) *Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep := &Report{Sections: results}
+	sum := Summary{State: StateReady, DesiredVersion: r.twinVersion, AgentVersion: version.Version}
+	if r.pol != nil {
+		sum.PolicyHash = r.pol.Hash
+		for _, p := range r.pol.Problems {
+			rep.PolicyProblems = append(rep.PolicyProblems, p.String())
+		}
+	}
+	if r.twinErr != "" {
+		rep.PolicyProblems = append(rep.PolicyProblems, "twin desired: "+r.twinErr)
+	}
+	sum.PolicyErrors = truncList(rep.PolicyProblems, 10)
+	var failed []string
+	doc := map[string]any{}
+	for _, res := range results {
+		switch res.Status.State {
+		case StateReady:
+			sum.Ready++
+		case StateFailed:
+			sum.Failed++
+			failed = append(failed, res.ID)
+		}
+		if res.RebootRequired {
+			sum.RebootRequired = true
+		}
+		sec := map[string]json.RawMessage{}
+		var obj map[string]json.RawMessage
+		if len(res.Observed) > 0 && json.Unmarshal(res.Observed, &obj) == nil {
+			for k, v := range obj {
+				sec[k] = v
+			}
+		}
+		sec["__status"], _ = json.Marshal(res.Status)
+		if len(res.Errors) > 0 {
+			sec["__errors"], _ = json.Marshal(res.Errors)
+		} else {
+			sec["__errors"] = json.RawMessage("null")
+		}
+		doc[res.ID] = sec
+	}
+	sort.Strings(failed)
+	sum.FailedSections = strings.Join(failed, ",")
+	switch {
+	case sum.Failed > 0 || len(rep.PolicyProblems) > 0:
+		sum.State = StateFailed
+	case sum.Ready < len(results):
+		sum.State = StateReconciling
+	}
+	// lastReconcile: keep the previous value unless the document changed.
+	sum.LastReconcile = r.lastChange
+	doc["__summary"] = sum
+	b, _ := json.Marshal(doc)
+	if !dryRun && !bytes.Equal(stripSummaryTime(b), stripSummaryTime(r.reported)) {
+		r.lastChange = r.opts.Now().UTC().Format("2006-01-02T15:04:05Z07:00")
+		sum.LastReconcile = r.lastChange
+		doc["__summary"] = sum
+		b, _ = json.Marshal(doc)
+	}
+	rep.Summary = sum
+	rep.Document = b
+	return rep
+}
+
+// stripSummaryTime removes __summary.lastReconcile for comparisons.
+func stripSummaryTime(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(b, &doc) != nil {
+		return b
+	}
+	var s map[string]json.RawMessage
+	if json.Unmarshal(doc["__summary"], &s) == nil {
+		delete(s, "lastReconcile")
+		doc["__summary"], _ = json.Marshal(s)
+	}
+	out, _ := json.Marshal(doc)
+	return out
+}
+
+func truncList(in []string, n int) []string {
+	if len(in) <= n {
+		return in
+	}
+	out := append([]string(nil), in[:n]...)
+	return append(out, "…")
+}
+
+// Document returns the last published reported document.
+func (r *Reconciler) Document() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reported
+}

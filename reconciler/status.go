@@ -1,0 +1,84 @@
+package reconciler
+
+import (
+	"encoding/json"
+
+	"github.com/twinlet/twinlet/providers"
+)
+
+// The state vocabulary of a section's __status.state and of __summary.
+const (
+	StateReady       = "Ready"
+	StateReconciling = "Reconciling"
+	StateWaiting     = "Waiting"
+	StateFailed      = "Failed"
+)
+
+// Reasons, PascalCase, for __status.reason.
+const (
+	ReasonApplied            = "Applied"
+	ReasonUnchanged          = "Unchanged"
+	ReasonInvalid            = "Invalid"
+	ReasonConflict           = "Conflict"
+	ReasonApplyFailed        = "ApplyFailed"
+	ReasonObserveFailed      = "ObserveFailed"
+	ReasonNotConverged       = "NotConverged"
+	ReasonDependencyNotReady = "DependencyNotReady"
+	ReasonProviderBug        = "ProviderBug"
+	ReasonPending            = "ChangesPending"
+)
+
+// Status is a section's reported __status.
+type Status struct {
+	State              string `json:"state"`
+	Reason             string `json:"reason"`
+	Message            string `json:"message,omitempty"`
+	DesiredVersion     int64  `json:"desiredVersion"`
+	DeploymentID       string `json:"deploymentId,omitempty"`
+	InterfaceVersion   string `json:"interfaceVersion,omitempty"`
+	Source             string `json:"source,omitempty"`
+	LastTransitionTime string `json:"lastTransitionTime"`
+	Changes            int    `json:"changes"`
+	// Conflicts lists desired values that a higher layer overrode.
+	Conflicts []string `json:"conflicts,omitempty"`
+}
+
+// ErrorItem is one entry of a section's __errors.
+type ErrorItem struct {
+	Pointer string `json:"pointer"`
+	Message string `json:"message"`
+	// At says where the bad value came from: file:line:col for local
+	// policy, "twin" for the twin.
+	At string `json:"at,omitempty"`
+}
+
+// Summary is the reported __summary.
+type Summary struct {
+	State          string   `json:"state"`
+	DesiredVersion int64    `json:"desiredVersion"`
+	Ready          int      `json:"ready"`
+	Failed         int      `json:"failed"`
+	FailedSections string   `json:"failedSections"`
+	RebootRequired bool     `json:"rebootRequired"`
+	PolicyHash     string   `json:"policyHash"`
+	AgentVersion   string   `json:"agentVersion"`
+	LastReconcile  string   `json:"lastReconcile"`
+	PolicyErrors   []string `json:"policyErrors,omitempty"`
+}
+
+// SectionResult is the outcome of one reconcile of one section.
+type SectionResult struct {
+	ID     string
+	Status Status
+	Errors []ErrorItem
+	// Plan is what was (or, in a dry run, would be) changed.
+	Plan []providers.Change
+	// Observed is the section's reported body.
+	Observed json.RawMessage
+	// RebootRequired is set when an applied change asked for a reboot.
+	RebootRequired bool
+	// Retry is set for transient failures.
+	Retry bool
+	// Absent is set when nothing desires the section any more.
+	Absent bool
+}
