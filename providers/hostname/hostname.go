@@ -318,3 +318,15 @@ func rewriteHosts(hosts []byte, name string) []byte {
 	}
 	return []byte(strings.Join(out, "\n") + "\n")
 }
+
+// WatchPaths implements providers.PathWatcher: the host paths of
+// /etc/hostname and /etc/hosts.
+func (Provider) WatchPaths(env *providers.Env, spec providers.Spec) []string {
+	var out []string
+	for _, p := range []string{"/etc/hostname", "/etc/hosts"} {
+		if host, err := env.Resolve(p); err == nil {
+			out = append(out, host)
+		}
+	}
+	return out
+}
