@@ -1,0 +1,410 @@
+// Command twinlet is the device agent: it reconciles the device against
+// local policy files and the device twin, and reports the result.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/twinlet/twinlet/internal/config"
+	"github.com/twinlet/twinlet/internal/version"
+	"github.com/twinlet/twinlet/reconciler"
+	"github.com/twinlet/twinlet/schemas"
+	"github.com/twinlet/twinlet/state"
+
+	_ "github.com/twinlet/twinlet/providers/standard"
+)
+
+const usage = `usage: twinlet <command> [flags]
+
+commands:
+  run        reconcile, then keep reconciling on changes (the agent)
+  apply      one full reconcile (--once); exit 0 when every section is Ready
+  plan       print what apply would change; exit 0 nothing to do, 2 changes pending, 1 errors
+  validate   check policy files: validate PATH...
+  status     print the last reported state
+  schema     print the JSON Schemas: schema [SECTION]
+  version    print the version
+
+Run 'twinlet <command> -h' for the flags of a command.
+`
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main without the process: tests call it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run", "apply", "plan":
+		return agent(ctx, cmd, rest, stdout, stderr)
+	case "validate":
+		return validate(rest, stdout, stderr)
+	case "status":
+		return status(rest, stdout, stderr)
+	case "schema":
+		return schema(rest, stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "twinlet %s\n", version.Version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "twinlet: unknown command %q\n%s", cmd, usage)
+	return 2
+}
+
+// common are the flags shared by run, apply and plan.
+type common struct {
+	config, root, stateDir, policyDir, twinDesired, output, allowedRoots, logLevel, logFormat string
+	resync                                                                                    time.Duration
+	once                                                                                      bool
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.config, "config", config.DefaultPath, "agent configuration file")
+	fs.StringVar(&c.root, "root", "", "directory to act on (default from config, else /)")
+	fs.StringVar(&c.stateDir, "state-dir", "", "state directory (default from config, else /var/lib/twinlet)")
+	fs.StringVar(&c.policyDir, "policy", "", "policy directory (default from config, else /etc/twinlet/policy.d)")
+	fs.StringVar(&c.twinDesired, "twin-desired", "", "JSON file read as the twin's desired properties")
+	fs.StringVar(&c.output, "output", "text", "output: text or json")
+	fs.StringVar(&c.allowedRoots, "allowed-roots", "", "comma-separated device paths the files provider may manage")
+	fs.StringVar(&c.logLevel, "log-level", "", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "", "text or json")
+}
+
+// resolve merges the configuration file under the flags that were set.
+func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	cfg, err := config.Load(c.config, set["config"])
+	if err != nil {
+		return cfg, err
+	}
+	if set["root"] {
+		cfg.Root = c.root
+	}
+	if set["state-dir"] {
+		cfg.StateDir = c.stateDir
+	}
+	if set["policy"] {
+		cfg.PolicyDir = c.policyDir
+	}
+	if set["allowed-roots"] {
+		cfg.AllowedRoots = nil
+		for _, r := range strings.Split(c.allowedRoots, ",") {
+			if r = strings.TrimSpace(r); r != "" {
+				if !strings.HasPrefix(r, "/") {
+					return cfg, fmt.Errorf("--allowed-roots: %q is not an absolute device path", r)
+				}
+				cfg.AllowedRoots = append(cfg.AllowedRoots, r)
+			}
+		}
+	}
+	if set["log-level"] {
+		cfg.Log.Level = c.logLevel
+	}
+	if set["log-format"] {
+		cfg.Log.Format = c.logFormat
+	}
+	if set["resync"] {
+		cfg.Resync = c.resync
+	}
+	if c.output != "text" && c.output != "json" {
+		return cfg, fmt.Errorf("--output: %q is not text or json", c.output)
+	}
+	if err := cfg.Check(); err != nil {
+		return cfg, err
+	}
+	for _, p := range []*string{&cfg.Root, &cfg.StateDir, &cfg.PolicyDir} {
+		if *p != "" {
+			abs, err := filepath.Abs(*p)
+			if err != nil {
+				return cfg, err
+			}
+			*p = abs
+		}
+	}
+	return cfg, nil
+}
+
+func logger(cfg config.Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func agent(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("twinlet "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs)
+	if cmd == "run" {
+		fs.DurationVar(&c.resync, "resync", 5*time.Minute, "re-reconcile everything this often to heal drift")
+	}
+	if cmd == "apply" {
+		fs.BoolVar(&c.once, "once", true, "one full reconcile, then exit")
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "twinlet %s: unexpected argument %q\n", cmd, fs.Arg(0))
+		return 2
+	}
+	cfg, err := c.resolve(fs)
+	if err != nil {
+		fmt.Fprintf(stderr, "twinlet %s: %v\n", cmd, err)
+		return 1
+	}
+	if cmd == "apply" && !c.once {
+		fmt.Fprintln(stderr, "twinlet apply: only --once is supported; use 'twinlet run' for the agent")
+		return 2
+	}
+	logw := stderr
+	log := logger(cfg, logw)
+	if cmd != "run" && !set(fs, "log-level") && cfg.Log.Level == "info" {
+		log = logger(withLevel(cfg, "warn"), logw)
+	}
+	opts := reconciler.Options{
+		Root: cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,
+		AllowedRoots: cfg.AllowedRoots, Logger: log,
+	}
+	if cmd == "plan" {
+		// A dry run must not create the state directory either.
+		opts.StateDir = cfg.StateDir
+	}
+	r, err := reconciler.New(opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "twinlet %s: %v\n", cmd, err)
+		return 1
+	}
+	switch cmd {
+	case "plan":
+		rep := r.ReconcileAll(ctx, true)
+		if c.output == "json" {
+			writeJSON(stdout, planJSON(rep))
+		} else {
+			reconciler.RenderPlan(stdout, rep)
+		}
+		switch {
+		case hasInvalid(rep):
+			return 1
+		case rep.Pending() > 0:
+			return 2
+		}
+		return 0
+	case "apply":
+		rep := r.ReconcileAll(ctx, false)
+		if c.output == "json" {
+			var v any
+			_ = json.Unmarshal(rep.Document, &v)
+			writeJSON(stdout, v)
+		} else {
+			reconciler.RenderSummary(stdout, rep)
+		}
+		if rep.AllReady() {
+			return 0
+		}
+		return 1
+	}
+	// run
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	log.Info("twinlet running", "version", version.Version, "root", cfg.Root, "policy", cfg.PolicyDir, "state", cfg.StateDir)
+	if err := r.Run(ctx, reconciler.RunOptions{Resync: cfg.Resync, Reload: reload}); err != nil {
+		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
+		return 1
+	}
+	log.Info("twinlet stopped")
+	return 0
+}
+
+func set(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			found = true
+		}
+	})
+	return found
+}
+
+func withLevel(cfg config.Config, lvl string) config.Config {
+	cfg.Log.Level = lvl
+	return cfg
+}
+
+func hasInvalid(rep *reconciler.Report) bool {
+	if len(rep.PolicyProblems) > 0 {
+		return true
+	}
+	for _, s := range rep.Sections {
+		if len(s.Errors) > 0 || s.Status.State == reconciler.StateFailed {
+			return true
+		}
+	}
+	return false
+}
+
+func planJSON(rep *reconciler.Report) any {
+	type change struct {
+		Action string `json:"action"`
+		Item   string `json:"item"`
+		Before string `json:"before,omitempty"`
+		After  string `json:"after,omitempty"`
+	}
+	type section struct {
+		Section string                 `json:"section"`
+		Changes []change               `json:"changes"`
+		Errors  []reconciler.ErrorItem `json:"errors,omitempty"`
+		Message string                 `json:"message,omitempty"`
+	}
+	out := struct {
+		Sections []section `json:"sections"`
+		Problems []string  `json:"policyProblems,omitempty"`
+	}{Problems: rep.PolicyProblems}
+	for _, s := range rep.Sections {
+		sec := section{Section: s.ID, Changes: []change{}, Errors: s.Errors}
+		if s.Status.State == reconciler.StateFailed {
+			sec.Message = s.Status.Message
+		}
+		for _, c := range s.Plan {
+			sec.Changes = append(sec.Changes, change{string(c.Action), c.Item, c.Before, c.After})
+		}
+		out.Sections = append(out.Sections, sec)
+	}
+	return out
+}
+
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func status(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("twinlet status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", config.DefaultPath, "agent configuration file")
+	stateDir := fs.String("state-dir", "", "state directory (default from config)")
+	output := fs.String("output", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath, set(fs, "config"))
+	if err != nil {
+		fmt.Fprintf(stderr, "twinlet status: %v\n", err)
+		return 1
+	}
+	if *stateDir != "" {
+		cfg.StateDir = *stateDir
+	}
+	path := filepath.Join(cfg.StateDir, state.ReportedFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(stderr, "twinlet status: no reported state at %s yet (has the agent run?)\n", path)
+		} else {
+			fmt.Fprintf(stderr, "twinlet status: %v\n", err)
+		}
+		return 1
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(data, &doc); err != nil {
+		fmt.Fprintf(stderr, "twinlet status: %s: %v\n", path, err)
+		return 1
+	}
+	if *output == "json" {
+		stdout.Write(data)
+		return 0
+	}
+	var ids []string
+	for k := range doc {
+		if !strings.HasPrefix(k, "__") {
+			ids = append(ids, k)
+		}
+	}
+	sort.Strings(ids)
+	fmt.Fprintf(stdout, "%-14s %-11s %-18s %-22s %s\n", "SECTION", "STATE", "REASON", "SINCE", "MESSAGE")
+	for _, id := range ids {
+		var sec struct {
+			Status reconciler.Status `json:"__status"`
+		}
+		_ = json.Unmarshal(doc[id], &sec)
+		fmt.Fprintf(stdout, "%-14s %-11s %-18s %-22s %s\n", id, sec.Status.State, sec.Status.Reason, sec.Status.LastTransitionTime, sec.Status.Message)
+	}
+	var sum reconciler.Summary
+	_ = json.Unmarshal(doc["__summary"], &sum)
+	fmt.Fprintf(stdout, "summary: %s, %d ready, %d failed", sum.State, sum.Ready, sum.Failed)
+	if sum.FailedSections != "" {
+		fmt.Fprintf(stdout, " (%s)", sum.FailedSections)
+	}
+	fmt.Fprintf(stdout, ", last change %s\n", sum.LastReconcile)
+	if sum.State != reconciler.StateReady {
+		return 1
+	}
+	return 0
+}
+
+func schema(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 1 {
+		fmt.Fprintln(stderr, "usage: twinlet schema [SECTION]")
+		return 2
+	}
+	if len(args) == 0 {
+		fmt.Fprintln(stdout, "{")
+		ids := schemas.IDs()
+		for i, id := range ids {
+			raw, _ := schemas.Raw(id)
+			fmt.Fprintf(stdout, "%q: %s", id, strings.TrimSpace(string(raw)))
+			if i < len(ids)-1 {
+				fmt.Fprint(stdout, ",")
+			}
+			fmt.Fprintln(stdout)
+		}
+		fmt.Fprintln(stdout, "}")
+		return 0
+	}
+	raw, ok := schemas.Raw(args[0])
+	if !ok {
+		fmt.Fprintf(stderr, "twinlet schema: no schema %q (have: %s)\n", args[0], strings.Join(schemas.IDs(), ", "))
+		return 1
+	}
+	stdout.Write(raw)
+	return 0
+}
