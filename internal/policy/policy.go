@@ -379,9 +379,8 @@ func locate(file string, root *yaml.Node, pointer string) string {
 	return fmt.Sprintf("%s:%d:%d", file, n.Line, n.Column)
 }
 
-// child returns the value node for key tok (or, for a key whose value is
-// what the pointer names, the key node itself when the key is the last
-// step and the problem concerns the key: callers get the value position).
+// child returns the node for key tok: a scalar value where it stands, a
+// mapping or sequence at its key.
 func child(n *yaml.Node, tok string) *yaml.Node {
 	switch n.Kind {
 	case yaml.MappingNode:
@@ -390,9 +389,7 @@ func child(n *yaml.Node, tok string) *yaml.Node {
 				v := n.Content[i+1]
 				if v.Kind == yaml.MappingNode || v.Kind == yaml.SequenceNode {
 					// Point at the key for containers: the line a human looks for.
-					if len(v.Content) == 0 || v.Line != n.Content[i].Line {
-						return withContent(n.Content[i], v)
-					}
+					return withContent(n.Content[i], v)
 				}
 				return v
 			}
