@@ -14,9 +14,9 @@ build:
 # The agent in the foreground on the example policy, acting on a sandbox root
 # inside the checkout (git-ignored): it never touches this machine's /etc.
 run: build
-	@mkdir -p $(RUN_DIR)/root $(RUN_DIR)/state
+	@mkdir -p $(RUN_DIR)/root $(RUN_DIR)/state; chmod -R go-w examples
 	$(BIN)/twinlet run --config examples/twinlet.yaml --root $(RUN_DIR)/root \
-	  --state-dir $(RUN_DIR)/state --policy examples/local --allowed-roots /
+	  --state-dir $(RUN_DIR)/state --policy examples/local
 
 test: lint unit conformance
 
