@@ -125,6 +125,9 @@ func New(opts Options) (*Reconciler, error) {
 		r.log.Warn("state", "err", err)
 	}
 	r.st = st
+	if opts.TwinDesiredFile == "" && st.TwinDesired != nil {
+		r.twin, r.twinVersion = st.TwinDesired, st.TwinVersion
+	}
 	if err := r.loadSources(); err != nil {
 		return nil, err
 	}
@@ -255,13 +258,24 @@ func SplitDesired(doc map[string]json.RawMessage) (map[string]json.RawMessage, i
 	return out, ver, nil
 }
 
-// SetTwinDesired replaces the twin layer with a full desired document and
-// returns the sections whose inputs changed.
-func (r *Reconciler) SetTwinDesired(doc map[string]json.RawMessage, version int64) []string {
+// SetTwinDesired replaces the twin layer with a full desired document
+// (sections only; see SplitDesired), persists it so that a restart while
+// offline keeps enforcing it, and returns the sections whose inputs
+// changed. Callers enqueue those (Enqueue) when the loop runs.
+func (r *Reconciler) SetTwinDesired(doc map[string]json.RawMessage, version int64) ([]string, error) {
 	r.mu.Lock()
 	r.twin, r.twinVersion, r.twinErr = doc, version, ""
+	r.st.TwinDesired, r.st.TwinVersion = doc, version
+	err := r.store.Save(r.st)
 	r.mu.Unlock()
-	return r.changedSections()
+	return r.changedSections(), err
+}
+
+// TwinVersion returns the $version of the twin layer in force.
+func (r *Reconciler) TwinVersion() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.twinVersion
 }
 
 // Reload re-reads the local sources and returns the sections whose inputs

@@ -44,6 +44,9 @@ type State struct {
 	Sections map[string]*Section `json:"sections"`
 	// TwinVersion is the last desired $version applied.
 	TwinVersion int64 `json:"twinVersion,omitempty"`
+	// TwinDesired is the last full desired document received from the
+	// twin, so that a restart while offline keeps enforcing it.
+	TwinDesired map[string]json.RawMessage `json:"twinDesired,omitempty"`
 	// PolicyHash is the hash of the policy files last read.
 	PolicyHash string `json:"policyHash,omitempty"`
 	// Reported is the last reported document.
