@@ -446,7 +446,9 @@ func (o *Observed) observePrune(env *providers.Env, s Spec, desired map[string]b
 	for _, p := range paths {
 		host, msg := confine(env, p)
 		if msg != "" {
-			env.Logger.Warn("files: not pruning a path that leaves the allowed roots", "path", p, "reason", msg)
+			if env.Logger != nil {
+				env.Logger.Warn("files: not pruning a path that leaves the allowed roots", "path", p, "reason", msg)
+			}
 			continue
 		}
 		st := &ItemState{Path: p, wantUID: -1, wantGID: -1}
