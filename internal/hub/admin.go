@@ -26,8 +26,8 @@ func (h *Hub) SendC2D(deviceID string, body []byte, props map[string]string) err
 	mid := "twinhub-" + strconv.FormatUint(h.ridSeq, 10)
 	h.mu.Unlock()
 	bag := []string{
-		"%24.mid=" + url.QueryEscape(mid),
-		"%24.to=" + url.QueryEscape("/devices/"+deviceID+"/messages/deviceBound"),
+		"%24.mid=" + bagEscape(mid),
+		"%24.to=" + bagEscape("/devices/"+deviceID+"/messages/deviceBound"),
 	}
 	keys := make([]string, 0, len(props))
 	for k := range props {
@@ -35,7 +35,7 @@ func (h *Hub) SendC2D(deviceID string, body []byte, props map[string]string) err
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		bag = append(bag, url.QueryEscape(k)+"="+url.QueryEscape(props[k]))
+		bag = append(bag, bagEscape(k)+"="+bagEscape(props[k]))
 	}
 	topic := "devices/" + deviceID + "/messages/devicebound/" + strings.Join(bag, "&")
 	if h.mqtt == nil {
@@ -48,6 +48,10 @@ func (h *Hub) SendC2D(deviceID string, body []byte, props map[string]string) err
 	}
 	return nil
 }
+
+// bagEscape encodes a property bag key or value; a space is %20, since
+// '+' is an MQTT wildcard.
+func bagEscape(s string) string { return strings.ReplaceAll(url.QueryEscape(s), "+", "%20") }
 
 func (h *Hub) adminRoutes(mux *http.ServeMux) {
 	handle := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/url"
@@ -288,22 +289,35 @@ func TestTopicRules(t *testing.T) {
 
 func TestSubscriptionLimit(t *testing.T) {
 	h := startHub(t, Options{})
-	h.CreateDevice("d1")
-	mcs, _ := h.CreateModule("d1", "m")
-	d := mustDial(t, h, mcs)
-	got := d.subscribe("$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#",
-		"devices/d1/modules/m/#", "devices/d1/modules/m/messages/devicebound/#")
-	for i, g := range got {
-		if g != 1 {
-			t.Fatalf("filter %d: %v", i, got)
-		}
+	cs, _ := h.CreateDevice("d1")
+	d := mustDial(t, h, cs)
+	got := d.subscribe("$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/a/#",
+		"devices/d1/messages/devicebound/#", "$iothub/methods/POST/b/#")
+	if string(got) != "\x01\x01\x01\x01\x01" {
+		t.Fatalf("suback codes %v", got)
 	}
-	// A module has exactly five documented filters; unsubscribing one and
-	// subscribing again works, a sixth distinct filter does not exist. The
-	// limit is checked by counting: drop one, add it back.
-	d.c.Unsubscribe("devices/d1/modules/m/#").Wait()
-	if got := d.subscribe("devices/d1/modules/m/#"); got[0] != 1 {
-		t.Fatalf("resubscribe: %v", got)
+	if got := d.subscribe("$iothub/methods/POST/c/#"); got[0] != 0x80 {
+		t.Fatalf("sixth: %v", got)
+	}
+	// Subscribing again to a held filter is fine; a sixth is not.
+	if got := d.subscribe("$iothub/twin/res/#"); got[0] != 1 {
+		t.Fatalf("re-subscribe: %v", got)
+	}
+	if got := d.subscribe("$iothub/methods/POST/#"); got[0] != 0x80 {
+		t.Fatalf("sixth: %v", got)
+	}
+	d.c.Unsubscribe("$iothub/methods/POST/b/#").Wait()
+	if got := d.subscribe("$iothub/methods/POST/#"); got[0] != 1 {
+		t.Fatalf("after unsubscribe: %v", got)
+	}
+	// Per-method subscriptions receive their method.
+	go func() {
+		m := d.next("$iothub/methods/POST/a/")
+		d.publish("$iothub/methods/res/200/?$rid="+rid(m.Topic()), 1, []byte(`1`))
+	}()
+	res, err := h.InvokeMethod(context.Background(), "d1", "", "a", nil, 10*time.Second, 0)
+	if err != nil || res.Status != 200 {
+		t.Fatalf("per-method subscription: %+v %v", res, err)
 	}
 }
 

@@ -21,6 +21,8 @@ func (h *Hub) putIdentity(in Identity, ifMatch string) (Identity, error) {
 	if in.ModuleID != "" && !validID.MatchString(in.ModuleID) {
 		return Identity{}, fmt.Errorf("module id %q: %w", in.ModuleID, ErrInvalid)
 	}
+	// An update without keys keeps the identity's keys.
+	keepKeys := (in.Authentication.Type == "" || in.Authentication.Type == AuthSAS) && in.Authentication.SymmetricKey == (SymmetricKey{})
 	if err := normalizeAuth(&in.Authentication); err != nil {
 		return Identity{}, err
 	}
@@ -73,7 +75,7 @@ func (h *Hub) putIdentity(in Identity, ifMatch string) (Identity, error) {
 		return Identity{}, fmt.Errorf("%s etag: %w", describe(in.DeviceID, in.ModuleID), ErrPreconditionFailed)
 	}
 	id := &r.Identity
-	if in.Authentication.Type == AuthSAS && in.Authentication.SymmetricKey == (SymmetricKey{}) {
+	if keepKeys && id.Authentication.Type == AuthSAS {
 		in.Authentication.SymmetricKey = id.Authentication.SymmetricKey
 	}
 	id.Authentication = in.Authentication

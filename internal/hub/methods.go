@@ -55,7 +55,7 @@ func (h *Hub) InvokeMethod(ctx context.Context, deviceID, moduleID, method strin
 			return MethodResult{}, notFound(deviceID, moduleID)
 		}
 		c = h.conns[key]
-		if c != nil && c.subscribed("$iothub/methods/POST/#") {
+		if c != nil && c.subscribed("$iothub/methods/POST/#", "$iothub/methods/POST/"+method+"/#") {
 			h.ridSeq++
 			r = strconv.FormatUint(h.ridSeq, 10)
 			pid = key + "\x00" + r

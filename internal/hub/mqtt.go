@@ -178,29 +178,44 @@ func (d *deviceHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	d.h.unregister(cl, err)
 }
 
-// OnACLCheck allows subscriptions to the documented filters of the
-// client's own identity, at most five. Publishes are checked in OnPublish,
-// which closes the connection on an undocumented topic.
+// OnACLCheck lets a client read only documented filters and its own
+// topics; OnSubscribe has already refused other subscriptions. Publishes
+// are checked in OnPublish, which closes the connection on an
+// undocumented topic.
 func (d *deviceHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write {
 		return true
 	}
 	deviceID, moduleID, _ := strings.Cut(cl.ID, "/")
-	if !allowedFilter(deviceID, moduleID, topic) {
-		return false
-	}
-	if _, ok := cl.State.Subscriptions.Get(topic); !ok && cl.State.Subscriptions.Len() >= maxSubscriptions {
-		return false
-	}
-	return true
+	return allowedFilter(deviceID, moduleID, topic) ||
+		!strings.ContainsAny(topic, "#+") && strings.HasPrefix(topic, "devices/"+idKeyPath(deviceID, moduleID)+"/")
 }
 
-// OnSubscribe grants QoS 1 for QoS 2 requests, as the service does.
-func (d *deviceHook) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+// OnSubscribe refuses undocumented filters and filters beyond the fifth
+// (an empty filter makes the broker answer 0x80), and grants QoS 1 for
+// QoS 2, as the service does.
+func (d *deviceHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	deviceID, moduleID, _ := strings.Cut(cl.ID, "/")
+	count := cl.State.Subscriptions.Len()
+	added := map[string]bool{}
 	for i := range pk.Filters {
-		if pk.Filters[i].Qos > 1 {
-			pk.Filters[i].Qos = 1
+		f := &pk.Filters[i]
+		if f.Qos > 1 {
+			f.Qos = 1
 		}
+		if !allowedFilter(deviceID, moduleID, f.Filter) {
+			f.Filter = ""
+			continue
+		}
+		if _, ok := cl.State.Subscriptions.Get(f.Filter); ok || added[f.Filter] {
+			continue
+		}
+		if count >= maxSubscriptions {
+			f.Filter = ""
+			continue
+		}
+		count++
+		added[f.Filter] = true
 	}
 	return pk
 }
@@ -219,6 +234,9 @@ func (d *deviceHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) 
 // OnPublish answers the device protocol on the client's connection and
 // never lets a device publish reach the broker's routing.
 func (d *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil // the hub's own cloud-to-device messages
+	}
 	if pk.FixedHeader.Qos == 2 {
 		cl.Stop(errQoS2)
 		return pk, packets.ErrRejectPacket
@@ -236,10 +254,21 @@ func (d *deviceHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	return pk, packets.CodeSuccessIgnore
 }
 
+func idKeyPath(deviceID, moduleID string) string {
+	if moduleID == "" {
+		return deviceID
+	}
+	return deviceID + "/modules/" + moduleID
+}
+
 func allowedFilter(deviceID, moduleID, f string) bool {
 	switch f {
 	case "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/methods/POST/#":
 		return true
+	}
+	if name, ok := strings.CutPrefix(f, "$iothub/methods/POST/"); ok {
+		name, ok = strings.CutSuffix(name, "/#")
+		return ok && name != "" && !strings.ContainsAny(name, "/#+")
 	}
 	if moduleID == "" {
 		return f == "devices/"+deviceID+"/messages/devicebound/#"
