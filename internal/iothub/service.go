@@ -333,6 +333,17 @@ func twinPath(deviceID, moduleID string) string {
 	return p
 }
 
+// GetJSON sends an authenticated GET for a path of the hub that has no
+// method here (twinhub's /_twinhub/ admin API, for instance) and decodes
+// the JSON answer into out. path starts with '/' and is sent as is.
+func (c *ServiceClient) GetJSON(ctx context.Context, path string, query url.Values, out any) error {
+	if !strings.HasPrefix(path, "/") {
+		return fmt.Errorf("get %s: path must start with '/'", path)
+	}
+	_, err := c.do(ctx, request{method: http.MethodGet, path: path, query: query, out: out})
+	return err
+}
+
 // Authentication is an identity's credentials in the registry.
 type Authentication struct {
 	// Type is "sas", "selfSigned", "certificateAuthority" or "none".
