@@ -279,6 +279,9 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[stri
 		return
 	}
 	for _, p := range pw.WatchPaths(env, spec) {
+		// Watch the directory: files are replaced by rename, which would
+		// end a watch on the file itself, and may not exist yet.
+		p = filepath.Dir(p)
 		key := id + "\x00" + p
 		r.watchMu.Lock()
 		seen := watched[key]
@@ -294,7 +297,7 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[stri
 	}
 }
 
-// pathOwner finds the section that watches the path (or its directory).
+// pathOwner finds the section that watches the path's directory.
 func (r *Reconciler) pathOwner(name string, watched map[string]bool) string {
 	r.watchMu.Lock()
 	defer r.watchMu.Unlock()

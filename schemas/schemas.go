@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	neturl "net/url"
 	"regexp"
 	"sort"
 	"strings"
@@ -141,7 +142,7 @@ func leaves(ve *jsonschema.ValidationError) []Problem {
 		}
 		if m := additionalRE.FindStringSubmatch(e.Message); m != nil {
 			for _, q := range quotedRE.FindAllStringSubmatch(m[1], -1) {
-				p := Problem{Pointer: e.InstanceLocation + "/" + escape(q[1]), Message: "unknown field " + q[0]}
+				p := Problem{Pointer: unpercent(e.InstanceLocation) + "/" + escape(q[1]), Message: "unknown field " + q[0]}
 				if !seen[p] {
 					seen[p] = true
 					out = append(out, p)
@@ -149,7 +150,13 @@ func leaves(ve *jsonschema.ValidationError) []Problem {
 			}
 			return
 		}
-		p := Problem{Pointer: e.InstanceLocation, Message: e.Message}
+		msg := e.Message
+		if strings.HasPrefix(msg, "does not match pattern") {
+			if d := describe(e.AbsoluteKeywordLocation); d != "" {
+				msg = "invalid value: " + d
+			}
+		}
+		p := Problem{Pointer: unpercent(e.InstanceLocation), Message: msg}
 		if !seen[p] {
 			seen[p] = true
 			out = append(out, p)
@@ -158,6 +165,52 @@ func leaves(ve *jsonschema.ValidationError) []Problem {
 	walk(ve)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Pointer < out[j].Pointer })
 	return out
+}
+
+// unpercent undoes the percent-encoding the validator applies to pointer
+// tokens, so that pointers match the document's keys.
+func unpercent(ptr string) string {
+	if !strings.Contains(ptr, "%") {
+		return ptr
+	}
+	if u, err := neturl.PathUnescape(ptr); err == nil {
+		return u
+	}
+	return ptr
+}
+
+// describe returns the description of the schema that holds the keyword
+// at an absolute keyword location ("…/hostname.json#/properties/name/pattern"),
+// so that a pattern failure says what is expected instead of a regex.
+func describe(loc string) string {
+	file, ptr, ok := strings.Cut(loc, "#")
+	if !ok {
+		return ""
+	}
+	id := strings.TrimSuffix(file[strings.LastIndex(file, "/")+1:], ".json")
+	raw, ok := Raw(id)
+	if !ok {
+		return ""
+	}
+	var node any
+	if json.Unmarshal(raw, &node) != nil {
+		return ""
+	}
+	toks := strings.Split(strings.TrimPrefix(ptr, "/"), "/")
+	for _, t := range toks[:len(toks)-1] {
+		t = strings.NewReplacer("~1", "/", "~0", "~").Replace(t)
+		switch n := node.(type) {
+		case map[string]any:
+			node = n[t]
+		default:
+			return ""
+		}
+	}
+	if m, ok := node.(map[string]any); ok {
+		d, _ := m["description"].(string)
+		return d
+	}
+	return ""
 }
 
 func escape(tok string) string {

@@ -129,11 +129,11 @@ func TestInvalidInputIsLocated(t *testing.T) {
 		section    string // the section that fails ("" for a whole-file problem)
 		want       string // in the text output
 	}{
-		{"wrong type", strings.Replace(goodSpec, `value: "10"`, `value: [10]`, 1), "sysctl", "base.yaml:9:"},
+		{"wrong type", strings.Replace(goodSpec, `value: "10"`, `value: [10]`, 1), "sysctl", "base.yaml:11:39: /sysctl/swappiness/value"},
 		{"unknown field", strings.Replace(goodSpec, `mode: "0644" }`, `mode: "0644", colour: red }`, 1), "files", "/files/motd/colour"},
 		{"unknown section", goodSpec + "  hostnam: { name: x }\n", "", `unknown section "hostnam"`},
-		{"bad hostname", strings.Replace(goodSpec, "kiosk-17", "-bad_host", 1), "hostname", "base.yaml:6:22: /hostname/name"},
-		{"unknown zone", strings.Replace(goodSpec, "Europe/Berlin", "Mars/Olympus", 1), "timezone", "base.yaml:7:22: /timezone/name"},
+		{"bad hostname", strings.Replace(goodSpec, "kiosk-17", "-bad_host", 1), "hostname", "base.yaml:6:21: /hostname/name"},
+		{"unknown zone", strings.Replace(goodSpec, "Europe/Berlin", "Mars/Olympus", 1), "timezone", "base.yaml:7:21: /timezone/name"},
 		{"out of root path", strings.Replace(goodSpec, "/etc/motd", "/root/motd", 1), "files", "/files/motd/path"},
 		{"dotdot path", strings.Replace(goodSpec, "/etc/motd", "/etc/../root/x", 1), "files", "/files/motd/path"},
 	}
