@@ -206,8 +206,6 @@ func mustToken(cs iothub.ConnectionString, exp time.Time) string {
 // lowerToken signs over a lower-case-escaped sr, as the C# SDK does.
 func lowerToken(rawSR string, key []byte, exp time.Time) string {
 	se := strconv.FormatInt(exp.Unix(), 10)
-	tok := iothub.NewSASToken("x", key, "", exp) // for the signature helper's format only
-	_ = tok
 	return "SharedAccessSignature sr=" + rawSR + "&sig=" + url.QueryEscape(signForTest(key, rawSR, se)) + "&se=" + se
 }
 

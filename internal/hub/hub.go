@@ -108,6 +108,9 @@ func New(o Options) (*Hub, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if err := o.Faults.validate(); err != nil {
+		return nil, fmt.Errorf("faults: %w", err)
+	}
 	if o.EventBuffer <= 0 {
 		o.EventBuffer = 10000
 	}
