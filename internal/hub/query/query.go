@@ -105,6 +105,10 @@ func (q *Query) IsAggregate() bool {
 	return false
 }
 
+// SelectAll reports SELECT * (rows are whole twins: x-ms-item-type
+// "Twin"); Project then returns documents unchanged.
+func (q *Query) SelectAll() bool { return q.star }
+
 // Top returns n for SELECT TOP n, or 0 when the query has no TOP.
 func (q *Query) Top() int { return q.top }
 

@@ -186,8 +186,8 @@ func TestProject(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if q.IsAggregate() {
-				t.Fatal("IsAggregate = true")
+			if q.IsAggregate() || q.SelectAll() {
+				t.Fatalf("IsAggregate = %t, SelectAll = %t", q.IsAggregate(), q.SelectAll())
 			}
 			got, _ := json.Marshal(q.Project(docs[tt.doc]))
 			if string(got) != tt.want {
@@ -203,8 +203,8 @@ func TestProject(t *testing.T) {
 	if got := q.Project(docs[1]); !reflect.DeepEqual(got, docs[1]) {
 		t.Errorf("SELECT * changed the document: %v", got)
 	}
-	if q.Top() != 0 {
-		t.Errorf("Top = %d", q.Top())
+	if q.Top() != 0 || !q.SelectAll() {
+		t.Errorf("Top = %d, SelectAll = %t", q.Top(), q.SelectAll())
 	}
 	q, err = Parse("select top 5 * from devices")
 	if err != nil {
