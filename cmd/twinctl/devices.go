@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"strings"
 
 	"github.com/twinlet/twinlet/internal/iothub"
 )
@@ -111,7 +112,16 @@ func (c *cli) showDevices(ds []iothub.Device, single bool) error {
 		if d.Capabilities != nil && d.Capabilities.IoTEdge {
 			edge = "true"
 		}
-		rows = append(rows, []string{d.DeviceID, d.Status, d.ConnectionState, auth, edge, d.LastActivityTime})
+		rows = append(rows, []string{d.DeviceID, d.Status, d.ConnectionState, auth, edge, when(d.LastActivityTime)})
 	}
 	return table(c.stdout, []string{"DEVICE", "STATUS", "CONNECTION", "AUTH", "EDGE", "LAST ACTIVITY"}, rows)
+}
+
+// when renders a service time, "" for the zero time the service sends
+// for "never".
+func when(t string) string {
+	if strings.HasPrefix(t, "0001-01-01") {
+		return ""
+	}
+	return t
 }
