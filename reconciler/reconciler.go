@@ -79,6 +79,8 @@ type Reconciler struct {
 	lastChange  string
 	seq         int
 	q           *queue
+	valid       map[string]*validEntry
+	merges      map[string]*mergeEntry
 	watchMu     sync.Mutex
 }
 
@@ -111,6 +113,7 @@ func New(opts Options) (*Reconciler, error) {
 		opts: opts, log: opts.Logger, provs: map[string]*entry{},
 		store:   &state.Store{Dir: opts.StateDir},
 		results: map[string]*SectionResult{}, failures: map[string]int{}, inputsHash: map[string]string{},
+		valid: map[string]*validEntry{}, merges: map[string]*mergeEntry{},
 	}
 	for _, info := range opts.Providers {
 		r.provs[info.ID] = &entry{info: info, p: info.New()}

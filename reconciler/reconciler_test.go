@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -29,9 +30,12 @@ type noteSpec struct {
 }
 
 type noteObs struct {
-	Items   map[string]string `json:"items"`
+	Items   map[string]string
 	orphans []string
 }
+
+// MarshalJSON reports items at the top level, as collections must.
+func (o noteObs) MarshalJSON() ([]byte, error) { return json.Marshal(o.Items) }
 
 func (note) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec, error) {
 	var m map[string]json.RawMessage
@@ -468,5 +472,26 @@ func TestBackoffGrowsAndIsBounded(t *testing.T) {
 	}
 	if d := b.Delay(50); d > 12*time.Second {
 		t.Fatalf("unbounded delay %v", d)
+	}
+}
+
+func TestLargeCollectionReportsMinimally(t *testing.T) {
+	f := newFixture(t)
+	var sb strings.Builder
+	sb.WriteString("apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: { name: big }\nspec:\n  notes:\n")
+	for i := 0; i < 60; i++ {
+		fmt.Fprintf(&sb, "    n%02d: v%d\n", i, i)
+	}
+	f.policy(t, "big.yaml", sb.String())
+	r := f.new(t)
+	first := section(r.ReconcileAll(context.Background(), false), "notes")
+	var obs map[string]json.RawMessage
+	json.Unmarshal(first.Observed, &obs)
+	if string(obs["__count"]) != "60" || len(obs) != 61 {
+		t.Fatalf("first report: %d keys, count %s", len(obs), obs["__count"])
+	}
+	again := section(r.ReconcileAll(context.Background(), false), "notes")
+	if string(again.Observed) != `{"__count":60}` {
+		t.Fatalf("no-op report = %s", again.Observed)
 	}
 }

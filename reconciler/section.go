@@ -1,6 +1,7 @@
 package reconciler
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -42,13 +43,19 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 		return res
 	}
 
-	merged, err := Merge(ins)
+	merged, raw, err := r.merge(id, ins, probs)
 	if err != nil {
 		probs = append(probs, ErrorItem{Message: err.Error()})
 		merged = &Merged{Value: map[string]json.RawMessage{}, Origin: map[string]*Input{}}
+		raw = merged.JSON()
 	}
 	var meta sectionMeta
-	_ = json.Unmarshal(merged.JSON(), &meta)
+	if m, ok := merged.Value["__meta"]; ok {
+		_ = json.Unmarshal(m, &meta.Meta)
+	}
+	if m, ok := merged.Value["reportingMode"]; ok {
+		_ = json.Unmarshal(m, &meta.ReportingMode)
+	}
 	res.Status.DeploymentID = meta.Meta.DeploymentID
 	res.Status.InterfaceVersion = meta.Meta.InterfaceVersion
 	res.Status.Source = sourceKind(merged)
@@ -56,40 +63,54 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 		res.Status.Conflicts = append(res.Status.Conflicts, c.String())
 	}
 
-	// Validate: schema, then the provider's own checks.
-	raw := merged.JSON()
-	if len(probs) == 0 && schemas.Has(id) {
-		sp, err := schemas.Validate(id, raw)
-		if err != nil {
-			probs = append(probs, ErrorItem{Message: err.Error()})
-		}
-		for _, p := range sp {
-			at, _ := merged.Locate(p.Pointer)
-			probs = append(probs, ErrorItem{Pointer: p.Pointer, Message: p.Message, At: at})
-		}
-	}
+	// Validate: schema, then the provider's own checks. A section that
+	// validated before with the very same content is not validated again:
+	// validation is a function of the content, and the no-op resync of a
+	// large collection must stay close to the cost of observing it.
 	r.mu.Lock()
 	sec := r.st.Section(id)
 	managed := sec.ManagedSet()
+	cached := r.valid[id]
 	r.mu.Unlock()
 	env := r.env(id, managed, log)
 	var spec providers.Spec
-	if len(probs) == 0 {
-		err := r.guard(ctx, "decode", func(context.Context) error {
-			var err error
-			spec, err = e.p.Decode(env, stripReserved(merged.Value))
-			return err
-		})
-		var inv *providers.InvalidError
-		switch {
-		case errors.As(err, &inv):
-			for _, fe := range inv.Errors {
-				at, _ := merged.Locate(fe.Pointer)
-				probs = append(probs, ErrorItem{Pointer: fe.Pointer, Message: fe.Message, At: at})
+	if len(probs) == 0 && cached != nil && bytes.Equal(cached.raw, raw) {
+		spec = cached.spec
+	} else {
+		if len(probs) == 0 && schemas.Has(id) {
+			sp, err := schemas.Validate(id, raw)
+			if err != nil {
+				probs = append(probs, ErrorItem{Message: err.Error()})
 			}
-		case err != nil:
-			return r.finish(res, prev, dryRun, StateFailed, ReasonProviderBug, err.Error(), true)
+			for _, p := range sp {
+				at, _ := merged.Locate(p.Pointer)
+				probs = append(probs, ErrorItem{Pointer: p.Pointer, Message: p.Message, At: at})
+			}
 		}
+		if len(probs) == 0 {
+			err := r.guard(ctx, "decode", func(context.Context) error {
+				var err error
+				spec, err = e.p.Decode(env, stripReserved(merged.Value))
+				return err
+			})
+			var inv *providers.InvalidError
+			switch {
+			case errors.As(err, &inv):
+				for _, fe := range inv.Errors {
+					at, _ := merged.Locate(fe.Pointer)
+					probs = append(probs, ErrorItem{Pointer: fe.Pointer, Message: fe.Message, At: at})
+				}
+			case err != nil:
+				return r.finish(res, prev, dryRun, StateFailed, ReasonProviderBug, err.Error(), true)
+			}
+		}
+		r.mu.Lock()
+		if len(probs) == 0 {
+			r.valid[id] = &validEntry{raw: raw, spec: spec}
+		} else {
+			delete(r.valid, id)
+		}
+		r.mu.Unlock()
 	}
 	if len(probs) > 0 {
 		res.Errors = probs
@@ -160,7 +181,7 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 		res.Plan = nil
 	}
 	if dryRun {
-		res.Observed = r.observedJSON(e, meta.ReportingMode, observed, plan)
+		res.Observed = r.observedJSON(e, meta.ReportingMode, itemCount(merged.Value), observed, plan)
 		if len(res.Plan) > 0 {
 			return r.finish(res, prev, dryRun, StateReconciling, ReasonPending, fmt.Sprintf("%d change(s) pending", len(res.Plan)), false)
 		}
@@ -213,7 +234,7 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 		if errors.As(applyErr, &inv) {
 			return r.finish(res, prev, dryRun, StateFailed, ReasonInvalid, applyErr.Error(), false)
 		}
-		r.reobserve(ctx, e, env, spec, res, meta.ReportingMode)
+		r.reobserve(ctx, e, env, spec, res, meta.ReportingMode, itemCount(merged.Value))
 		return r.finish(res, prev, dryRun, StateFailed, reasonFor(applyErr, ReasonApplyFailed), applyErr.Error(), true)
 	}
 
@@ -234,7 +255,7 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 			return err
 		})
 	}
-	res.Observed = r.observedJSON(e, meta.ReportingMode, observed, res.Plan)
+	res.Observed = r.observedJSON(e, meta.ReportingMode, itemCount(merged.Value), observed, res.Plan)
 	if len(after) > 0 && !e.info.ReadOnly {
 		return r.finish(res, prev, dryRun, StateFailed, ReasonNotConverged,
 			fmt.Sprintf("%d change(s) still pending after apply, first: %s", len(after), after[0]), true)
@@ -253,15 +274,50 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 	return r.finish(res, prev, dryRun, StateReady, reason, msg, false)
 }
 
-func (r *Reconciler) reobserve(ctx context.Context, e *entry, env *providers.Env, spec providers.Spec, res *SectionResult, mode string) {
+func (r *Reconciler) reobserve(ctx context.Context, e *entry, env *providers.Env, spec providers.Spec, res *SectionResult, mode string, items int) {
 	var observed providers.Observed
 	if r.guard(ctx, "observe", func(ctx context.Context) error {
 		var err error
 		observed, err = e.p.Observe(ctx, env, spec)
 		return err
 	}) == nil {
-		res.Observed = r.observedJSON(e, mode, observed, res.Plan)
+		res.Observed = r.observedJSON(e, mode, items, observed, res.Plan)
 	}
+}
+
+// mergeEntry remembers the merge of the very same inputs.
+type mergeEntry struct {
+	key    string
+	merged *Merged
+	raw    []byte
+}
+
+// merge merges a section's inputs, reusing the last merge when neither
+// the inputs nor any policy file changed (positions for errors come from
+// the files, so the whole policy hash is part of the key).
+func (r *Reconciler) merge(id string, ins []Input, probs []ErrorItem) (*Merged, []byte, error) {
+	r.mu.Lock()
+	key := r.pol.Hash + "\x00" + hashInputs(ins, probs)
+	c := r.merges[id]
+	r.mu.Unlock()
+	if c != nil && c.key == key {
+		return c.merged, c.raw, nil
+	}
+	m, err := Merge(ins)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw := m.JSON()
+	r.mu.Lock()
+	r.merges[id] = &mergeEntry{key: key, merged: m, raw: raw}
+	r.mu.Unlock()
+	return m, raw, nil
+}
+
+// validEntry remembers a section content that passed validation.
+type validEntry struct {
+	raw  []byte
+	spec providers.Spec
 }
 
 func reasonFor(err error, def string) string {
@@ -305,6 +361,21 @@ func (r *Reconciler) unreadyDependency(info providers.Info) string {
 	return ""
 }
 
+// autoMinimalItems is the number of items above which a collection that
+// names no reportingMode reports minimally.
+const autoMinimalItems = 50
+
+// itemCount counts the items of a collection section.
+func itemCount(v map[string]json.RawMessage) int {
+	n := 0
+	for k := range v {
+		if !providers.ReservedKeys[k] && !strings.HasPrefix(k, "__") {
+			n++
+		}
+	}
+	return n
+}
+
 // detailedLimit is the size of observed state above which a section that
 // names no reportingMode reports minimally, to stay in the twin's budget.
 const detailedLimit = 8 << 10
@@ -312,25 +383,33 @@ const detailedLimit = 8 << 10
 // observedJSON renders the observed state by the section's reporting mode:
 // detailed (everything), minimal (for collections: the item count and the
 // items this reconcile changed), none (nothing).
-func (r *Reconciler) observedJSON(e *entry, mode string, observed providers.Observed, changed []providers.Change) json.RawMessage {
+func (r *Reconciler) observedJSON(e *entry, mode string, items int, observed providers.Observed, changed []providers.Change) json.RawMessage {
 	if mode == "none" {
 		return nil
+	}
+	// A large collection with nothing changed reports its count alone;
+	// observed keys are the desired item names, so no marshaling is needed.
+	if e.info.Kind == providers.Collection && len(changed) == 0 &&
+		(mode == "minimal" || mode == "" && items > autoMinimalItems) {
+		return json.RawMessage(`{"__count":` + strconv.Itoa(items) + `}`)
 	}
 	b, err := json.Marshal(observed)
 	if err != nil {
 		return nil
 	}
-	var obj map[string]json.RawMessage
-	if json.Unmarshal(b, &obj) != nil {
-		obj = map[string]json.RawMessage{"observed": b}
-		b, _ = json.Marshal(obj)
+	if len(b) == 0 || b[0] != '{' {
+		b, _ = json.Marshal(map[string]json.RawMessage{"observed": b})
 	}
-	if mode == "" && len(b) <= detailedLimit || mode == "detailed" || e.info.Kind != providers.Collection {
+	if mode == "" && len(b) <= detailedLimit && items <= autoMinimalItems || mode == "detailed" || e.info.Kind != providers.Collection {
 		return b
 	}
-	items := map[string]bool{}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(b, &obj) != nil {
+		return b
+	}
+	touched := map[string]bool{}
 	for _, c := range changed {
-		items[c.Item] = true
+		touched[c.Item] = true
 	}
 	min := map[string]json.RawMessage{}
 	n := 0
@@ -339,7 +418,7 @@ func (r *Reconciler) observedJSON(e *entry, mode string, observed providers.Obse
 			continue
 		}
 		n++
-		if items[k] {
+		if touched[k] {
 			min[k] = v
 		}
 	}
