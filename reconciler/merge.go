@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/twinlet/twinlet/providers"
 )
 
 // Layer is one source of desired state. Higher layers win.
@@ -154,7 +156,7 @@ func Merge(inputs []Input) (*Merged, error) {
 			if prev, ok := m.Origin[k]; ok && !jsonEqual(m.Value[k], v) &&
 				(prev.Layer == LayerTwin || prev.Layer == in.Layer) {
 				m.Conflicts = append(m.Conflicts, Conflict{
-					Pointer:    "/" + strings.NewReplacer("~", "~0", "/", "~1").Replace(k),
+					Pointer:    providers.Pointer(k),
 					Overridden: prev.Source, By: in.Source})
 			}
 			m.Value[k] = v

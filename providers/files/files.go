@@ -120,34 +120,14 @@ var (
 	accountRE  = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})$`)
 )
 
-func ptr(item, field string) string {
-	p := "/" + strings.NewReplacer("~", "~0", "/", "~1").Replace(item)
-	if field != "" {
-		p += "/" + field
-	}
-	return p
-}
+func ptr(item, field string) string { return providers.Pointer(item, field) }
 
 // Decode implements providers.Provider.
 func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec, error) {
-	var section map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &section); err != nil {
-		return nil, providers.Invalid("", "%v", err)
-	}
-	spec := Spec{Items: map[string]Item{}}
 	errs := &providers.InvalidError{}
-	if p, ok := section["prune"]; ok {
-		if err := json.Unmarshal(p, &spec.Prune); err != nil {
-			errs.Add("/prune", "must be true or false")
-		}
-	}
-	names := make([]string, 0, len(section))
-	for name := range section {
-		if !providers.ReservedKeys[name] {
-			names = append(names, name)
-		}
-	}
-	sort.Strings(names)
+	col := providers.SplitCollection(raw, errs)
+	spec := Spec{Items: map[string]Item{}, Prune: col.Prune}
+	names, section := col.Names, col.Items
 	byPath := map[string]string{}
 	for _, name := range names {
 		it, ok := decodeItem(env, name, section[name], errs)
