@@ -38,8 +38,16 @@ fuzz:
 	  echo "== $$pkg $$fn"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; done
 
 # Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
+# npm ci runs only when package.json or the lock file changed since the last
+# install (a checksum in the git-ignored node_modules); then the Go driver
+# starts a hub on loopback ports and runs the suite with node --test.
 conformance:
-	@echo "conformance: not wired yet"
+	@cd internal/hub/conformance && sum=$$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1) && \
+	if [ "$$(cat node_modules/.twinlet-installed 2>/dev/null)" != "$$sum" ]; then \
+	  echo "npm ci (internal/hub/conformance)"; \
+	  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error && echo "$$sum" > node_modules/.twinlet-installed; \
+	fi
+	$(GO) run ./internal/hub/conformance/run -dir internal/hub/conformance
 
 clean:
 	rm -rf $(BIN) $(RUN_DIR)
