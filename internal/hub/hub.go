@@ -421,9 +421,20 @@ func (e *notFoundError) Is(target error) bool { return target == ErrNotFound }
 func notFound(deviceID, moduleID string) error { return &notFoundError{deviceID, moduleID} }
 
 func etagMatches(ifMatch, etag string) bool {
-	ifMatch = strings.TrimSpace(ifMatch)
+	ifMatch = normalizeIfMatch(ifMatch)
 	if ifMatch == "" || ifMatch == "*" {
 		return true
 	}
-	return strings.Trim(ifMatch, `"`) == etag
+	return ifMatch == etag
+}
+
+// normalizeIfMatch strips white space and the quotes of an If-Match
+// value: the SDKs send `"*"` and `"<etag>"` quoted (azure-iothub's
+// _ensureQuoted), others send them bare.
+func normalizeIfMatch(v string) string {
+	v = strings.TrimSpace(v)
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		v = v[1 : len(v)-1]
+	}
+	return v
 }

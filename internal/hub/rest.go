@@ -221,7 +221,7 @@ func (h *Hub) restPutIdentity(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(400, "ArgumentInvalid", 400004, "body names %s, path names %s", idKey(in.DeviceID, in.ModuleID), idKey(id, mid))
 	}
 	in.DeviceID, in.ModuleID = id, mid
-	out, err := h.putIdentity(in, r.Header.Get("If-Match"))
+	out, err := h.putIdentity(in, normalizeIfMatch(r.Header.Get("If-Match")))
 	if err != nil {
 		return err
 	}
@@ -239,7 +239,7 @@ func (h *Hub) restGetIdentity(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *Hub) restDeleteIdentity(w http.ResponseWriter, r *http.Request) error {
-	if err := h.deleteIdentity(r.PathValue("id"), r.PathValue("mid"), r.Header.Get("If-Match")); err != nil {
+	if err := h.deleteIdentity(r.PathValue("id"), r.PathValue("mid"), normalizeIfMatch(r.Header.Get("If-Match"))); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -272,7 +272,7 @@ func (h *Hub) restUpdateTwin(w http.ResponseWriter, r *http.Request) error {
 	if err := readJSON(r, &p); err != nil {
 		return err
 	}
-	t, err := h.UpdateTwin(r.PathValue("id"), r.PathValue("mid"), p, r.Method == http.MethodPut, r.Header.Get("If-Match"))
+	t, err := h.UpdateTwin(r.PathValue("id"), r.PathValue("mid"), p, r.Method == http.MethodPut, normalizeIfMatch(r.Header.Get("If-Match")))
 	if err != nil {
 		return err
 	}
