@@ -16,38 +16,32 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 
-const https = require('node:https');
-const {
-  Registry,
-  Client: ServiceClient,
-  ConnectionString: ServiceConnectionString,
-  SharedAccessSignature: ServiceSas,
-} = require('azure-iothub');
 const {
   Client: DeviceClient,
   ModuleClient,
   Message,
   SharedAccessSignature: DeviceSas,
-  SharedAccessKeyAuthenticationProvider,
 } = require('azure-iot-device');
 const { Mqtt } = require('azure-iot-device-mqtt');
+const {
+  hostName,
+  TIMEOUT,
+  run,
+  registry,
+  service,
+  deviceConnectionString,
+  eventually,
+  reportedUpdate,
+  withoutMeta,
+  admin,
+  statusOf,
+} = require('./common');
 
-const hostName = process.env.TWINHUB_HOSTNAME;
-const ownerConnectionString = process.env.TWINHUB_CONNECTION_STRING;
-if (!hostName || !ownerConnectionString) {
-  throw new Error('run this suite through `make conformance` (TWINHUB_HOSTNAME and TWINHUB_CONNECTION_STRING are not set)');
-}
-
-const TIMEOUT = 20000;
-const run = `r${process.pid}x${Date.now().toString(36)}`;
 const idA = `conformance-${run}-a`;
 const idB = `conformance-${run}-b`;
 const moduleId = 'twinlet';
 const keyB = Buffer.from('conformance primary key, 32 bytes').subarray(0, 32).toString('base64');
 const keyB2 = Buffer.from('conformance secondary key, 32 byt').subarray(0, 32).toString('base64');
-
-const registry = Registry.fromConnectionString(ownerConnectionString);
-const service = ServiceClient.fromConnectionString(ownerConnectionString);
 
 // What the steps learn and pass on.
 const st = {
@@ -64,78 +58,6 @@ const st = {
   reportedVersion: undefined,
   desiredInterval: undefined, // telemetry.interval as the service last set it
 };
-
-function deviceConnectionString(deviceId, key) {
-  return `HostName=${hostName};DeviceId=${deviceId};SharedAccessKey=${key}`;
-}
-
-// eventually polls fn until it returns without throwing, or rethrows the
-// last failure after ms milliseconds.
-async function eventually(fn, ms = 5000, every = 50) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, every));
-    }
-  }
-}
-
-function reportedUpdate(twin, patch) {
-  return new Promise((resolve, reject) => {
-    twin.properties.reported.update(patch, (err) => (err ? reject(err) : resolve()));
-  });
-}
-
-// withoutMeta drops $metadata/$version so twin sections compare by value.
-function withoutMeta(section) {
-  const out = {};
-  for (const [k, v] of Object.entries(section || {})) {
-    if (k.startsWith('$')) continue;
-    out[k] = v !== null && typeof v === 'object' && !Array.isArray(v) ? withoutMeta(v) : v;
-  }
-  return out;
-}
-
-// admin calls twinhub's own API under /_twinhub/ (outside the IoT Hub
-// API): the service SDK reads telemetry and sends cloud-to-device messages
-// over AMQP, which twinhub does not speak.
-function admin(method, path, body) {
-  const cs = ServiceConnectionString.parse(ownerConnectionString);
-  const expiry = Math.floor(Date.now() / 1000) + 600;
-  const sas = ServiceSas.create(cs.HostName, cs.SharedAccessKeyName, cs.SharedAccessKey, expiry).toString();
-  const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      {
-        host: hostName,
-        port: 443,
-        method,
-        path,
-        headers: { Authorization: sas, 'Content-Type': 'application/json', 'Content-Length': data ? data.length : 0 },
-      },
-      (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (c) => (text += c));
-        res.on('end', () => {
-          if (res.statusCode >= 300) reject(new Error(`${method} ${path}: ${res.statusCode} ${text}`));
-          else resolve(text ? JSON.parse(text) : undefined);
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(data);
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function statusOf(err) {
-  return err && err.response && err.response.statusCode;
-}
 
 test.after(async () => {
   if (st.device) {
@@ -622,29 +544,6 @@ test('device: a wrong key is refused (UnauthorizedError)', { timeout: TIMEOUT },
       assert.equal(err.name, 'UnauthorizedError');
       return true;
     });
-  } finally {
-    await client.close().catch(() => {});
-  }
-});
-
-test('device: SAS renewal (tokens valid 6 s) keeps twin and methods working', { timeout: 30000 }, async () => {
-  const provider = SharedAccessKeyAuthenticationProvider.fromConnectionString(deviceConnectionString(idB, keyB), 6, 3);
-  const client = DeviceClient.fromAuthenticationProvider(provider, Mqtt);
-  client.on('error', (err) => console.error(`renewing client error: ${err}`));
-  const desired = [];
-  try {
-    await client.open();
-    client.onDeviceMethod('ping', (req, res) => res.send(200, { pong: req.payload }, () => {}));
-    const twin = await client.getTwin();
-    twin.on('properties.desired', (d) => desired.push(JSON.parse(JSON.stringify(d))));
-    await sleep(8000); // past the first token's expiry: the SDK reconnected with new tokens
-    await reportedUpdate(twin, { renewed: true });
-    const { responseBody: t } = await registry.getTwin(idB);
-    assert.equal(t.properties.reported.renewed, true);
-    await registry.updateTwin(idB, { properties: { desired: { afterRenewal: 1 } } }, t.etag);
-    await eventually(() => assert.ok(desired.some((d) => d.afterRenewal === 1), 'desired patch after renewal'));
-    const { result } = await service.invokeDeviceMethod(idB, { methodName: 'ping', payload: 'x', responseTimeoutInSeconds: 10 });
-    assert.deepEqual(result.payload, { pong: 'x' });
   } finally {
     await client.close().catch(() => {});
   }
