@@ -1,0 +1,199 @@
+package iothub_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twinlet/twinlet/internal/hub"
+	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/iothub/iothubtest"
+)
+
+// recorder collects what a device client hands to its callbacks.
+type recorder struct {
+	mu       sync.Mutex
+	twins    []int64
+	patches  []int64
+	desired  map[string]json.RawMessage
+	connects int
+}
+
+func (r *recorder) onTwin(d map[string]json.RawMessage, v int64, _ map[string]json.RawMessage) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.twins = append(r.twins, v)
+	r.desired = d
+}
+
+func (r *recorder) onDesired(p map[string]json.RawMessage, v int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.patches = append(r.patches, v)
+}
+
+func (r *recorder) lastVersion() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var last int64
+	if n := len(r.twins); n > 0 {
+		last = r.twins[n-1]
+	}
+	if n := len(r.patches); n > 0 && r.patches[n-1] > last {
+		last = r.patches[n-1]
+	}
+	return last
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func startDevice(t *testing.T, h *hub.Hub, id string, mod func(*iothub.DeviceConfig)) (*iothub.DeviceClient, *recorder) {
+	t.Helper()
+	cs, err := h.CreateDevice(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	cfg := iothub.DeviceConfig{
+		HostName: cs.HostName, DeviceID: cs.DeviceID, Signer: iothub.KeySigner{Key: cs.SharedAccessKey},
+		CAPEM: h.CAPEM(), Addr: h.MQTTAddr(), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		RequestTimeout: 5 * time.Second,
+		OnTwin:         rec.onTwin, OnDesired: rec.onDesired,
+		OnMethod: func(ctx context.Context, name string, payload []byte) (int, []byte) {
+			if name == "echo" {
+				return 200, payload
+			}
+			return 404, []byte(`{"error":"unknown method"}`)
+		},
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := iothub.NewDeviceClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "connected", c.Connected)
+	return c, rec
+}
+
+func patchDesired(t *testing.T, h *hub.Hub, id string, desired map[string]any) {
+	t.Helper()
+	p := hub.TwinPatch{}
+	p.Properties = &struct {
+		Desired map[string]any `json:"desired,omitempty"`
+	}{Desired: desired}
+	if _, err := h.UpdateTwin(id, "", p, false, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDeviceClientTwinAndMethods(t *testing.T) {
+	h := iothubtest.StartHub(t)
+	c, rec := startDevice(t, h, "d1", nil)
+	ctx := context.Background()
+
+	ver, err := c.PatchReported(ctx, []byte(`{"hostname":{"name":"k1"}}`))
+	if err != nil || ver < 2 {
+		t.Fatalf("patch reported: %d %v", ver, err)
+	}
+	tw, _ := h.Twin("d1", "")
+	if hn, _ := tw.Properties.Reported["hostname"].(map[string]any); hn["name"] != "k1" {
+		t.Fatalf("reported = %v", tw.Properties.Reported)
+	}
+	// Bad JSON is a 400 that must not be retried.
+	_, err = c.PatchReported(ctx, []byte(`{not json`))
+	var se *iothub.StatusError
+	if !errors.As(err, &se) || se.Status != 400 || se.Retryable() {
+		t.Fatalf("bad patch: %v", err)
+	}
+
+	patchDesired(t, h, "d1", map[string]any{"hostname": map[string]any{"name": "k2"}})
+	eventually(t, "desired patch", func() bool { return rec.lastVersion() >= 2 })
+
+	res, err := h.InvokeMethod(ctx, "d1", "", "echo", json.RawMessage(`{"x":1}`), 5*time.Second, 0)
+	if err != nil || res.Status != 200 || string(res.Payload) != `{"x":1}` {
+		t.Fatalf("method: %+v %v", res, err)
+	}
+}
+
+func TestDeviceClientReconnectsAndRereadsTwin(t *testing.T) {
+	h := iothubtest.StartHub(t)
+	c, rec := startDevice(t, h, "d1", nil)
+	// Changes made while the device is away are picked up by the re-read.
+	h.SetDeviceStatus("d1", false)
+	eventually(t, "dropped", func() bool { return !c.Connected() })
+	patchDesired(t, h, "d1", map[string]any{"a": 1})
+	patchDesired(t, h, "d1", map[string]any{"a": 2})
+	h.SetDeviceStatus("d1", true)
+	eventually(t, "reconnected with the newest twin", func() bool { return c.Connected() && rec.lastVersion() == 3 })
+	rec.mu.Lock()
+	got := string(rec.desired["a"])
+	rec.mu.Unlock()
+	if got != "2" {
+		t.Fatalf("desired after reconnect: a=%s", got)
+	}
+	// A plain drop is healed too.
+	n := c.Reconnects.Load()
+	h.DropConnections("d1")
+	eventually(t, "reconnect after drop", func() bool { return c.Reconnects.Load() > n && c.Connected() })
+}
+
+func TestDeviceClientRenewsTokens(t *testing.T) {
+	h := iothubtest.StartHub(t)
+	c, rec := startDevice(t, h, "d1", func(cfg *iothub.DeviceConfig) { cfg.TokenLifetime = 2 * time.Second })
+	// Keep patching desired while tokens are renewed; no patch is lost.
+	for i := 1; c.Reconnects.Load() < 4; i++ {
+		patchDesired(t, h, "d1", map[string]any{"n": i})
+		time.Sleep(100 * time.Millisecond) // pace the writer; the condition is polled
+		if i > 200 {
+			t.Fatal("no renewals")
+		}
+	}
+	tw, _ := h.Twin("d1", "")
+	want := tw.Properties.Desired["$version"].(int64)
+	eventually(t, "last desired version", func() bool { return rec.lastVersion() == want })
+}
+
+func TestDeviceClientThrottled(t *testing.T) {
+	h := iothubtest.StartHub(t)
+	c, _ := startDevice(t, h, "d1", nil)
+	h.SetFaults(hub.Faults{ThrottleReportedPatch: 1})
+	_, err := c.PatchReported(context.Background(), []byte(`{"a":1}`))
+	var se *iothub.StatusError
+	if !errors.As(err, &se) || !se.Throttled() || !se.Retryable() {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestReadKeyFileRefusesOpenModes(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(p, []byte("HostName=h;DeviceId=d;SharedAccessKey=a2V5\n"), 0o644)
+	if _, err := iothub.ReadKeyFile(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("err = %v", err)
+	}
+	os.Chmod(p, 0o600)
+	cs, err := iothub.ReadKeyFile(p)
+	if err != nil || cs.DeviceID != "d" {
+		t.Fatalf("cs=%+v err=%v", cs, err)
+	}
+}
