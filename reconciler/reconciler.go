@@ -51,6 +51,9 @@ type Options struct {
 	// OnReport, when set, receives every new reported document (outside
 	// dry runs), for example to patch the twin.
 	OnReport func(doc []byte)
+	// OnSection, when set, receives every section result (outside dry
+	// runs) and how long the reconcile took, for metrics.
+	OnSection func(res *SectionResult, took time.Duration)
 }
 
 type entry struct {
@@ -128,6 +131,20 @@ func New(opts Options) (*Reconciler, error) {
 		r.log.Warn("state", "err", err)
 	}
 	r.st = st
+	// The last reported document is the outbox: a restart knows what it
+	// reported last even before it has reconciled anything.
+	if len(st.Reported) > 0 {
+		var b bytes.Buffer
+		if json.Compact(&b, st.Reported) == nil {
+			r.reported = b.Bytes()
+		}
+	}
+	var prev struct {
+		Summary Summary `json:"__summary"`
+	}
+	if json.Unmarshal(st.Reported, &prev) == nil {
+		r.lastChange = prev.Summary.LastReconcile
+	}
 	if opts.TwinDesiredFile == "" && st.TwinDesired != nil {
 		r.twin, r.twinVersion = st.TwinDesired, st.TwinVersion
 	}

@@ -495,3 +495,20 @@ func TestLargeCollectionReportsMinimally(t *testing.T) {
 		t.Fatalf("no-op report = %s", again.Observed)
 	}
 }
+
+func TestRestartKeepsReportedDocument(t *testing.T) {
+	f := newFixture(t)
+	f.policy(t, "base.yaml", basePolicy)
+	var reports int
+	first := f.new(t).ReconcileAll(context.Background(), false)
+	r := f.new(t, func(o *Options) { o.OnReport = func([]byte) { reports++ } })
+	if !bytes.Equal(r.Document(), first.Document) {
+		t.Fatal("a restart does not know what it reported last")
+	}
+	r.ReconcileAll(context.Background(), false)
+	r.ReconcileAll(context.Background(), false)
+	// Applied → Unchanged is one real change; after that, nothing.
+	if reports != 1 {
+		t.Fatalf("%d reports after a restart, want 1", reports)
+	}
+}

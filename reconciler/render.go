@@ -93,3 +93,43 @@ func RenderSummary(w io.Writer, rep *Report) {
 	}
 	fmt.Fprintln(w)
 }
+
+// PlanChange is one change of a plan in its JSON form.
+type PlanChange struct {
+	Action string `json:"action"`
+	Item   string `json:"item"`
+	Before string `json:"before,omitempty"`
+	After  string `json:"after,omitempty"`
+}
+
+// PlanSection is one section of a plan in its JSON form.
+type PlanSection struct {
+	Section string       `json:"section"`
+	Changes []PlanChange `json:"changes"`
+	Errors  []ErrorItem  `json:"errors,omitempty"`
+	Message string       `json:"message,omitempty"`
+}
+
+// PlanDoc is a dry run in its JSON form (`twinlet plan --output json`,
+// the getPlan direct method). It never carries provider data.
+type PlanDoc struct {
+	Pending  int           `json:"pending"`
+	Sections []PlanSection `json:"sections"`
+	Problems []string      `json:"policyProblems,omitempty"`
+}
+
+// PlanDocument turns a dry run's report into its JSON form.
+func PlanDocument(rep *Report) PlanDoc {
+	out := PlanDoc{Pending: rep.Pending(), Problems: rep.PolicyProblems, Sections: []PlanSection{}}
+	for _, s := range rep.Sections {
+		sec := PlanSection{Section: s.ID, Changes: []PlanChange{}, Errors: s.Errors}
+		if s.Status.State == StateFailed {
+			sec.Message = s.Status.Message
+		}
+		for _, c := range s.Plan {
+			sec.Changes = append(sec.Changes, PlanChange{string(c.Action), c.Item, c.Before, c.After})
+		}
+		out.Sections = append(out.Sections, sec)
+	}
+	return out
+}

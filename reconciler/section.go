@@ -22,6 +22,15 @@ import (
 // observe again to verify → record status. With dryRun it stops after
 // plan and changes nothing, neither the system nor the state.
 func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun bool) *SectionResult {
+	start := time.Now()
+	res := r.reconcileSection(ctx, id, dryRun)
+	if !dryRun && r.opts.OnSection != nil && !res.Absent {
+		r.opts.OnSection(res, time.Since(start))
+	}
+	return res
+}
+
+func (r *Reconciler) reconcileSection(ctx context.Context, id string, dryRun bool) *SectionResult {
 	e := r.provs[id]
 	r.mu.Lock()
 	r.seq++

@@ -205,7 +205,7 @@ func agent(ctx context.Context, cmd string, args []string, stdout, stderr io.Wri
 	case "plan":
 		rep := r.ReconcileAll(ctx, true)
 		if c.output == "json" {
-			writeJSON(stdout, planJSON(rep))
+			writeJSON(stdout, reconciler.PlanDocument(rep))
 		} else {
 			reconciler.RenderPlan(stdout, rep)
 		}
@@ -279,36 +279,6 @@ func hasInvalid(rep *reconciler.Report) bool {
 		}
 	}
 	return false
-}
-
-func planJSON(rep *reconciler.Report) any {
-	type change struct {
-		Action string `json:"action"`
-		Item   string `json:"item"`
-		Before string `json:"before,omitempty"`
-		After  string `json:"after,omitempty"`
-	}
-	type section struct {
-		Section string                 `json:"section"`
-		Changes []change               `json:"changes"`
-		Errors  []reconciler.ErrorItem `json:"errors,omitempty"`
-		Message string                 `json:"message,omitempty"`
-	}
-	out := struct {
-		Sections []section `json:"sections"`
-		Problems []string  `json:"policyProblems,omitempty"`
-	}{Problems: rep.PolicyProblems}
-	for _, s := range rep.Sections {
-		sec := section{Section: s.ID, Changes: []change{}, Errors: s.Errors}
-		if s.Status.State == reconciler.StateFailed {
-			sec.Message = s.Status.Message
-		}
-		for _, c := range s.Plan {
-			sec.Changes = append(sec.Changes, change{string(c.Action), c.Item, c.Before, c.After})
-		}
-		out.Sections = append(out.Sections, sec)
-	}
-	return out
 }
 
 func writeJSON(w io.Writer, v any) {
