@@ -66,7 +66,9 @@ func TestRunLifecycle(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(s.state, "reported.json"))
 		return string(b)
 	}
-	waitFor(t, "first convergence", func() bool { return s.file("etc/motd") == "hello\n" && strings.Contains(reported(), `"state": "Ready"`) })
+	waitFor(t, "first convergence", func() bool {
+		return s.file("etc/motd") == "hello\n" && strings.Contains(reported(), `"state": "Ready"`)
+	})
 
 	s.write(t, "base.yaml", policyDoc("default", strings.Replace(goodSpec, `hello\n`, `bonjour\n`, 1)))
 	waitFor(t, "policy edit applied", func() bool { return s.file("etc/motd") == "bonjour\n" })
