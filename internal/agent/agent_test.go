@@ -1,0 +1,387 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twinlet/twinlet/internal/agent"
+	"github.com/twinlet/twinlet/internal/hub"
+	"github.com/twinlet/twinlet/internal/iothub"
+	_ "github.com/twinlet/twinlet/providers/standard"
+	"github.com/twinlet/twinlet/reconciler"
+)
+
+// childEnv carries the configuration of an agent run as a child process.
+const childEnv = "TWINLET_AGENT_CHILD"
+
+type childConfig struct {
+	Root, State, Policy, Host, Addr, CAFile, Device string
+	Key                                             []byte
+}
+
+func TestMain(m *testing.M) {
+	if v := os.Getenv(childEnv); v != "" {
+		var cc childConfig
+		_ = json.Unmarshal([]byte(v), &cc)
+		ca, _ := os.ReadFile(cc.CAFile)
+		cs := iothub.ConnectionString{HostName: cc.Host, DeviceID: cc.Device, SharedAccessKey: cc.Key}
+		_, _, run := build(cc.Root, cc.State, cc.Policy, cs, ca, cc.Addr, nil)
+		os.Exit(run(context.Background()))
+	}
+	os.Exit(m.Run())
+}
+
+// build wires a reconciler and an agent the way `twinlet run` does.
+func build(root, stateDir, policyDir string, cs iothub.ConnectionString, ca []byte, addr string, mod func(*iothub.DeviceConfig, *agent.Options)) (*reconciler.Reconciler, *agent.Agent, func(context.Context) int) {
+	var a *agent.Agent
+	log := slog.New(slog.DiscardHandler)
+	if os.Getenv("TWINLET_TEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	r, err := reconciler.New(reconciler.Options{Root: root, StateDir: stateDir, PolicyDir: policyDir, Logger: log,
+		OnReport: func(doc []byte) {
+			if a != nil {
+				a.Notify(doc)
+			}
+		}})
+	if err != nil {
+		panic(err)
+	}
+	cfg := iothub.DeviceConfig{HostName: cs.HostName, DeviceID: cs.DeviceID, Signer: iothub.KeySigner{Key: cs.SharedAccessKey},
+		CAPEM: ca, Addr: addr, MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond, RequestTimeout: 5 * time.Second}
+	opts := agent.Options{Coalesce: 20 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Logger: log}
+	if mod != nil {
+		mod(&cfg, &opts)
+	}
+	a, err = agent.New(r, cfg, opts)
+	if err != nil {
+		panic(err)
+	}
+	run := func(ctx context.Context) int {
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			r.Run(ctx, reconciler.RunOptions{Resync: time.Hour, PolicyPoll: 100 * time.Millisecond})
+		}()
+		go func() { defer wg.Done(); a.Run(ctx) }()
+		wg.Wait()
+		return 0
+	}
+	return r, a, run
+}
+
+type env struct {
+	t                   *testing.T
+	h                   *hub.Hub
+	dir                 string
+	root, state, policy string
+	cs                  iothub.ConnectionString
+	mqttAddr, httpsAddr string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir()}
+	e.root, e.state, e.policy = filepath.Join(e.dir, "root"), filepath.Join(e.dir, "state"), filepath.Join(e.dir, "policy")
+	for _, d := range []string{e.root, e.policy} {
+		os.MkdirAll(d, 0o755)
+	}
+	e.startHub("127.0.0.1:0", "127.0.0.1:0")
+	cs, err := e.h.CreateDevice("kiosk-17")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cs = cs
+	return e
+}
+
+func (e *env) startHub(mqttAddr, httpsAddr string) {
+	e.t.Helper()
+	h, err := hub.New(hub.Options{Dir: filepath.Join(e.dir, "hub"), MQTTAddr: mqttAddr, HTTPSAddr: httpsAddr})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	e.h = h
+	e.mqttAddr, e.httpsAddr = h.MQTTAddr(), h.HTTPSAddr()
+	e.t.Cleanup(func() { h.Close() })
+}
+
+func (e *env) agent(mod func(*iothub.DeviceConfig, *agent.Options)) (*reconciler.Reconciler, *agent.Agent) {
+	e.t.Helper()
+	r, a, run := build(e.root, e.state, e.policy, e.cs, e.h.CAPEM(), e.mqttAddr, mod)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); run(ctx) }()
+	e.t.Cleanup(func() { cancel(); <-done })
+	return r, a
+}
+
+func (e *env) desired(patch map[string]any) {
+	e.t.Helper()
+	p := hub.TwinPatch{}
+	p.Properties = &struct {
+		Desired map[string]any `json:"desired,omitempty"`
+	}{Desired: patch}
+	if _, err := e.h.UpdateTwin("kiosk-17", "", p, false, ""); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// reported returns the twin's reported properties as JSON-decoded values.
+func (e *env) reported() map[string]any {
+	tw, err := e.h.Twin("kiosk-17", "")
+	if err != nil {
+		return nil
+	}
+	b, _ := json.Marshal(tw.Properties.Reported)
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	return m
+}
+
+func path(m map[string]any, keys ...string) any {
+	var v any = m
+	for _, k := range keys {
+		mm, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = mm[k]
+	}
+	return v
+}
+
+func (e *env) file(p string) string {
+	b, err := os.ReadFile(filepath.Join(e.root, p))
+	if err != nil {
+		return "<missing>"
+	}
+	return string(b)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDesiredPatchBecomesReady(t *testing.T) {
+	e := newEnv(t)
+	e.agent(nil)
+	e.desired(map[string]any{
+		"hostname": map[string]any{"name": "kiosk-17"},
+		"files":    map[string]any{"motd": map[string]any{"path": "/etc/motd", "content": "hi\n"}},
+		"timezone": map[string]any{"name": "Mars/Olympus"},
+		"other":    map[string]any{"left": "alone"},
+	})
+	eventually(t, "hostname and files Ready, timezone Failed", func() bool {
+		rep := e.reported()
+		return path(rep, "hostname", "__status", "state") == "Ready" &&
+			path(rep, "files", "__status", "state") == "Ready" &&
+			path(rep, "timezone", "__status", "state") == "Failed"
+	})
+	rep := e.reported()
+	if e.file("etc/motd") != "hi\n" || path(rep, "hostname", "name") != "kiosk-17" {
+		t.Fatalf("not applied: motd=%q reported=%v", e.file("etc/motd"), rep["hostname"])
+	}
+	errs, _ := path(rep, "timezone", "__errors").([]any)
+	if len(errs) != 1 || !strings.Contains(fmt.Sprint(errs[0]), "/name") || !strings.Contains(fmt.Sprint(errs[0]), "twin:/timezone/name") {
+		t.Fatalf("timezone errors: %v", errs)
+	}
+	if path(rep, "__summary", "state") != "Failed" || path(rep, "__summary", "failedSections") != "timezone" {
+		t.Fatalf("summary: %v", rep["__summary"])
+	}
+	if _, ok := rep["other"]; ok {
+		t.Fatal("reported a section nobody owns")
+	}
+	// Removing the bad section from desired stops managing it, and the
+	// report drops it.
+	e.desired(map[string]any{"timezone": nil})
+	eventually(t, "timezone gone, summary Ready", func() bool {
+		rep := e.reported()
+		_, has := rep["timezone"]
+		return !has && path(rep, "__summary", "state") == "Ready"
+	})
+}
+
+func TestHubRestartMidRun(t *testing.T) {
+	e := newEnv(t)
+	_, a := e.agent(nil)
+	e.desired(map[string]any{"hostname": map[string]any{"name": "before"}})
+	eventually(t, "first", func() bool { return path(e.reported(), "hostname", "name") == "before" })
+	mq, hs := e.mqttAddr, e.httpsAddr
+	e.h.Close()
+	eventually(t, "agent offline", func() bool { return !a.Client().Connected() })
+	e.startHub(mq, hs)
+	e.desired(map[string]any{"hostname": map[string]any{"name": "after"}})
+	eventually(t, "converged after restart", func() bool {
+		return path(e.reported(), "hostname", "name") == "after" && e.file("etc/hostname") == "after\n"
+	})
+}
+
+func TestBurstWithDroppedConnections(t *testing.T) {
+	e := newEnv(t)
+	e.agent(nil)
+	for i := 1; i <= 100; i++ {
+		e.desired(map[string]any{"hostname": map[string]any{"name": fmt.Sprintf("host-%d", i)}})
+		if i%20 == 0 {
+			e.h.DropConnections("kiosk-17")
+		}
+	}
+	tw, _ := e.h.Twin("kiosk-17", "")
+	want := tw.Properties.Desired["$version"]
+	eventually(t, "last version reported", func() bool {
+		rep := e.reported()
+		return path(rep, "hostname", "name") == "host-100" &&
+			fmt.Sprint(path(rep, "__summary", "desiredVersion")) == fmt.Sprint(want) && e.file("etc/hostname") == "host-100\n"
+	})
+}
+
+func TestTokenRenewalLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	_, a := e.agent(func(c *iothub.DeviceConfig, _ *agent.Options) { c.TokenLifetime = 2 * time.Second })
+	start := a.Client().Reconnects.Load()
+	i := 0
+	for a.Client().Reconnects.Load() < start+3 {
+		i++
+		e.desired(map[string]any{"hostname": map[string]any{"name": fmt.Sprintf("r-%d", i)}})
+		time.Sleep(150 * time.Millisecond) // pace the writer across renewals
+	}
+	want := fmt.Sprintf("r-%d", i)
+	eventually(t, "every patch applied", func() bool {
+		return path(e.reported(), "hostname", "name") == want && e.file("etc/hostname") == want+"\n"
+	})
+}
+
+func TestThrottledReportsBackOff(t *testing.T) {
+	e := newEnv(t)
+	e.h.SetFaults(hub.Faults{ThrottleReportedPatch: 0.5})
+	_, a := e.agent(nil)
+	for i := 1; i <= 10; i++ {
+		e.desired(map[string]any{"hostname": map[string]any{"name": fmt.Sprintf("t-%d", i)}})
+	}
+	tw, _ := e.h.Twin("kiosk-17", "")
+	want := fmt.Sprint(tw.Properties.Desired["$version"])
+	eventually(t, "converged under throttling", func() bool {
+		rep := e.reported()
+		return path(rep, "hostname", "name") == "t-10" && fmt.Sprint(path(rep, "__summary", "desiredVersion")) == want
+	})
+	// Coalescing and backoff: far fewer attempts than documents, and no
+	// busy loop while throttled.
+	if n := a.Attempts(); n > 40 {
+		t.Fatalf("%d reported-patch attempts for 10 desired patches", n)
+	}
+}
+
+func TestMethods(t *testing.T) {
+	e := newEnv(t)
+	e.agent(nil)
+	e.desired(map[string]any{"hostname": map[string]any{"name": "m1"}})
+	eventually(t, "ready", func() bool { return path(e.reported(), "hostname", "__status", "state") == "Ready" })
+	ctx := context.Background()
+	call := func(name, payload string) (int, map[string]any) {
+		var p json.RawMessage
+		if payload != "" {
+			p = json.RawMessage(payload)
+		}
+		res, err := e.h.InvokeMethod(ctx, "kiosk-17", "", name, p, 10*time.Second, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var m map[string]any
+		json.Unmarshal(res.Payload, &m)
+		return res.Status, m
+	}
+	if st, m := call("getStatus", ""); st != 200 || path(m, "sections", "hostname", "status", "state") != "Ready" {
+		t.Fatalf("getStatus: %d %v", st, m)
+	}
+	os.WriteFile(filepath.Join(e.root, "etc/hostname"), []byte("drift\n"), 0o644)
+	if st, m := call("getPlan", ""); st != 200 || !strings.Contains(fmt.Sprint(m), "m1") {
+		t.Fatalf("getPlan: %d %v", st, m)
+	}
+	if st, _ := call("reconcile", `{"sections":["hostname"]}`); st != 200 {
+		t.Fatalf("reconcile: %d", st)
+	}
+	eventually(t, "reconciled by method", func() bool { return e.file("etc/hostname") == "m1\n" })
+	if st, m := call("reconcile", `{"sections":["nope"]}`); st != 400 || !strings.Contains(fmt.Sprint(m["error"]), "/sections/0") {
+		t.Fatalf("bad payload: %d %v", st, m)
+	}
+	if st, _ := call("report", ""); st != 200 {
+		t.Fatalf("report: %d", st)
+	}
+	if st, m := call("reboot", ""); st != 501 || !strings.Contains(fmt.Sprint(m["error"]), "not supported") {
+		t.Fatalf("reboot: %d %v", st, m)
+	}
+	if st, _ := call("selfDestruct", ""); st != 404 {
+		t.Fatalf("unknown method: %d", st)
+	}
+}
+
+// TestKilledWhileOffline: the agent applies a local change while the hub
+// is down and is killed before it could report it. After a restart the
+// report reaches the hub and the change is not applied a second time.
+func TestKilledWhileOffline(t *testing.T) {
+	e := newEnv(t)
+	policy := func(content string) {
+		body := "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: { name: p }\nspec:\n  files:\n    motd: { path: /etc/motd, content: \"" + content + "\\n\" }\n"
+		os.WriteFile(filepath.Join(e.policy, "p.yaml"), []byte(body), 0o644)
+	}
+	policy("one")
+	start := func() *exec.Cmd {
+		ca := filepath.Join(e.dir, "ca.pem")
+		os.WriteFile(ca, e.h.CAPEM(), 0o644)
+		cc, _ := json.Marshal(childConfig{Root: e.root, State: e.state, Policy: e.policy, Host: e.cs.HostName,
+			Addr: e.mqttAddr, CAFile: ca, Device: e.cs.DeviceID, Key: e.cs.SharedAccessKey})
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"="+string(cc))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd
+	}
+	child := start()
+	eventually(t, "first report", func() bool { return path(e.reported(), "files", "motd", "sha256") != nil })
+
+	mq, hs := e.mqttAddr, e.httpsAddr
+	e.h.Close()
+	policy("second")
+	eventually(t, "applied offline", func() bool { return e.file("etc/motd") == "second\n" })
+	eventually(t, "reported.json has it", func() bool {
+		b, _ := os.ReadFile(filepath.Join(e.state, "reported.json"))
+		return strings.Contains(string(b), `"size": 7`)
+	})
+	fi1, _ := os.Stat(filepath.Join(e.root, "etc/motd"))
+	child.Process.Signal(syscall.SIGKILL)
+	child.Wait()
+
+	e.startHub(mq, hs)
+	start()
+	eventually(t, "the unsent report arrives", func() bool {
+		rep := e.reported()
+		return path(rep, "files", "motd", "size") == float64(7) && path(rep, "files", "__status", "state") == "Ready"
+	})
+	fi2, _ := os.Stat(filepath.Join(e.root, "etc/motd"))
+	if !os.SameFile(fi1, fi2) || !fi1.ModTime().Equal(fi2.ModTime()) {
+		t.Fatal("the change was applied a second time after the restart")
+	}
+}

@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/twinlet/twinlet/providers"
+	"github.com/twinlet/twinlet/reconciler"
+)
+
+// Methods are the direct methods the agent answers.
+var Methods = []string{"getPlan", "getStatus", "reboot", "reconcile", "report"}
+
+type methodError struct {
+	Error string `json:"error"`
+}
+
+func reply(status int, v any) (int, []byte) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 500, []byte(`{"error":"cannot encode the response"}`)
+	}
+	return status, b
+}
+
+func fail(status int, format string, args ...any) (int, []byte) {
+	return reply(status, methodError{Error: fmt.Sprintf(format, args...)})
+}
+
+// sectionsArg is the optional payload of reconcile and report:
+// {"sections": ["files", …]}; no payload means every section.
+type sectionsArg struct {
+	Sections []string `json:"sections"`
+}
+
+func (a *Agent) parseSections(payload []byte) ([]string, error) {
+	payload = bytes.TrimSpace(payload)
+	if len(payload) == 0 || string(payload) == "null" || string(payload) == "{}" || string(payload) == `""` {
+		return a.r.Sections(), nil
+	}
+	var arg sectionsArg
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&arg); err != nil {
+		return nil, fmt.Errorf(`payload: want {"sections": ["id", …]} or nothing: %v`, err)
+	}
+	for i, id := range arg.Sections {
+		if !a.r.Known(id) {
+			return nil, fmt.Errorf("payload: /sections/%d: unknown section %q (known: %s)", i, id, strings.Join(a.r.Sections(), ", "))
+		}
+	}
+	if len(arg.Sections) == 0 {
+		return a.r.Sections(), nil
+	}
+	return arg.Sections, nil
+}
+
+// onMethod answers a direct method with a JSON body.
+func (a *Agent) onMethod(ctx context.Context, name string, payload []byte) (int, []byte) {
+	if a.opts.Metrics != nil {
+		a.opts.Metrics.methods.WithLabelValues(name).Inc()
+	}
+	switch name {
+	case "reconcile":
+		ids, err := a.parseSections(payload)
+		if err != nil {
+			return fail(400, "%v", err)
+		}
+		a.r.Enqueue(ids...)
+		return reply(200, map[string]any{"enqueued": ids})
+	case "report":
+		ids, err := a.parseSections(payload)
+		if err != nil {
+			return fail(400, "%v", err)
+		}
+		// Re-observe, and send the whole document again rather than the
+		// difference: the hub's copy may have been edited by someone else.
+		a.mu.Lock()
+		if a.acked != nil {
+			a.acked = map[string]json.RawMessage{}
+		}
+		a.mu.Unlock()
+		a.r.Enqueue(ids...)
+		a.signal()
+		return reply(200, map[string]any{"enqueued": ids, "fullReport": true})
+	case "getStatus":
+		if !emptyPayload(payload) {
+			return fail(400, "getStatus takes no payload")
+		}
+		var doc map[string]json.RawMessage
+		if err := json.Unmarshal(a.r.Document(), &doc); err != nil || doc == nil {
+			return fail(503, "no reported state yet")
+		}
+		out := map[string]any{"summary": doc["__summary"]}
+		sections := map[string]json.RawMessage{}
+		for id, v := range doc {
+			var sec struct {
+				Status json.RawMessage `json:"__status"`
+				Errors json.RawMessage `json:"__errors"`
+			}
+			if id != "__summary" && json.Unmarshal(v, &sec) == nil {
+				b, _ := json.Marshal(map[string]json.RawMessage{"status": sec.Status, "errors": sec.Errors})
+				sections[id] = b
+			}
+		}
+		out["sections"] = sections
+		return reply(200, out)
+	case "getPlan":
+		if !emptyPayload(payload) {
+			return fail(400, "getPlan takes no payload")
+		}
+		rep := a.r.ReconcileAll(ctx, true)
+		return reply(200, reconciler.PlanDocument(rep))
+	case "reboot":
+		if _, ok := providers.Lookup("reboot"); !ok {
+			return fail(501, "reboot is not supported: this agent has no reboot provider")
+		}
+		return fail(501, "reboot through a direct method is not wired to the reboot provider yet")
+	}
+	known := append([]string(nil), Methods...)
+	sort.Strings(known)
+	return fail(404, "unknown method %q (known: %s)", name, strings.Join(known, ", "))
+}
+
+func emptyPayload(p []byte) bool {
+	p = bytes.TrimSpace(p)
+	return len(p) == 0 || string(p) == "null" || string(p) == "{}" || string(p) == `""`
+}
