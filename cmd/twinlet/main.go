@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twinlet/twinlet/internal/agent"
 	"github.com/twinlet/twinlet/internal/config"
 	"github.com/twinlet/twinlet/internal/version"
 	"github.com/twinlet/twinlet/reconciler"
@@ -54,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "run", "apply", "plan":
-		return agent(ctx, cmd, rest, stdout, stderr)
+		return runAgent(ctx, cmd, rest, stdout, stderr)
 	case "validate":
 		return validate(rest, stdout, stderr)
 	case "status":
@@ -75,6 +76,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // common are the flags shared by run, apply and plan.
 type common struct {
 	config, root, stateDir, policyDir, twinDesired, output, allowedRoots, logLevel, logFormat string
+	metricsAddr, keyFile, caFile                                                              string
+	hubPort                                                                                   int
 	resync                                                                                    time.Duration
 	once                                                                                      bool
 }
@@ -128,6 +131,18 @@ func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
 	if set["resync"] {
 		cfg.Resync = c.resync
 	}
+	if set["metrics-addr"] {
+		cfg.MetricsAddr = c.metricsAddr
+	}
+	if set["key-file"] {
+		cfg.Connection = config.Connection{KeyFile: c.keyFile, CAFile: cfg.Connection.CAFile, Port: cfg.Connection.Port}
+	}
+	if set["ca-file"] {
+		cfg.Connection.CAFile = c.caFile
+	}
+	if set["hub-port"] {
+		cfg.Connection.Port = c.hubPort
+	}
 	if c.output != "text" && c.output != "json" {
 		return cfg, fmt.Errorf("--output: %q is not text or json", c.output)
 	}
@@ -156,13 +171,17 @@ func logger(cfg config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func agent(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) int {
+func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("twinlet "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c common
 	c.register(fs)
 	if cmd == "run" {
 		fs.DurationVar(&c.resync, "resync", 5*time.Minute, "re-reconcile everything this often to heal drift")
+		fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (off when empty)")
+		fs.StringVar(&c.keyFile, "key-file", "", "file (mode 0600) with the device or module connection string")
+		fs.StringVar(&c.caFile, "ca-file", "", "extra CA (PEM) for the hub's certificate, e.g. twinhub's")
+		fs.IntVar(&c.hubPort, "hub-port", 0, "the hub's MQTT port (default 8883)")
 	}
 	if cmd == "apply" {
 		fs.BoolVar(&c.once, "once", true, "one full reconcile, then exit")
@@ -192,6 +211,21 @@ func agent(ctx context.Context, cmd string, args []string, stdout, stderr io.Wri
 		Root: cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,
 		AllowedRoots: cfg.AllowedRoots, Logger: log,
 	}
+	// The cloud side (run only) hooks into the reconciler's reports.
+	var ag *agent.Agent
+	var metrics *agent.Metrics
+	var rr *reconciler.Reconciler
+	if cmd == "run" {
+		opts.OnReport = func(doc []byte) {
+			if ag != nil {
+				ag.Notify(doc)
+			}
+		}
+		if cfg.MetricsAddr != "" {
+			metrics = agent.NewMetrics(func() int { return rr.QueueLen() })
+			opts.OnSection = metrics.ObserveSection
+		}
+	}
 	if cmd == "plan" {
 		// A dry run must not create the state directory either.
 		opts.StateDir = cfg.StateDir
@@ -201,6 +235,7 @@ func agent(ctx context.Context, cmd string, args []string, stdout, stderr io.Wri
 		fmt.Fprintf(stderr, "twinlet %s: %v\n", cmd, err)
 		return 1
 	}
+	rr = r
 	switch cmd {
 	case "plan":
 		rep := r.ReconcileAll(ctx, true)
@@ -245,8 +280,17 @@ func agent(ctx context.Context, cmd string, args []string, stdout, stderr io.Wri
 			}
 		}
 	}()
+	runCloud, err := cloud(cfg, r, &ag, metrics, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
+		return 1
+	}
 	log.Info("twinlet running", "version", version.Version, "root", cfg.Root, "policy", cfg.PolicyDir, "state", cfg.StateDir)
-	if err := r.Run(ctx, reconciler.RunOptions{Resync: cfg.Resync, Reload: reload}); err != nil {
+	cloudDone := make(chan struct{})
+	go func() { defer close(cloudDone); runCloud(ctx) }()
+	err = r.Run(ctx, reconciler.RunOptions{Resync: cfg.Resync, Reload: reload})
+	<-cloudDone
+	if err != nil {
 		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
 		return 1
 	}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/twinlet/twinlet/internal/hub"
+)
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestRunConnected runs `twinlet run` against an embedded hub with a key
+// file: a desired patch becomes Ready in the reported properties, and the
+// metrics endpoint serves.
+func TestRunConnected(t *testing.T) {
+	h, err := hub.New(hub.Options{Dir: t.TempDir(), MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	cs, err := h.CreateDevice("kiosk-17")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t)
+	key := filepath.Join(t.TempDir(), "device.key")
+	os.WriteFile(key, []byte(cs.String()+"\n"), 0o644)
+	_, port, _ := net.SplitHostPort(h.MQTTAddr())
+	metrics := freePort(t)
+	args := s.args("run", "--key-file", key, "--ca-file", h.CAFile(), "--hub-port", port, "--metrics-addr", metrics)
+
+	// A key file others can read is refused.
+	if code, _, errs := twinlet(t, args...); code != 1 || !strings.Contains(errs, "chmod 600") {
+		t.Fatalf("open key file: %d %s", code, errs)
+	}
+	os.Chmod(key, 0o600)
+
+	argv, _ := json.Marshal(args)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "TWINLET_TEST_CHILD="+string(argv))
+	var logs syncBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+
+	p := hub.TwinPatch{}
+	p.Properties = &struct {
+		Desired map[string]any `json:"desired,omitempty"`
+	}{Desired: map[string]any{"hostname": map[string]any{"name": "from-the-cloud"}}}
+	if _, err := h.UpdateTwin("kiosk-17", "", p, false, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "reported Ready", func() bool {
+		tw, _ := h.Twin("kiosk-17", "")
+		b, _ := json.Marshal(tw.Properties.Reported)
+		return strings.Contains(string(b), `"name":"from-the-cloud"`) && strings.Contains(string(b), `"state":"Ready"`)
+	})
+	if s.file("etc/hostname") != "from-the-cloud\n" {
+		t.Fatalf("hostname = %q", s.file("etc/hostname"))
+	}
+	waitFor(t, "metrics", func() bool {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), `twinlet_hub_connected 1`) &&
+			strings.Contains(string(b), `twinlet_reconciles_total{reason="Applied",section="hostname",state="Ready"}`)
+	})
+	if strings.Contains(logs.String(), base64Key(cs.SharedAccessKey)) {
+		t.Fatal("the device key was logged")
+	}
+}
+
+func base64Key(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
