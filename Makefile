@@ -4,7 +4,7 @@ BIN      := bin
 RUN_DIR  := .run
 PKGS     := ./...
 
-.PHONY: all build run test unit conformance bench fuzz lint clean
+.PHONY: all build run test unit conformance bench fuzz lint clean demo
 
 all: build
 
@@ -48,6 +48,11 @@ conformance:
 	  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error && echo "$$sum" > node_modules/.twinlet-installed; \
 	fi
 	$(GO) run ./internal/hub/conformance/run -dir internal/hub/conformance
+
+# The whole loop on one machine: twinhub, a device, twinlet on a sandbox
+# root, a desired patch with twinctl, until the reported state is Ready.
+demo: build
+	$(GO) run ./internal/tools/demo -bin $(BIN)
 
 clean:
 	rm -rf $(BIN) $(RUN_DIR)
