@@ -239,6 +239,9 @@ func (a *Agent) report(ctx context.Context) {
 		if json.Unmarshal(doc, &latest) != nil {
 			continue
 		}
+		// A twin holds no nulls (null deletes), so "__errors": null means
+		// absent; without this every pass would send it again.
+		latest = mergePatch(nil, latest)
 		patch := diff(acked, latest)
 		if len(patch) == 0 {
 			failures = 0

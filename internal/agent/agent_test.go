@@ -82,7 +82,7 @@ func build(root, stateDir, policyDir string, cs iothub.ConnectionString, ca []by
 }
 
 type env struct {
-	t                   *testing.T
+	t                   testing.TB
 	h                   *hub.Hub
 	dir                 string
 	root, state, policy string
@@ -90,7 +90,7 @@ type env struct {
 	mqttAddr, httpsAddr string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir()}
 	e.root, e.state, e.policy = filepath.Join(e.dir, "root"), filepath.Join(e.dir, "state"), filepath.Join(e.dir, "policy")
@@ -186,7 +186,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 func TestDesiredPatchBecomesReady(t *testing.T) {
 	e := newEnv(t)
-	e.agent(nil)
+	_, a := e.agent(nil)
 	e.desired(map[string]any{
 		"hostname": map[string]any{"name": "kiosk-17"},
 		"files":    map[string]any{"motd": map[string]any{"path": "/etc/motd", "content": "hi\n"}},
@@ -199,6 +199,12 @@ func TestDesiredPatchBecomesReady(t *testing.T) {
 			path(rep, "files", "__status", "state") == "Ready" &&
 			path(rep, "timezone", "__status", "state") == "Failed"
 	})
+	// Once converged, an idle agent sends nothing (no patch loop).
+	before := a.Attempts()
+	time.Sleep(500 * time.Millisecond) // a window in which nothing may happen
+	if n := a.Attempts() - before; n != 0 {
+		t.Fatalf("%d reported patches while idle", n)
+	}
 	rep := e.reported()
 	if e.file("etc/motd") != "hi\n" || path(rep, "hostname", "name") != "kiosk-17" {
 		t.Fatalf("not applied: motd=%q reported=%v", e.file("etc/motd"), rep["hostname"])
