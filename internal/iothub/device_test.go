@@ -2,7 +2,16 @@ package iothub_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/json"
+	"math/big"
 	"errors"
 	"os"
 	"path/filepath"
@@ -195,5 +204,36 @@ func TestReadKeyFileRefusesOpenModes(t *testing.T) {
 	cs, err := iothub.ReadKeyFile(p)
 	if err != nil || cs.DeviceID != "d" {
 		t.Fatalf("cs=%+v err=%v", cs, err)
+	}
+}
+
+func TestDeviceClientX509(t *testing.T) {
+	h := iothubtest.StartHub(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "x1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	if err := h.CreateX509Device("x1", strings.ToUpper(hex.EncodeToString(sum[:]))); err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	rec := &recorder{}
+	c, err := iothub.NewDeviceClient(iothub.DeviceConfig{HostName: h.Hostname(), DeviceID: "x1", Certificate: &cert,
+		CAPEM: h.CAPEM(), Addr: h.MQTTAddr(), OnTwin: rec.onTwin, MinBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "x509 device connected", c.Connected)
+	if _, err := c.PatchReported(ctx, []byte(`{"ok":true}`)); err != nil {
+		t.Fatal(err)
 	}
 }
