@@ -3,6 +3,8 @@ package reconciler
 import (
 	"encoding/json"
 	"testing"
+
+	"github.com/twinlet/twinlet/internal/jsonx"
 )
 
 // FuzzMerge checks the merge's invariants on arbitrary layer contents: it
@@ -28,7 +30,7 @@ func FuzzMerge(f *testing.F) {
 				if string(v) == "null" {
 					continue
 				}
-				if !jsonEqual(m.Value[k], v) || m.Origin[k].Layer != LayerEnforce {
+				if !jsonx.Equal(m.Value[k], v) || m.Origin[k].Layer != LayerEnforce {
 					t.Fatalf("enforce key %q lost: %s", k, m.Value[k])
 				}
 			}

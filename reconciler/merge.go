@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/twinlet/twinlet/internal/jsonx"
 	"github.com/twinlet/twinlet/providers"
 )
 
@@ -153,7 +154,7 @@ func Merge(inputs []Input) (*Merged, error) {
 			if bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
 				continue
 			}
-			if prev, ok := m.Origin[k]; ok && !jsonEqual(m.Value[k], v) &&
+			if prev, ok := m.Origin[k]; ok && !jsonx.Equal(m.Value[k], v) &&
 				(prev.Layer == LayerTwin || prev.Layer == in.Layer) {
 				m.Conflicts = append(m.Conflicts, Conflict{
 					Pointer:    providers.Pointer(k),
@@ -165,18 +166,4 @@ func Merge(inputs []Input) (*Merged, error) {
 	}
 	sort.Slice(m.Conflicts, func(i, j int) bool { return m.Conflicts[i].Pointer < m.Conflicts[j].Pointer })
 	return m, nil
-}
-
-// jsonEqual compares two JSON values semantically.
-func jsonEqual(a, b json.RawMessage) bool {
-	if bytes.Equal(a, b) {
-		return true
-	}
-	var va, vb any
-	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
-		return false
-	}
-	ca, _ := json.Marshal(va)
-	cb, _ := json.Marshal(vb)
-	return bytes.Equal(ca, cb)
 }

@@ -2,9 +2,10 @@ package reconciler
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/twinlet/twinlet/internal/backoff"
 )
 
 // queue is a deduplicating work queue of section keys with delayed adds.
@@ -120,13 +121,5 @@ var DefaultBackoff = Backoff{Base: time.Second, Max: 5 * time.Minute}
 // Delay returns the delay before retry number n (1 for the first), with
 // ±20% jitter so that a fleet does not retry in step.
 func (b Backoff) Delay(n int) time.Duration {
-	d := b.Base
-	for i := 1; i < n && d < b.Max; i++ {
-		d *= 2
-	}
-	if d > b.Max {
-		d = b.Max
-	}
-	j := 0.8 + 0.4*rand.Float64()
-	return time.Duration(float64(d) * j)
+	return backoff.Delay(b.Base, b.Max, n)
 }

@@ -10,12 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/twinlet/twinlet/internal/backoff"
 	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/jsonx"
 	"github.com/twinlet/twinlet/reconciler"
 )
 
@@ -156,7 +157,7 @@ func (a *Agent) onTwin(desired map[string]json.RawMessage, version int64, report
 func (a *Agent) onDesired(patch map[string]json.RawMessage, version int64) {
 	delete(patch, "$version")
 	a.twinMu.Lock()
-	a.desired = mergePatch(a.desired, patch)
+	a.desired = jsonx.MergePatch(a.desired, patch)
 	doc := a.desired
 	a.twinMu.Unlock()
 	a.setDesired(doc, version)
@@ -218,7 +219,7 @@ func (a *Agent) report(ctx context.Context) {
 		retry = nil
 		// Coalesce a burst into one patch: the latest document is read
 		// after the pause, and the signals meanwhile are spent.
-		if !sleepCtx(ctx, a.opts.Coalesce) {
+		if !backoff.Sleep(ctx, a.opts.Coalesce) {
 			return
 		}
 		select {
@@ -241,8 +242,8 @@ func (a *Agent) report(ctx context.Context) {
 		}
 		// A twin holds no nulls (null deletes), so "__errors": null means
 		// absent; without this every pass would send it again.
-		latest = mergePatch(nil, latest)
-		patch := diff(acked, latest)
+		latest = jsonx.MergePatch(nil, latest)
+		patch := jsonx.Diff(acked, latest)
 		if len(patch) == 0 {
 			failures = 0
 			continue
@@ -259,7 +260,7 @@ func (a *Agent) report(ctx context.Context) {
 			failures, rejected = 0, nil
 			a.mu.Lock()
 			if a.acked != nil {
-				a.acked = mergePatch(a.acked, patch)
+				a.acked = jsonx.MergePatch(a.acked, patch)
 			}
 			a.mu.Unlock()
 			if a.opts.Metrics != nil {
@@ -277,32 +278,12 @@ func (a *Agent) report(ctx context.Context) {
 			// The next connect wakes us.
 		default:
 			failures++
-			d := backoff(a.opts.MinBackoff, a.opts.MaxBackoff, failures)
+			d := backoff.Delay(a.opts.MinBackoff, a.opts.MaxBackoff, failures)
 			a.log.Warn("reported patch failed; retrying", "err", err, "in", d.Round(time.Millisecond).String())
 			if a.opts.Metrics != nil {
 				a.opts.Metrics.reportFailures.Inc()
 			}
 			retry = time.After(d)
 		}
-	}
-}
-
-func backoff(lo, hi time.Duration, n int) time.Duration {
-	d := lo
-	for i := 1; i < n && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	return time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

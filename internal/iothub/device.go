@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"strconv"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/twinlet/twinlet/internal/backoff"
 )
 
 // APIVersion is the IoT Hub device API version sent in the MQTT username.
@@ -189,7 +190,7 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 			failures++
 			d := c.backoff(failures)
 			c.log.Warn("iothub connect failed", "err", err, "retry_in", d.Round(time.Millisecond).String())
-			if !sleep(ctx, d) {
+			if !backoff.Sleep(ctx, d) {
 				return nil
 			}
 			continue
@@ -223,32 +224,16 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 			return nil
 		case "lost":
 			failures++
-			if !sleep(ctx, c.backoff(failures)) {
+			if !backoff.Sleep(ctx, c.backoff(failures)) {
 				return nil
 			}
 		}
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// backoff is exponential from MinBackoff to MaxBackoff with ±25% jitter.
+// backoff is exponential from MinBackoff to MaxBackoff with jitter.
 func (c *DeviceClient) backoff(n int) time.Duration {
-	d := c.cfg.MinBackoff
-	for i := 1; i < n && d < c.cfg.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, c.cfg.MaxBackoff)
-	return time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
+	return backoff.Delay(c.cfg.MinBackoff, c.cfg.MaxBackoff, n)
 }
 
 func (c *DeviceClient) tlsConfig() (*tls.Config, error) {
