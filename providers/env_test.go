@@ -2,9 +2,11 @@ package providers
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestResolveConfinesToRoot(t *testing.T) {
@@ -96,13 +98,15 @@ func TestRegisterRefusesBadIDs(t *testing.T) {
 			Register(info)
 		}()
 	}
-	Register(Info{ID: "x-test-dup", New: func() Provider { return nil }})
+	// The registry is global: a fresh id per run keeps -count=N honest.
+	id := fmt.Sprintf("x-test-dup-%d", time.Now().UnixNano())
+	Register(Info{ID: id, New: func() Provider { return nil }})
 	defer func() {
 		if recover() == nil {
 			t.Error("duplicate id did not panic")
 		}
 	}()
-	Register(Info{ID: "x-test-dup", New: func() Provider { return nil }})
+	Register(Info{ID: id, New: func() Provider { return nil }})
 }
 
 func TestChangeString(t *testing.T) {
