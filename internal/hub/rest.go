@@ -130,8 +130,12 @@ func (h *Hub) restHandler() http.Handler {
 	handle("GET /devices/{id}", read, h.restGetIdentity)
 	handle("DELETE /devices/{id}", write, h.restDeleteIdentity)
 	handle("GET /devices", read, h.restListIdentities)
+	// azure-iothub's Registry.list asks for "/devices/" (and modules alike).
+	handle("GET /devices/{$}", read, h.restListIdentities)
+	handle("POST /devices", write, h.restBulk)
 	handle("POST /devices/query", twinRead, h.restQuery)
 	handle("GET /devices/{id}/modules", read, h.restListIdentities)
+	handle("GET /devices/{id}/modules/{$}", read, h.restListIdentities)
 	handle("PUT /devices/{id}/modules/{mid}", write, h.restPutIdentity)
 	handle("GET /devices/{id}/modules/{mid}", read, h.restGetIdentity)
 	handle("DELETE /devices/{id}/modules/{mid}", write, h.restDeleteIdentity)

@@ -287,3 +287,55 @@ func TestDirectMethodTimeoutREST(t *testing.T) {
 		t.Fatalf("timeout: %d %s", r.status, r.body)
 	}
 }
+
+// TestRESTBulkAndTrailingSlash covers what azure-iothub's Registry needs:
+// list at "/devices/" and the bulk registry operation at POST /devices.
+func TestRESTBulkAndTrailingSlash(t *testing.T) {
+	h := startHub(t, Options{})
+	s := newSvc(t, h, "iothubowner")
+	r := s.do("POST", "/devices", `[{"id":"b1","importMode":"create","authentication":{"type":"sas","symmetricKey":{"primaryKey":"","secondaryKey":""}}},
+		{"id":"b2","importMode":"create"}]`)
+	if r.status != 200 || !strings.Contains(string(r.body), `"isSuccessful":true`) {
+		t.Fatalf("bulk create: %d %s", r.status, r.body)
+	}
+	for _, p := range []string{"/devices", "/devices/"} {
+		var list []Identity
+		r := s.do("GET", p, nil)
+		r.json(t, &list)
+		if r.status != 200 || len(list) != 2 {
+			t.Fatalf("GET %s: %d %s", p, r.status, r.body)
+		}
+	}
+	// One entry fails, the other still takes effect; the answer says which.
+	r = s.do("POST", "/devices", `[{"id":"b1","importMode":"create"},{"id":"b3","importMode":"create"},
+		{"id":"b2","importMode":"updateTwin","tags":{"site":"x"}}]`)
+	var res struct {
+		IsSuccessful bool
+		Errors       []struct{ DeviceID, ErrorCode string }
+	}
+	r.json(t, &res)
+	if r.status != 400 || res.IsSuccessful || len(res.Errors) != 1 || res.Errors[0].DeviceID != "b1" || res.Errors[0].ErrorCode != "DeviceAlreadyExists" {
+		t.Fatalf("partial failure: %d %s", r.status, r.body)
+	}
+	if tw, err := h.Twin("b2", ""); err != nil || tw.Tags["site"] != "x" {
+		t.Fatalf("updateTwin: %v %v", tw.Tags, err)
+	}
+	if r := s.do("POST", "/devices", `[{"id":"b1","importMode":"Delete"},{"id":"b2","importMode":"deleteIfMatchETag","eTag":"\"nope\""},{"id":"b3","importMode":"delete"}]`); r.status != 400 {
+		t.Fatalf("delete: %d %s", r.status, r.body)
+	}
+	if _, err := h.Twin("b1", ""); !errors.Is(err, ErrNotFound) {
+		t.Fatal("b1 not deleted")
+	}
+	if _, err := h.Twin("b2", ""); err != nil {
+		t.Fatal("b2 deleted despite a stale eTag")
+	}
+	if r := s.do("POST", "/devices", `[]`); r.status != 400 {
+		t.Fatalf("empty bulk: %d", r.status)
+	}
+	if r := s.do("POST", "/devices", `[{"id":"z","importMode":"explode"}]`); r.status != 400 || !strings.Contains(string(r.body), "importMode") {
+		t.Fatalf("bad mode: %d %s", r.status, r.body)
+	}
+	if r := newSvc(t, h, "registryRead").do("POST", "/devices", `[{"id":"r","importMode":"create"}]`); r.status != 401 {
+		t.Fatalf("bulk with read rights: %d", r.status)
+	}
+}

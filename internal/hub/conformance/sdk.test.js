@@ -122,13 +122,13 @@ test('registry: get an unknown device fails with DeviceNotFoundError', { timeout
   });
 });
 
-test('registry: list devices (Registry.list) [hub bug H2]', { timeout: TIMEOUT }, async () => {
+test('registry: list devices (Registry.list)', { timeout: TIMEOUT }, async () => {
   const { responseBody: devices } = await registry.list();
   const ids = devices.map((d) => d.deviceId);
   assert.ok(ids.includes(idA) && ids.includes(idB), `both devices are listed (got ${JSON.stringify(ids)})`);
 });
 
-test('registry: bulk create and remove (addDevices, removeDevices) [hub bug H3]', { timeout: TIMEOUT }, async () => {
+test('registry: bulk create and remove (addDevices, removeDevices)', { timeout: TIMEOUT }, async () => {
   const bulk = [{ deviceId: `${idA}-bulk1` }, { deviceId: `${idA}-bulk2` }];
   const { responseBody: created } = await registry.addDevices(bulk);
   assert.equal(created.isSuccessful, true, JSON.stringify(created));
