@@ -42,6 +42,11 @@ fuzz:
 # install (a checksum in the git-ignored node_modules); then the Go driver
 # starts a hub on loopback ports and runs the suite with node --test.
 conformance:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing nodejs and npm (Debian packages) for the SDK conformance suite"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "make conformance needs Node.js 18+ and npm: apt-get install nodejs npm" >&2; exit 1; fi; }
 	@cd internal/hub/conformance && sum=$$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1) && \
 	if [ "$$(cat node_modules/.twinlet-installed 2>/dev/null)" != "$$sum" ]; then \
 	  echo "npm ci (internal/hub/conformance)"; \
