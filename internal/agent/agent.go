@@ -28,6 +28,9 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the retry delay of reported patches
 	// that were throttled or failed (defaults 1s, 2m).
 	MinBackoff, MaxBackoff time.Duration
+	// StateDir keeps the outbox (reported patches not yet acknowledged);
+	// empty keeps it in memory only.
+	StateDir string
 	// Metrics, when set, is updated.
 	Metrics *Metrics
 	// Logger; nil discards.
@@ -51,6 +54,8 @@ type Agent struct {
 	// acked is what the hub holds of the keys twinlet owns; nil until a
 	// connect has read it.
 	acked map[string]json.RawMessage
+	// out holds the reported patches not yet acknowledged.
+	out *outbox
 	// Attempts counts reported-patch attempts (for tests: no busy loop).
 	attempts int
 }
@@ -71,6 +76,19 @@ func New(r *reconciler.Reconciler, cfg iothub.DeviceConfig, opts Options) (*Agen
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{r: r, opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), owned: map[string]bool{"__summary": true}}
+	out, err := loadOutbox(opts.StateDir)
+	if err != nil {
+		a.log.Error("reported patches of the previous run lost; the latest state will still be reported", "err", err)
+	}
+	if out.Base == nil {
+		// The last document of the previous run, which the reconciler
+		// keeps: what happens from here on is queued as patches from it.
+		out.Base = normalize(r.Document())
+	}
+	a.out = out
+	if len(out.Entries) > 0 {
+		a.log.Info("reported patches of the previous run queued", "patches", len(out.Entries))
+	}
 	for _, id := range r.Sections() {
 		a.owned[id] = true
 	}
@@ -150,6 +168,9 @@ func (a *Agent) onTwin(desired map[string]json.RawMessage, version int64, report
 	}
 	a.mu.Lock()
 	a.acked = acked
+	if a.out.Base == nil {
+		a.out.Base = acked
+	}
 	a.mu.Unlock()
 	a.signal()
 }
@@ -191,15 +212,20 @@ func stripMeta(v json.RawMessage) json.RawMessage {
 	return b
 }
 
-// report sends the difference between what the hub holds and the latest
-// reported document: one patch per burst, retried with backoff on 429 and
-// 5xx, never retried as is on 400. Because the difference is computed
-// against what the hub acknowledged (re-read on every connect), nothing
-// is lost while offline or across restarts, and nothing is sent twice.
+// report turns every new reported document into a patch (the difference
+// from the one before, one patch per burst) queued in the outbox, and
+// sends the outbox in order whenever the hub is reachable: a throttled
+// (429) or failed (5xx, timeout) patch is retried with backoff, a refused
+// one (400) is dropped with an error and never retried as is. After the
+// outbox, the difference between what the hub holds (read on every
+// connect) and the latest document is sent too, so the hub converges on
+// the latest document whatever happened meanwhile. The outbox is written
+// to the state directory while patches wait; a restart sends them first.
+// Nothing here re-runs a provider: restarts re-send reports, not changes.
 func (a *Agent) report(ctx context.Context) {
 	failures := 0
 	var retry <-chan time.Time
-	var rejected []byte // a document the hub refused (400): wait for a new one
+	var rejected []byte // a patch against the hub's copy that the hub refused (400)
 	for {
 		// While backing off, new documents wait for the retry: a hub that
 		// throttles must not see more attempts because we had more news.
@@ -226,64 +252,148 @@ func (a *Agent) report(ctx context.Context) {
 		case <-a.wake:
 		default:
 		}
-		doc := a.r.Document()
+		latest := normalize(a.r.Document())
 		a.mu.Lock()
-		acked := a.acked
+		if latest != nil {
+			a.out.add(latest)
+		}
 		a.mu.Unlock()
-		if acked == nil || len(doc) == 0 || !a.c.Connected() {
-			continue // the next connect wakes us
+		res, err := a.flush(ctx, latest, &rejected)
+		a.mu.Lock()
+		if serr := a.out.save(); serr != nil {
+			a.log.Error("reported patches not saved", "err", serr)
 		}
-		if rejected != nil && string(rejected) == string(doc) {
-			continue
+		n := len(a.out.Entries)
+		a.mu.Unlock()
+		if a.opts.Metrics != nil {
+			a.opts.Metrics.outbox.Set(float64(n))
 		}
-		var latest map[string]json.RawMessage
-		if json.Unmarshal(doc, &latest) != nil {
-			continue
-		}
-		// A twin holds no nulls (null deletes), so "__errors": null means
-		// absent; without this every pass would send it again.
-		latest = jsonx.MergePatch(nil, latest)
-		patch := jsonx.Diff(acked, latest)
-		if len(patch) == 0 {
+		switch res {
+		case sent:
 			failures = 0
-			continue
-		}
-		body, _ := json.Marshal(patch)
-		a.mu.Lock()
-		a.attempts++
-		a.mu.Unlock()
-		start := time.Now()
-		_, err := a.c.PatchReported(ctx, body)
-		var se *iothub.StatusError
-		switch {
-		case err == nil:
-			failures, rejected = 0, nil
-			a.mu.Lock()
-			if a.acked != nil {
-				a.acked = jsonx.MergePatch(a.acked, patch)
-			}
-			a.mu.Unlock()
-			if a.opts.Metrics != nil {
-				a.opts.Metrics.reportLatency.Observe(time.Since(start).Seconds())
-			}
-			a.log.Debug("reported", "bytes", len(body))
-			a.signal() // a document may have arrived meanwhile
-		case errors.As(err, &se) && !se.Retryable():
-			rejected = doc
-			a.log.Error("reported patch refused; waiting for a new document", "err", err)
-			if a.opts.Metrics != nil {
-				a.opts.Metrics.reportFailures.Inc()
-			}
-		case errors.Is(err, iothub.ErrNotConnected):
-			// The next connect wakes us.
-		default:
+		case retryLater:
 			failures++
 			d := backoff.Delay(a.opts.MinBackoff, a.opts.MaxBackoff, failures)
-			a.log.Warn("reported patch failed; retrying", "err", err, "in", d.Round(time.Millisecond).String())
-			if a.opts.Metrics != nil {
-				a.opts.Metrics.reportFailures.Inc()
-			}
+			a.log.Warn("reported patch failed; retrying", "err", err, "in", d.Round(time.Millisecond).String(), "queued", n)
 			retry = time.After(d)
+		case offline:
+			// The next connect wakes us.
 		}
 	}
+}
+
+type sendResult int
+
+const (
+	sent sendResult = iota
+	offline
+	retryLater
+	refused
+)
+
+// flush sends the outbox, oldest first, then the difference between the
+// hub's copy and latest.
+func (a *Agent) flush(ctx context.Context, latest map[string]json.RawMessage, rejected *[]byte) (sendResult, error) {
+	for {
+		a.mu.Lock()
+		if a.acked == nil || !a.c.Connected() {
+			a.mu.Unlock()
+			return offline, nil
+		}
+		if len(a.out.Entries) == 0 {
+			a.mu.Unlock()
+			break
+		}
+		e := a.out.Entries[0]
+		a.mu.Unlock()
+		switch res, err := a.send(ctx, e.Patch); res {
+		case sent:
+			a.mu.Lock()
+			a.out.pop()
+			a.mu.Unlock()
+		case refused:
+			a.log.Error("reported patch refused by the hub; dropped", "seq", e.Seq, "err", err)
+			a.mu.Lock()
+			a.out.pop()
+			a.mu.Unlock()
+		default:
+			return res, err
+		}
+	}
+	if latest == nil {
+		return sent, nil
+	}
+	a.mu.Lock()
+	if a.acked == nil {
+		a.mu.Unlock()
+		return offline, nil
+	}
+	patch := jsonx.Diff(a.acked, latest)
+	a.mu.Unlock()
+	if len(patch) == 0 {
+		return sent, nil
+	}
+	body, _ := json.Marshal(patch)
+	if *rejected != nil && string(*rejected) == string(body) {
+		return sent, nil // refused as is: wait for a new document
+	}
+	res, err := a.send(ctx, body)
+	if res == refused {
+		*rejected = body
+		a.log.Error("reported patch refused by the hub; waiting for a new document", "err", err)
+		return sent, nil
+	}
+	if res == sent {
+		*rejected = nil
+	}
+	return res, err
+}
+
+// send sends one patch and, once the hub acknowledged it, applies it to
+// the agent's copy of the hub's reported properties.
+func (a *Agent) send(ctx context.Context, body []byte) (sendResult, error) {
+	a.mu.Lock()
+	a.attempts++
+	a.mu.Unlock()
+	start := time.Now()
+	_, err := a.c.PatchReported(ctx, body)
+	var se *iothub.StatusError
+	switch {
+	case err == nil:
+		var patch map[string]json.RawMessage
+		_ = json.Unmarshal(body, &patch)
+		a.mu.Lock()
+		if a.acked != nil {
+			a.acked = jsonx.MergePatch(a.acked, patch)
+		}
+		a.mu.Unlock()
+		if a.opts.Metrics != nil {
+			a.opts.Metrics.reportLatency.Observe(time.Since(start).Seconds())
+		}
+		a.log.Debug("reported", "bytes", len(body))
+		return sent, nil
+	case errors.As(err, &se) && !se.Retryable():
+		if a.opts.Metrics != nil {
+			a.opts.Metrics.reportFailures.Inc()
+		}
+		return refused, err
+	case errors.Is(err, iothub.ErrNotConnected):
+		return offline, err
+	default:
+		if a.opts.Metrics != nil {
+			a.opts.Metrics.reportFailures.Inc()
+		}
+		return retryLater, err
+	}
+}
+
+// normalize decodes a reported document. A twin holds no nulls (null
+// deletes), so "__errors": null means absent; without this every pass
+// would send it again.
+func normalize(doc []byte) map[string]json.RawMessage {
+	var m map[string]json.RawMessage
+	if len(doc) == 0 || json.Unmarshal(doc, &m) != nil || m == nil {
+		return nil
+	}
+	return jsonx.MergePatch(nil, m)
 }

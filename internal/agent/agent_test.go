@@ -59,7 +59,7 @@ func build(root, stateDir, policyDir string, cs iothub.ConnectionString, ca []by
 	}
 	cfg := iothub.DeviceConfig{HostName: cs.HostName, DeviceID: cs.DeviceID, Signer: iothub.KeySigner{Key: cs.SharedAccessKey},
 		CAPEM: ca, Addr: addr, MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond, RequestTimeout: 5 * time.Second}
-	opts := agent.Options{Coalesce: 20 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Logger: log}
+	opts := agent.Options{StateDir: stateDir, Coalesce: 20 * time.Millisecond, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Logger: log}
 	if mod != nil {
 		mod(&cfg, &opts)
 	}
@@ -246,12 +246,19 @@ func TestHubRestartMidRun(t *testing.T) {
 
 func TestBurstWithDroppedConnections(t *testing.T) {
 	e := newEnv(t)
-	e.agent(nil)
+	_, a := e.agent(nil)
+	e.desired(map[string]any{"hostname": map[string]any{"name": "host-0"}})
+	eventually(t, "connected and converged", func() bool { return path(e.reported(), "hostname", "name") == "host-0" })
+	connects := a.Client().Reconnects.Load()
+	dropped := 0
 	for i := 1; i <= 100; i++ {
 		e.desired(map[string]any{"hostname": map[string]any{"name": fmt.Sprintf("host-%d", i)}})
 		if i%20 == 0 {
-			e.h.DropConnections("kiosk-17")
+			dropped += e.h.DropConnections("kiosk-17")
 		}
+	}
+	if dropped == 0 {
+		t.Fatal("fault injection dropped no connection")
 	}
 	tw, _ := e.h.Twin("kiosk-17", "")
 	want := tw.Properties.Desired["$version"]
@@ -260,6 +267,9 @@ func TestBurstWithDroppedConnections(t *testing.T) {
 		return path(rep, "hostname", "name") == "host-100" &&
 			fmt.Sprint(path(rep, "__summary", "desiredVersion")) == fmt.Sprint(want) && e.file("etc/hostname") == "host-100\n"
 	})
+	if a.Client().Reconnects.Load() == connects {
+		t.Fatal("the agent never reconnected")
+	}
 }
 
 func TestTokenRenewalLosesNothing(t *testing.T) {
@@ -280,21 +290,30 @@ func TestTokenRenewalLosesNothing(t *testing.T) {
 
 func TestThrottledReportsBackOff(t *testing.T) {
 	e := newEnv(t)
-	e.h.SetFaults(hub.Faults{ThrottleReportedPatch: 0.5})
 	_, a := e.agent(nil)
-	for i := 1; i <= 10; i++ {
-		e.desired(map[string]any{"hostname": map[string]any{"name": fmt.Sprintf("t-%d", i)}})
+	e.desired(map[string]any{"hostname": map[string]any{"name": "t-0"}})
+	eventually(t, "connected and converged", func() bool { return path(e.reported(), "hostname", "name") == "t-0" })
+	e.h.SetFaults(hub.Faults{ThrottleReportedPatch: 0.5})
+	before := a.Attempts()
+	// Ten changes, each waited for: ten reports, about half of the tries
+	// answered 429.
+	const changes = 10
+	for i := 1; i <= changes; i++ {
+		name := fmt.Sprintf("t-%d", i)
+		e.desired(map[string]any{"hostname": map[string]any{"name": name}})
+		eventually(t, name+" reported under throttling", func() bool { return path(e.reported(), "hostname", "name") == name })
 	}
 	tw, _ := e.h.Twin("kiosk-17", "")
 	want := fmt.Sprint(tw.Properties.Desired["$version"])
 	eventually(t, "converged under throttling", func() bool {
-		rep := e.reported()
-		return path(rep, "hostname", "name") == "t-10" && fmt.Sprint(path(rep, "__summary", "desiredVersion")) == want
+		return fmt.Sprint(path(e.reported(), "__summary", "desiredVersion")) == want
 	})
-	// Coalescing and backoff: far fewer attempts than documents, and no
-	// busy loop while throttled.
-	if n := a.Attempts(); n > 40 {
-		t.Fatalf("%d reported-patch attempts for 10 desired patches", n)
+	// Each retry waits for its backoff: the attempts stay close to two per
+	// report (a busy loop would make hundreds).
+	n := a.Attempts() - before
+	t.Logf("%d reported-patch attempts for %d changes", n, changes)
+	if n < changes || n > 6*changes {
+		t.Fatalf("%d reported-patch attempts for %d changes", n, changes)
 	}
 }
 
@@ -346,9 +365,10 @@ func TestMethods(t *testing.T) {
 	}
 }
 
-// TestKilledWhileOffline: the agent applies a local change while the hub
-// is down and is killed before it could report it. After a restart the
-// report reaches the hub and the change is not applied a second time.
+// TestKilledWhileOffline: the agent applies local changes while the hub
+// is down and is killed before it could report them. After a restart the
+// queued reports reach the hub, in order, and no change is applied a
+// second time.
 func TestKilledWhileOffline(t *testing.T) {
 	e := newEnv(t)
 	policy := func(content string) {
@@ -371,25 +391,50 @@ func TestKilledWhileOffline(t *testing.T) {
 	}
 	child := start()
 	eventually(t, "first report", func() bool { return path(e.reported(), "files", "motd", "sha256") != nil })
+	tw, _ := e.h.Twin("kiosk-17", "")
+	v0 := fmt.Sprint(tw.Properties.Reported["$version"])
 
 	mq, hs := e.mqttAddr, e.httpsAddr
 	e.h.Close()
+	outbox := filepath.Join(e.state, agent.OutboxFile)
+	queued := func() (seqs []uint64) {
+		var o struct{ Entries []struct{ Seq uint64 } }
+		b, _ := os.ReadFile(outbox)
+		json.Unmarshal(b, &o)
+		for _, en := range o.Entries {
+			seqs = append(seqs, en.Seq)
+		}
+		return seqs
+	}
+	// Two changes while offline: two patches wait in the outbox.
 	policy("second")
-	eventually(t, "applied offline", func() bool { return e.file("etc/motd") == "second\n" })
-	eventually(t, "reported.json has it", func() bool {
-		b, _ := os.ReadFile(filepath.Join(e.state, "reported.json"))
-		return strings.Contains(string(b), `"size": 7`)
-	})
+	eventually(t, "second applied and queued", func() bool { return e.file("etc/motd") == "second\n" && len(queued()) >= 1 })
+	policy("third!")
+	eventually(t, "third applied and queued", func() bool { return e.file("etc/motd") == "third!\n" && len(queued()) >= 2 })
 	fi1, _ := os.Stat(filepath.Join(e.root, "etc/motd"))
 	child.Process.Signal(syscall.SIGKILL)
 	child.Wait()
+	n := len(queued())
 
 	e.startHub(mq, hs)
 	start()
-	eventually(t, "the unsent report arrives", func() bool {
+	eventually(t, "the queued reports arrive", func() bool {
 		rep := e.reported()
 		return path(rep, "files", "motd", "size") == float64(7) && path(rep, "files", "__status", "state") == "Ready"
 	})
+	eventually(t, "the outbox emptied", func() bool {
+		_, err := os.Stat(outbox)
+		return os.IsNotExist(err)
+	})
+	// Each queued patch was a patch of its own (reported $version moves
+	// once per patch), not one patch with the final state.
+	tw, _ = e.h.Twin("kiosk-17", "")
+	var before, after int64
+	fmt.Sscan(v0, &before)
+	fmt.Sscan(fmt.Sprint(tw.Properties.Reported["$version"]), &after)
+	if after-before < int64(n) {
+		t.Fatalf("reported $version %d -> %d: fewer patches than the %d queued", before, after, n)
+	}
 	fi2, _ := os.Stat(filepath.Join(e.root, "etc/motd"))
 	if !os.SameFile(fi1, fi2) || !fi1.ModTime().Equal(fi2.ModTime()) {
 		t.Fatal("the change was applied a second time after the restart")

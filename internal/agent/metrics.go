@@ -20,6 +20,7 @@ type Metrics struct {
 	reportLatency  prometheus.Histogram
 	reportFailures prometheus.Counter
 	methods        *prometheus.CounterVec
+	outbox         prometheus.Gauge
 }
 
 // NewMetrics creates the metrics; queueLen is read at every scrape.
@@ -42,9 +43,11 @@ func NewMetrics(queueLen func() int) *Metrics {
 		Name: "twinlet_reported_patch_failures_total", Help: "Reported patches refused or failed."})
 	m.methods = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "twinlet_direct_methods_total", Help: "Direct methods received."}, []string{"method"})
+	m.outbox = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "twinlet_reported_patches_queued", Help: "Reported patches waiting for the hub (the outbox)."})
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "twinlet_queue_depth", Help: "Sections waiting to be reconciled."}, func() float64 { return float64(queueLen()) })
-	m.reg.MustRegister(m.reconciles, m.duration, m.failed, m.connected, m.reportLatency, m.reportFailures, m.methods, queue,
+	m.reg.MustRegister(m.reconciles, m.duration, m.failed, m.connected, m.reportLatency, m.reportFailures, m.methods, m.outbox, queue,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
