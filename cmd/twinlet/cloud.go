@@ -94,7 +94,7 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a **agent.Agent, m *agen
 		if err != nil {
 			return nil, err
 		}
-		ag, err := agent.New(r, dc, agent.Options{Metrics: m, Logger: log.With("component", "iothub")})
+		ag, err := agent.New(r, dc, agent.Options{StateDir: cfg.StateDir, Metrics: m, Logger: log.With("component", "iothub")})
 		if err != nil {
 			return nil, err
 		}
