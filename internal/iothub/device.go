@@ -39,7 +39,8 @@ type DeviceConfig struct {
 	// server name checked stays HostName.
 	Addr string
 	// TokenLifetime is the SAS lifetime; the client reconnects with a
-	// fresh token at 80% of it. Default one hour.
+	// fresh token at 80% of it. Default one hour; expiries are whole
+	// seconds, so use at least a few seconds (tests use 2s).
 	TokenLifetime time.Duration
 	// MinBackoff and MaxBackoff bound reconnect delays (defaults 1s, 60s).
 	MinBackoff, MaxBackoff time.Duration
@@ -115,9 +116,13 @@ type DeviceClient struct {
 	buffered []desiredPatch
 	resync   chan struct{}
 
-	rid        atomic.Uint64
-	connected  atomic.Bool
-	Reconnects atomic.Int64 // number of successful connects, for tests and metrics
+	rid       atomic.Uint64
+	connected atomic.Bool
+	// Reconnects counts successful connects (the first included), and
+	// Renewals the reconnects made to renew the token; for tests and
+	// metrics.
+	Reconnects atomic.Int64
+	Renewals   atomic.Int64
 }
 
 type desiredPatch struct {
@@ -195,7 +200,7 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		failures = 0
+		connectedAt := time.Now()
 		renew := time.NewTimer(time.Until(renewAt))
 		reason := ""
 	serve:
@@ -222,7 +227,16 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 		switch reason {
 		case "stop":
 			return nil
+		case "renew":
+			c.Renewals.Add(1)
+			failures = 0
 		case "lost":
+			// A connection that lasted resets the backoff; one the hub
+			// drops at once (a hub refusing this client after the
+			// CONNACK) keeps growing it, so there is no reconnect storm.
+			if time.Since(connectedAt) >= c.cfg.MaxBackoff {
+				failures = 0
+			}
 			failures++
 			if !backoff.Sleep(ctx, c.backoff(failures)) {
 				return nil
@@ -258,8 +272,11 @@ func (c *DeviceClient) connect(ctx context.Context, lost chan<- error) (time.Tim
 	if err != nil {
 		return time.Time{}, err
 	}
-	expiry := time.Now().Add(c.cfg.TokenLifetime)
-	renewAt := time.Now().Add(c.cfg.TokenLifetime * 8 / 10)
+	// A token's expiry is in whole seconds: renew at 80% of the lifetime
+	// it really has, which matters for short lifetimes.
+	now := time.Now()
+	expiry := now.Add(c.cfg.TokenLifetime).Truncate(time.Second)
+	renewAt := now.Add(expiry.Sub(now) * 8 / 10)
 	opts := paho.NewClientOptions().
 		AddBroker("tls://" + c.cfg.Addr).
 		SetClientID(c.clientID()).

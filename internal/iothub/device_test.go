@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -27,11 +28,13 @@ import (
 
 // recorder collects what a device client hands to its callbacks.
 type recorder struct {
-	mu       sync.Mutex
-	twins    []int64
-	patches  []int64
-	desired  map[string]json.RawMessage
-	connects int
+	mu      sync.Mutex
+	twins   []int64
+	patches []int64
+	desired map[string]json.RawMessage
+	// gaps lists patches that did not follow the version before them: a
+	// desired change the client lost.
+	gaps []string
 }
 
 func (r *recorder) onTwin(d map[string]json.RawMessage, v int64, _ map[string]json.RawMessage) {
@@ -43,13 +46,25 @@ func (r *recorder) onTwin(d map[string]json.RawMessage, v int64, _ map[string]js
 
 func (r *recorder) onDesired(p map[string]json.RawMessage, v int64) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	last := r.lastLocked()
 	r.patches = append(r.patches, v)
+	r.mu.Unlock()
+	if v != last+1 {
+		r.mu.Lock()
+		r.gaps = append(r.gaps, fmt.Sprintf("%d after %d", v, last))
+		r.mu.Unlock()
+	}
 }
 
 func (r *recorder) lastVersion() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.lastLocked()
+}
+
+// lastLocked is the newest version seen, by twin read or by patch; the
+// twin reads and patches arrive in order, so it is the last one.
+func (r *recorder) lastLocked() int64 {
 	var last int64
 	if n := len(r.twins); n > 0 {
 		last = r.twins[n-1]
@@ -169,18 +184,77 @@ func TestDeviceClientReconnectsAndRereadsTwin(t *testing.T) {
 
 func TestDeviceClientRenewsTokens(t *testing.T) {
 	h := iothubtest.StartHub(t)
+	// A 2 s token: renewed (a reconnect with a fresh token) every 1.6 s.
 	c, rec := startDevice(t, h, "d1", func(cfg *iothub.DeviceConfig) { cfg.TokenLifetime = 2 * time.Second })
-	// Keep patching desired while tokens are renewed; no patch is lost.
-	for i := 1; c.Reconnects.Load() < 4; i++ {
+	// Keep changing desired, each change waited for, across at least three
+	// renewals; changes made while the client reconnects arrive by the
+	// twin read that follows the connect.
+	for i := 1; c.Renewals.Load() < 3; i++ {
 		patchDesired(t, h, "d1", map[string]any{"n": i})
-		time.Sleep(100 * time.Millisecond) // pace the writer; the condition is polled
-		if i > 200 {
+		tw, _ := h.Twin("d1", "")
+		want := tw.Properties.Desired["$version"].(int64)
+		eventually(t, fmt.Sprintf("desired version %d", want), func() bool { return rec.lastVersion() >= want })
+		if i > 10000 {
 			t.Fatal("no renewals")
 		}
 	}
-	tw, _ := h.Twin("d1", "")
-	want := tw.Properties.Desired["$version"].(int64)
-	eventually(t, "last desired version", func() bool { return rec.lastVersion() == want })
+	// Every renewal is followed by a twin read.
+	eventually(t, "a twin read after each renewal", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.twins) >= 4
+	})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.gaps) > 0 {
+		t.Fatalf("desired patches lost: %v", rec.gaps)
+	}
+	// Renewal comes before expiry: the hub never had to cut the client off.
+	if n, r := c.Reconnects.Load(), c.Renewals.Load(); n > r+1 {
+		t.Fatalf("%d connects for %d renewals: connections were lost", n, r)
+	}
+	if string(rec.desired["n"]) == "" {
+		t.Fatal("no desired document")
+	}
+}
+
+func TestDeviceClientModuleIdentity(t *testing.T) {
+	h := iothubtest.StartHub(t)
+	if _, err := h.CreateDevice("d1"); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := h.CreateModule("d1", "twinlet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	c, err := iothub.NewDeviceClient(iothub.DeviceConfig{HostName: cs.HostName, DeviceID: "d1", ModuleID: "twinlet",
+		Signer: iothub.KeySigner{Key: cs.SharedAccessKey}, CAPEM: h.CAPEM(), Addr: h.MQTTAddr(),
+		OnTwin: rec.onTwin, OnDesired: rec.onDesired, MinBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "module connected", func() bool { return c.Connected() && h.Connected("d1", "twinlet") })
+	p := hub.TwinPatch{}
+	p.Properties = &struct {
+		Desired map[string]any `json:"desired,omitempty"`
+	}{Desired: map[string]any{"hostname": map[string]any{"name": "m"}}}
+	if _, err := h.UpdateTwin("d1", "twinlet", p, false, ""); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "module desired patch", func() bool { return rec.lastVersion() >= 2 })
+	if _, err := c.PatchReported(ctx, []byte(`{"hostname":{"name":"m"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	mt, _ := h.Twin("d1", "twinlet")
+	dt, _ := h.Twin("d1", "")
+	if mt.Properties.Reported["hostname"] == nil || dt.Properties.Reported["hostname"] != nil {
+		t.Fatalf("reported went to the wrong twin: module %v device %v", mt.Properties.Reported, dt.Properties.Reported)
+	}
 }
 
 func TestDeviceClientThrottled(t *testing.T) {
