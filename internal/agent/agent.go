@@ -31,6 +31,11 @@ type Options struct {
 	// StateDir keeps the outbox (reported patches not yet acknowledged);
 	// empty keeps it in memory only.
 	StateDir string
+	// Reboot, when set, hands a reboot request (the reboot direct method)
+	// to the reboot provider, whose policy decides when it happens; it
+	// must return once the request is accepted, not when the device
+	// reboots. Nil answers the method 501 (not supported).
+	Reboot func(ctx context.Context, reason string) error
 	// Metrics, when set, is updated.
 	Metrics *Metrics
 	// Logger; nil discards.

@@ -274,18 +274,21 @@ func TestBurstWithDroppedConnections(t *testing.T) {
 
 func TestTokenRenewalLosesNothing(t *testing.T) {
 	e := newEnv(t)
+	// 2 s tokens, renewed by a reconnect at 80% of their lifetime.
 	_, a := e.agent(func(c *iothub.DeviceConfig, _ *agent.Options) { c.TokenLifetime = 2 * time.Second })
-	start := a.Client().Reconnects.Load()
+	// Change desired without pause across three renewals; every change
+	// must reach the device and the reported properties, including those
+	// made while the agent was reconnecting.
 	i := 0
-	for a.Client().Reconnects.Load() < start+3 {
+	for a.Client().Renewals.Load() < 3 {
 		i++
-		e.desired(map[string]any{"hostname": map[string]any{"name": fmt.Sprintf("r-%d", i)}})
-		time.Sleep(150 * time.Millisecond) // pace the writer across renewals
+		name := fmt.Sprintf("r-%d", i)
+		e.desired(map[string]any{"hostname": map[string]any{"name": name}})
+		eventually(t, name+" applied and reported", func() bool {
+			return path(e.reported(), "hostname", "name") == name && e.file("etc/hostname") == name+"\n"
+		})
 	}
-	want := fmt.Sprintf("r-%d", i)
-	eventually(t, "every patch applied", func() bool {
-		return path(e.reported(), "hostname", "name") == want && e.file("etc/hostname") == want+"\n"
-	})
+	t.Logf("%d desired changes across %d renewals (%d connects)", i, a.Client().Renewals.Load(), a.Client().Reconnects.Load())
 }
 
 func TestThrottledReportsBackOff(t *testing.T) {
@@ -360,8 +363,31 @@ func TestMethods(t *testing.T) {
 	if st, m := call("reboot", ""); st != 501 || !strings.Contains(fmt.Sprint(m["error"]), "not supported") {
 		t.Fatalf("reboot: %d %v", st, m)
 	}
+	if st, m := call("getStatus", `{"verbose":true}`); st != 400 || m["error"] == nil {
+		t.Fatalf("getStatus with a payload: %d %v", st, m)
+	}
 	if st, _ := call("selfDestruct", ""); st != 404 {
 		t.Fatalf("unknown method: %d", st)
+	}
+}
+
+// TestRebootDelegated: with a reboot provider wired in, the reboot method
+// hands it the request and answers 202; a bad payload is a 400.
+func TestRebootDelegated(t *testing.T) {
+	e := newEnv(t)
+	requests := make(chan string, 1)
+	_, a := e.agent(func(_ *iothub.DeviceConfig, o *agent.Options) {
+		o.Reboot = func(_ context.Context, reason string) error { requests <- reason; return nil }
+	})
+	eventually(t, "connected", a.Client().Connected)
+	ctx := context.Background()
+	res, err := e.h.InvokeMethod(ctx, "kiosk-17", "", "reboot", json.RawMessage(`{"reason":"kernel update"}`), 10*time.Second, 0)
+	if err != nil || res.Status != 202 || <-requests != "kernel update" {
+		t.Fatalf("reboot: %+v %v", res, err)
+	}
+	res, err = e.h.InvokeMethod(ctx, "kiosk-17", "", "reboot", json.RawMessage(`{"when":"now"}`), 10*time.Second, 0)
+	if err != nil || res.Status != 400 || !strings.Contains(string(res.Payload), "reason") {
+		t.Fatalf("bad reboot payload: %+v %v", res, err)
 	}
 }
 

@@ -116,10 +116,29 @@ func (a *Agent) onMethod(ctx context.Context, name string, payload []byte) (int,
 		rep := a.r.ReconcileAll(ctx, true)
 		return reply(200, reconciler.PlanDocument(rep))
 	case "reboot":
-		if _, ok := providers.Lookup("reboot"); !ok {
+		var arg struct {
+			Reason string `json:"reason"`
+		}
+		if !emptyPayload(payload) {
+			dec := json.NewDecoder(bytes.NewReader(payload))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&arg); err != nil {
+				return fail(400, `payload: want {"reason": "…"} or nothing: %v`, err)
+			}
+		}
+		if arg.Reason == "" {
+			arg.Reason = "direct method"
+		}
+		if a.opts.Reboot == nil {
+			if _, ok := providers.Lookup("reboot"); ok {
+				return fail(501, "reboot is not supported: the reboot provider does not take reboot requests from this agent")
+			}
 			return fail(501, "reboot is not supported: this agent has no reboot provider")
 		}
-		return fail(501, "reboot through a direct method is not wired to the reboot provider yet")
+		if err := a.opts.Reboot(ctx, arg.Reason); err != nil {
+			return fail(500, "reboot: %v", err)
+		}
+		return reply(202, map[string]any{"reboot": "requested", "reason": arg.Reason})
 	}
 	known := append([]string(nil), Methods...)
 	sort.Strings(known)
