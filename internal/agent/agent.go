@@ -181,7 +181,11 @@ func (a *Agent) onTwin(desired map[string]json.RawMessage, version int64, report
 }
 
 func (a *Agent) onDesired(patch map[string]json.RawMessage, version int64) {
-	delete(patch, "$version")
+	for k := range patch {
+		if strings.HasPrefix(k, "$") { // $version, $metadata: not sections
+			delete(patch, k)
+		}
+	}
 	a.twinMu.Lock()
 	a.desired = jsonx.MergePatch(a.desired, patch)
 	doc := a.desired

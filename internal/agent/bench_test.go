@@ -99,24 +99,27 @@ func BenchmarkIdleAgent(b *testing.B) {
 		cmd.Process.Kill()
 		cmd.Wait()
 		b.ReportMetric(float64(rss)/1024, "rss-MiB")
-		b.ReportMetric(float64(cpu1-cpu0)*10/idle.Seconds(), "cpu-ms/s")
+		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/1000/idle.Seconds(), "cpu-ms/s")
 		b.ReportMetric(float64(csw1-csw0)/idle.Seconds(), "wakeups/s")
 		b.ReportMetric(float64(fi.Size())/(1<<20), "binary-MiB")
 		b.ReportMetric(0, "ns/op")
 	}
 }
 
-// procCPU is utime+stime in clock ticks (10 ms).
-func procCPU(pid int) int64 {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
-	if len(f) < 13 {
-		return 0
+// procCPU is the CPU time of every thread of pid, from
+// /proc/PID/task/TID/schedstat (nanoseconds on the CPU; finer than the
+// 10 ms ticks of /proc/PID/stat).
+func procCPU(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var n int64
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			v, _ := strconv.ParseInt(f[0], 10, 64)
+			n += v
+		}
 	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return u + st
+	return time.Duration(n)
 }
 
 // wakeups sums the voluntary context switches of every thread.
