@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -369,6 +370,54 @@ func TestMethods(t *testing.T) {
 	if st, _ := call("selfDestruct", ""); st != 404 {
 		t.Fatalf("unknown method: %d", st)
 	}
+}
+
+// TestLogsHoldNoSecrets runs the agent through a renewal, a dropped
+// connection and throttling with debug logs on: no key, token or
+// signature may appear in them.
+func TestLogsHoldNoSecrets(t *testing.T) {
+	e := newEnv(t)
+	var logs syncBuffer
+	_, a := e.agent(func(c *iothub.DeviceConfig, o *agent.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Logger = o.Logger
+		c.TokenLifetime = 2 * time.Second
+	})
+	e.desired(map[string]any{"hostname": map[string]any{"name": "s-1"}})
+	eventually(t, "reported", func() bool { return path(e.reported(), "hostname", "name") == "s-1" })
+	e.h.SetFaults(hub.Faults{ThrottleReportedPatch: 0.5})
+	e.h.DropConnections("kiosk-17")
+	e.desired(map[string]any{"hostname": map[string]any{"name": "s-2"}})
+	eventually(t, "reported after a drop, a renewal and throttling", func() bool {
+		return path(e.reported(), "hostname", "name") == "s-2" && a.Client().Renewals.Load() >= 1
+	})
+	out := logs.String()
+	key := base64.StdEncoding.EncodeToString(e.cs.SharedAccessKey)
+	for _, secret := range []string{key, "SharedAccessSignature", "sig=", "SharedAccessKey"} {
+		if strings.Contains(out, secret) {
+			t.Fatalf("logs hold %q:\n%s", secret, out)
+		}
+	}
+	if !strings.Contains(out, "iothub") {
+		t.Fatalf("no logs captured:\n%s", out)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestRebootDelegated: with a reboot provider wired in, the reboot method
