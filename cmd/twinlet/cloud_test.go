@@ -86,8 +86,14 @@ func TestRunConnected(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(b), `twinlet_hub_connected 1`) &&
-			strings.Contains(string(b), `twinlet_reconciles_total{reason="Applied",section="hostname",state="Ready"}`)
+		m := string(b)
+		return strings.Contains(m, `twinlet_hub_connected 1`) &&
+			strings.Contains(m, `twinlet_reconciles_total{reason="Applied",section="hostname",state="Ready"}`) &&
+			strings.Contains(m, `twinlet_reconcile_duration_seconds_count{section="hostname"}`) &&
+			strings.Contains(m, `twinlet_section_failed{section="hostname"} 0`) &&
+			strings.Contains(m, `twinlet_queue_depth `) &&
+			strings.Contains(m, `twinlet_reported_patch_seconds_count `) &&
+			strings.Contains(m, `twinlet_reported_patches_queued 0`)
 	})
 	if strings.Contains(logs.String(), base64Key(cs.SharedAccessKey)) {
 		t.Fatal("the device key was logged")
