@@ -109,7 +109,12 @@ func newEnv(t testing.TB) *env {
 
 func (e *env) startHub(mqttAddr, httpsAddr string) {
 	e.t.Helper()
-	h, err := hub.New(hub.Options{Dir: filepath.Join(e.dir, "hub"), MQTTAddr: mqttAddr, HTTPSAddr: httpsAddr})
+	e.startHubWith(mqttAddr, httpsAddr, hub.Faults{})
+}
+
+func (e *env) startHubWith(mqttAddr, httpsAddr string, faults hub.Faults) {
+	e.t.Helper()
+	h, err := hub.New(hub.Options{Dir: filepath.Join(e.dir, "hub"), MQTTAddr: mqttAddr, HTTPSAddr: httpsAddr, Faults: faults})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -235,14 +240,22 @@ func TestHubRestartMidRun(t *testing.T) {
 	_, a := e.agent(nil)
 	e.desired(map[string]any{"hostname": map[string]any{"name": "before"}})
 	eventually(t, "first", func() bool { return path(e.reported(), "hostname", "name") == "before" })
+	connects := a.Client().Reconnects.Load()
 	mq, hs := e.mqttAddr, e.httpsAddr
 	e.h.Close()
 	eventually(t, "agent offline", func() bool { return !a.Client().Connected() })
-	e.startHub(mq, hs)
+	// The hub comes back on the same directory and ports but turns the
+	// agent away while desired changes: the change can only reach the
+	// agent by the twin read after its next connect.
+	e.startHubWith(mq, hs, hub.Faults{RejectConnects: 1})
 	e.desired(map[string]any{"hostname": map[string]any{"name": "after"}})
+	e.h.SetFaults(hub.Faults{})
 	eventually(t, "converged after restart", func() bool {
 		return path(e.reported(), "hostname", "name") == "after" && e.file("etc/hostname") == "after\n"
 	})
+	if a.Client().Reconnects.Load() <= connects {
+		t.Fatal("no reconnect")
+	}
 }
 
 func TestBurstWithDroppedConnections(t *testing.T) {
