@@ -45,7 +45,9 @@ type bulkError struct {
 // identities (and update their twins) in one call. Entries are applied
 // one by one, as the service does, so a failed entry does not undo the
 // others; the answer is 200 when all succeeded and 400 listing the
-// failures otherwise.
+// failures otherwise. A call that breaks the documented rules (1 to 100
+// entries, each identity named once) is refused whole with 400
+// ArgumentInvalid before any entry applies.
 func (h *Hub) restBulk(w http.ResponseWriter, r *http.Request) error {
 	var entries []bulkEntry
 	if err := readJSON(r, &entries); err != nil {
@@ -53,6 +55,14 @@ func (h *Hub) restBulk(w http.ResponseWriter, r *http.Request) error {
 	}
 	if len(entries) == 0 || len(entries) > maxBulk {
 		return apiErr(400, "ArgumentInvalid", 400004, "a bulk operation takes 1 to %d devices, got %d", maxBulk, len(entries))
+	}
+	seen := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		k := idKey(e.ID, e.ModuleID)
+		if seen[k] {
+			return apiErr(400, "ArgumentInvalid", 400004, "%s is named more than once in a bulk operation", describe(e.ID, e.ModuleID))
+		}
+		seen[k] = true
 	}
 	errs := []bulkError{}
 	for _, e := range entries {
@@ -78,7 +88,7 @@ func (h *Hub) bulkOne(e bulkEntry) error {
 	case "create":
 		_, err = h.putIdentity(in, "")
 	case "update":
-		_, err = h.putIdentity(in, "*")
+		_, err = h.putIdentity(in, ifMatchExisting)
 	case "updateIfMatchETag":
 		if e.ETag == "" {
 			return apiErr(400, "ArgumentInvalid", 400004, "updateIfMatchETag of %s without an eTag", e.ID)

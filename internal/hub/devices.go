@@ -11,9 +11,15 @@ import (
 	"github.com/twinlet/twinlet/internal/iothub"
 )
 
+// ifMatchExisting, as putIdentity's ifMatch, updates an existing identity
+// whatever its etag and, unlike "*", never creates one: the bulk import
+// mode "update". An HTTP header cannot carry it (it holds a NUL).
+const ifMatchExisting = "\x00existing"
+
 // putIdentity creates or updates a device (in.ModuleID empty) or module.
-// ifMatch empty means "create"; "*" or an etag means "update". It returns
-// the stored identity.
+// ifMatch empty means "create"; "*" means "create or update"; an etag or
+// ifMatchExisting means "update", and a missing identity is not found. It
+// returns the stored identity.
 func (h *Hub) putIdentity(in Identity, ifMatch string) (Identity, error) {
 	if !validID.MatchString(in.DeviceID) {
 		return Identity{}, fmt.Errorf("device id %q: %w", in.DeviceID, ErrInvalid)
@@ -71,7 +77,7 @@ func (h *Hub) putIdentity(in Identity, ifMatch string) (Identity, error) {
 	if ifMatch == "" {
 		return Identity{}, fmt.Errorf("%s: %w", describe(in.DeviceID, in.ModuleID), ErrAlreadyExists)
 	}
-	if !etagMatches(ifMatch, r.Identity.Etag) {
+	if ifMatch != ifMatchExisting && !etagMatches(ifMatch, r.Identity.Etag) {
 		return Identity{}, fmt.Errorf("%s etag: %w", describe(in.DeviceID, in.ModuleID), ErrPreconditionFailed)
 	}
 	id := &r.Identity

@@ -2,8 +2,10 @@ package hub
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -337,5 +339,69 @@ func TestRESTBulkAndTrailingSlash(t *testing.T) {
 	}
 	if r := newSvc(t, h, "registryRead").do("POST", "/devices", `[{"id":"r","importMode":"create"}]`); r.status != 401 {
 		t.Fatalf("bulk with read rights: %d", r.status)
+	}
+}
+
+// TestRESTBulkRules covers the documented rules of the bulk registry
+// operation beyond the happy path: "update" never creates, a device is
+// named at most once, at most 100 per call; and the module list answers
+// at ".../modules/" as well.
+func TestRESTBulkRules(t *testing.T) {
+	h := startHub(t, Options{})
+	s := newSvc(t, h, "iothubowner")
+	// update: "If the device does not exist, an error is written."
+	r := s.do("POST", "/devices", `[{"id":"ghost","importMode":"update","status":"disabled"}]`)
+	if r.status != 400 || !strings.Contains(string(r.body), `"errorCode":"DeviceNotFound"`) {
+		t.Fatalf("update of a missing device: %d %s", r.status, r.body)
+	}
+	if _, err := h.Twin("ghost", ""); !errors.Is(err, ErrNotFound) {
+		t.Fatal("bulk update created a missing device")
+	}
+	// update of an existing device ignores its etag and keeps its keys.
+	cs, _ := h.CreateDevice("u1")
+	if r := s.do("POST", "/devices", `[{"id":"u1","importMode":"update","status":"disabled"}]`); r.status != 200 {
+		t.Fatalf("update: %d %s", r.status, r.body)
+	}
+	id, err := h.getIdentity("u1", "")
+	if err != nil || id.Status != "disabled" || id.Authentication.SymmetricKey.PrimaryKey != base64.StdEncoding.EncodeToString(cs.SharedAccessKey) {
+		t.Fatalf("after update: %+v %v", id, err)
+	}
+	// A device named twice is refused as a whole, before anything applies.
+	r = s.do("POST", "/devices", `[{"id":"dup","importMode":"create"},{"id":"u2","importMode":"create"},{"id":"dup","importMode":"delete"}]`)
+	if r.status != 400 || r.errorCode() != "ArgumentInvalid" {
+		t.Fatalf("duplicate id: %d %s", r.status, r.body)
+	}
+	for _, d := range []string{"dup", "u2"} {
+		if _, err := h.Twin(d, ""); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s created by a refused call", d)
+		}
+	}
+	// At most 100 devices per call.
+	var b strings.Builder
+	b.WriteString("[")
+	for i := range maxBulk + 1 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"id":"n%d","importMode":"create"}`, i)
+	}
+	b.WriteString("]")
+	if r := s.do("POST", "/devices", b.String()); r.status != 400 || r.errorCode() != "ArgumentInvalid" {
+		t.Fatalf("101 devices: %d %s", r.status, r.body)
+	}
+	if _, err := h.Twin("n0", ""); !errors.Is(err, ErrNotFound) {
+		t.Fatal("n0 created by a refused call")
+	}
+	// The module list, with and without the trailing slash.
+	if r := s.do("PUT", "/devices/u1/modules/m1", `{}`); r.status != 200 {
+		t.Fatalf("module: %d %s", r.status, r.body)
+	}
+	for _, p := range []string{"/devices/u1/modules", "/devices/u1/modules/"} {
+		var list []Identity
+		r := s.do("GET", p, nil)
+		r.json(t, &list)
+		if r.status != 200 || len(list) != 1 || list[0].ModuleID != "m1" {
+			t.Fatalf("GET %s: %d %s", p, r.status, r.body)
+		}
 	}
 }
