@@ -105,7 +105,11 @@ type DeviceClient struct {
 	cfg DeviceConfig
 	log *slog.Logger
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// pubMu keeps Publish and Disconnect of one paho client apart: a
+	// publish racing a disconnect is queued by paho and would block until
+	// its write timeout.
+	pubMu   sync.RWMutex
 	client  paho.Client
 	pending map[string]chan twinReply
 	// lastVersion is the newest desired $version handed to the callbacks.
@@ -287,6 +291,7 @@ func (c *DeviceClient) connect(ctx context.Context, lost chan<- error) (time.Tim
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetKeepAlive(c.cfg.KeepAlive).
+		SetWriteTimeout(c.cfg.RequestTimeout).
 		SetConnectTimeout(c.cfg.RequestTimeout).
 		SetOrderMatters(true).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
@@ -350,9 +355,18 @@ func (c *DeviceClient) disconnect() {
 	}
 	c.mu.Unlock()
 	if client != nil && client.IsConnected() {
+		c.pubMu.Lock()
 		client.Disconnect(250)
+		c.pubMu.Unlock()
 	}
 	c.setConnected(false)
+}
+
+// publish publishes on client unless a disconnect is under way.
+func (c *DeviceClient) publish(client paho.Client, topic string, qos byte, body []byte) paho.Token {
+	c.pubMu.RLock()
+	defer c.pubMu.RUnlock()
+	return client.Publish(topic, qos, false, body)
 }
 
 func wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
@@ -446,7 +460,7 @@ func (c *DeviceClient) request(ctx context.Context, topicPrefix string, body []b
 	if body == nil {
 		body = []byte{}
 	}
-	if err := wait(ctx, client.Publish(topicPrefix+"?$rid="+rid, 1, false, body), c.cfg.RequestTimeout); err != nil {
+	if err := wait(ctx, c.publish(client, topicPrefix+"?$rid="+rid, 1, body), c.cfg.RequestTimeout); err != nil {
 		return twinReply{}, fmt.Errorf("publish: %w", err)
 	}
 	t := time.NewTimer(c.cfg.RequestTimeout)
@@ -557,6 +571,6 @@ func (c *DeviceClient) answerMethod(name, rid string, payload []byte) {
 	if client == nil {
 		return
 	}
-	tok := client.Publish(fmt.Sprintf("$iothub/methods/res/%d/?$rid=%s", status, url.QueryEscape(rid)), 0, false, body)
+	tok := c.publish(client, fmt.Sprintf("$iothub/methods/res/%d/?$rid=%s", status, url.QueryEscape(rid)), 0, body)
 	_ = wait(context.Background(), tok, c.cfg.RequestTimeout)
 }
