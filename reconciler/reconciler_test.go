@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twinlet/twinlet/internal/testutil"
 	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/state"
 )
@@ -426,18 +427,6 @@ func TestDependencyCycle(t *testing.T) {
 	}
 }
 
-// poll waits for cond with a deadline; the loop under test runs on its own.
-func poll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestRunReactsToPolicyAndDrift(t *testing.T) {
 	f := newFixture(t)
 	f.policy(t, "base.yaml", basePolicy)
@@ -447,12 +436,12 @@ func TestRunReactsToPolicyAndDrift(t *testing.T) {
 	go func() {
 		done <- r.Run(ctx, RunOptions{Resync: 300 * time.Millisecond, PolicyPoll: 200 * time.Millisecond})
 	}()
-	poll(t, "first apply", func() bool { return f.read(t, "greeting") == "hello" })
+	testutil.Eventually(t, "first apply", func() bool { return f.read(t, "greeting") == "hello" })
 	f.policy(t, "base.yaml", strings.Replace(basePolicy, "hello", "bonjour", 1))
-	poll(t, "policy change", func() bool { return f.read(t, "greeting") == "bonjour" })
+	testutil.Eventually(t, "policy change", func() bool { return f.read(t, "greeting") == "bonjour" })
 	os.WriteFile(filepath.Join(f.root, "etc/notes/color"), []byte("drift"), 0o644)
-	poll(t, "drift healed", func() bool { return f.read(t, "color") == "blue" })
-	poll(t, "reported.json", func() bool {
+	testutil.Eventually(t, "drift healed", func() bool { return f.read(t, "color") == "blue" })
+	testutil.Eventually(t, "reported.json", func() bool {
 		b, err := os.ReadFile(filepath.Join(f.stateDir, state.ReportedFile))
 		return err == nil && bytes.Contains(b, []byte(`"state": "Ready"`))
 	})

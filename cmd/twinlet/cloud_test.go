@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/twinlet/twinlet/internal/hub"
+	"github.com/twinlet/twinlet/internal/testutil"
 )
 
 func freePort(t *testing.T) string {
@@ -57,7 +58,7 @@ func TestRunConnected(t *testing.T) {
 	argv, _ := json.Marshal(args)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "TWINLET_TEST_CHILD="+string(argv))
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -71,7 +72,7 @@ func TestRunConnected(t *testing.T) {
 	if _, err := h.UpdateTwin("kiosk-17", "", p, false, ""); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "reported Ready", func() bool {
+	testutil.Eventually(t, "reported Ready", func() bool {
 		tw, _ := h.Twin("kiosk-17", "")
 		b, _ := json.Marshal(tw.Properties.Reported)
 		return strings.Contains(string(b), `"name":"from-the-cloud"`) && strings.Contains(string(b), `"state":"Ready"`)
@@ -79,7 +80,7 @@ func TestRunConnected(t *testing.T) {
 	if s.file("etc/hostname") != "from-the-cloud\n" {
 		t.Fatalf("hostname = %q", s.file("etc/hostname"))
 	}
-	waitFor(t, "metrics", func() bool {
+	testutil.Eventually(t, "metrics", func() bool {
 		resp, err := http.Get("http://" + metrics + "/metrics")
 		if err != nil {
 			return false

@@ -1,46 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twinlet/twinlet/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for a child's output and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-}
 
 // TestRunLifecycle runs the agent as a process: it converges, follows a
 // policy edit, heals drift, reloads on SIGHUP and stops cleanly on SIGTERM.
@@ -50,7 +21,7 @@ func TestRunLifecycle(t *testing.T) {
 	argv, _ := json.Marshal(s.args("run", "--resync", "1s"))
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "TWINLET_TEST_CHILD="+string(argv))
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -66,18 +37,18 @@ func TestRunLifecycle(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(s.state, "reported.json"))
 		return string(b)
 	}
-	waitFor(t, "first convergence", func() bool {
+	testutil.Eventually(t, "first convergence", func() bool {
 		return s.file("etc/motd") == "hello\n" && strings.Contains(reported(), `"state": "Ready"`)
 	})
 
 	s.write(t, "base.yaml", policyDoc("default", strings.Replace(goodSpec, `hello\n`, `bonjour\n`, 1)))
-	waitFor(t, "policy edit applied", func() bool { return s.file("etc/motd") == "bonjour\n" })
+	testutil.Eventually(t, "policy edit applied", func() bool { return s.file("etc/motd") == "bonjour\n" })
 
 	os.WriteFile(filepath.Join(s.root, "etc/hostname"), []byte("tampered\n"), 0o644)
-	waitFor(t, "drift healed", func() bool { return s.file("etc/hostname") == "kiosk-17\n" })
+	testutil.Eventually(t, "drift healed", func() bool { return s.file("etc/hostname") == "kiosk-17\n" })
 
 	cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "reload logged", func() bool { return strings.Contains(logs.String(), "reload requested") })
+	testutil.Eventually(t, "reload logged", func() bool { return strings.Contains(logs.String(), "reload requested") })
 
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {

@@ -18,6 +18,7 @@ import (
 	"github.com/twinlet/twinlet/internal/agent"
 	"github.com/twinlet/twinlet/internal/hub"
 	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/testutil"
 	_ "github.com/twinlet/twinlet/providers/standard"
 	"github.com/twinlet/twinlet/reconciler"
 )
@@ -179,17 +180,6 @@ func (e *env) file(p string) string {
 	return string(b)
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestDesiredPatchBecomesReady(t *testing.T) {
 	e := newEnv(t)
 	_, a := e.agent(nil)
@@ -199,7 +189,7 @@ func TestDesiredPatchBecomesReady(t *testing.T) {
 		"timezone": map[string]any{"name": "Mars/Olympus"},
 		"other":    map[string]any{"left": "alone"},
 	})
-	eventually(t, "hostname and files Ready, timezone Failed", func() bool {
+	testutil.Eventually(t, "hostname and files Ready, timezone Failed", func() bool {
 		rep := e.reported()
 		return path(rep, "hostname", "__status", "state") == "Ready" &&
 			path(rep, "files", "__status", "state") == "Ready" &&
@@ -228,7 +218,7 @@ func TestDesiredPatchBecomesReady(t *testing.T) {
 	// Removing the bad section from desired stops managing it, and the
 	// report drops it.
 	e.desired(map[string]any{"timezone": nil})
-	eventually(t, "timezone gone, summary Ready", func() bool {
+	testutil.Eventually(t, "timezone gone, summary Ready", func() bool {
 		rep := e.reported()
 		_, has := rep["timezone"]
 		return !has && path(rep, "__summary", "state") == "Ready"
@@ -239,18 +229,18 @@ func TestHubRestartMidRun(t *testing.T) {
 	e := newEnv(t)
 	_, a := e.agent(nil)
 	e.desired(map[string]any{"hostname": map[string]any{"name": "before"}})
-	eventually(t, "first", func() bool { return path(e.reported(), "hostname", "name") == "before" })
+	testutil.Eventually(t, "first", func() bool { return path(e.reported(), "hostname", "name") == "before" })
 	connects := a.Client().Reconnects.Load()
 	mq, hs := e.mqttAddr, e.httpsAddr
 	e.h.Close()
-	eventually(t, "agent offline", func() bool { return !a.Client().Connected() })
+	testutil.Eventually(t, "agent offline", func() bool { return !a.Client().Connected() })
 	// The hub comes back on the same directory and ports but turns the
 	// agent away while desired changes: the change can only reach the
 	// agent by the twin read after its next connect.
 	e.startHubWith(mq, hs, hub.Faults{RejectConnects: 1})
 	e.desired(map[string]any{"hostname": map[string]any{"name": "after"}})
 	e.h.SetFaults(hub.Faults{})
-	eventually(t, "converged after restart", func() bool {
+	testutil.Eventually(t, "converged after restart", func() bool {
 		return path(e.reported(), "hostname", "name") == "after" && e.file("etc/hostname") == "after\n"
 	})
 	if a.Client().Reconnects.Load() <= connects {
@@ -262,7 +252,7 @@ func TestBurstWithDroppedConnections(t *testing.T) {
 	e := newEnv(t)
 	_, a := e.agent(nil)
 	e.desired(map[string]any{"hostname": map[string]any{"name": "host-0"}})
-	eventually(t, "connected and converged", func() bool { return path(e.reported(), "hostname", "name") == "host-0" })
+	testutil.Eventually(t, "connected and converged", func() bool { return path(e.reported(), "hostname", "name") == "host-0" })
 	connects := a.Client().Reconnects.Load()
 	dropped := 0
 	for i := 1; i <= 100; i++ {
@@ -276,7 +266,7 @@ func TestBurstWithDroppedConnections(t *testing.T) {
 	}
 	tw, _ := e.h.Twin("kiosk-17", "")
 	want := tw.Properties.Desired["$version"]
-	eventually(t, "last version reported", func() bool {
+	testutil.Eventually(t, "last version reported", func() bool {
 		rep := e.reported()
 		return path(rep, "hostname", "name") == "host-100" &&
 			fmt.Sprint(path(rep, "__summary", "desiredVersion")) == fmt.Sprint(want) && e.file("etc/hostname") == "host-100\n"
@@ -298,7 +288,7 @@ func TestTokenRenewalLosesNothing(t *testing.T) {
 		i++
 		name := fmt.Sprintf("r-%d", i)
 		e.desired(map[string]any{"hostname": map[string]any{"name": name}})
-		eventually(t, name+" applied and reported", func() bool {
+		testutil.Eventually(t, name+" applied and reported", func() bool {
 			return path(e.reported(), "hostname", "name") == name && e.file("etc/hostname") == name+"\n"
 		})
 	}
@@ -309,7 +299,7 @@ func TestThrottledReportsBackOff(t *testing.T) {
 	e := newEnv(t)
 	_, a := e.agent(nil)
 	e.desired(map[string]any{"hostname": map[string]any{"name": "t-0"}})
-	eventually(t, "connected and converged", func() bool { return path(e.reported(), "hostname", "name") == "t-0" })
+	testutil.Eventually(t, "connected and converged", func() bool { return path(e.reported(), "hostname", "name") == "t-0" })
 	e.h.SetFaults(hub.Faults{ThrottleReportedPatch: 0.5})
 	before := a.Attempts()
 	// Ten changes, each waited for: ten reports, about half of the tries
@@ -318,11 +308,11 @@ func TestThrottledReportsBackOff(t *testing.T) {
 	for i := 1; i <= changes; i++ {
 		name := fmt.Sprintf("t-%d", i)
 		e.desired(map[string]any{"hostname": map[string]any{"name": name}})
-		eventually(t, name+" reported under throttling", func() bool { return path(e.reported(), "hostname", "name") == name })
+		testutil.Eventually(t, name+" reported under throttling", func() bool { return path(e.reported(), "hostname", "name") == name })
 	}
 	tw, _ := e.h.Twin("kiosk-17", "")
 	want := fmt.Sprint(tw.Properties.Desired["$version"])
-	eventually(t, "converged under throttling", func() bool {
+	testutil.Eventually(t, "converged under throttling", func() bool {
 		return fmt.Sprint(path(e.reported(), "__summary", "desiredVersion")) == want
 	})
 	// Each retry waits for its backoff: the attempts stay close to two per
@@ -338,7 +328,7 @@ func TestMethods(t *testing.T) {
 	e := newEnv(t)
 	e.agent(nil)
 	e.desired(map[string]any{"hostname": map[string]any{"name": "m1"}})
-	eventually(t, "ready", func() bool { return path(e.reported(), "hostname", "__status", "state") == "Ready" })
+	testutil.Eventually(t, "ready", func() bool { return path(e.reported(), "hostname", "__status", "state") == "Ready" })
 	ctx := context.Background()
 	call := func(name, payload string) (int, map[string]any) {
 		var p json.RawMessage
@@ -367,7 +357,7 @@ func TestMethods(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(e.root, "etc/hostname"), []byte("drift\n"), 0o644)
 	call("reconcile", "")
-	eventually(t, "reconciled", func() bool { return e.file("etc/hostname") == "m1\n" })
+	testutil.Eventually(t, "reconciled", func() bool { return e.file("etc/hostname") == "m1\n" })
 	if st, m := call("reconcile", `{"sections":["nope"]}`); st != 400 || !strings.Contains(fmt.Sprint(m["error"]), "/sections/0") {
 		t.Fatalf("bad payload: %d %v", st, m)
 	}
@@ -390,18 +380,18 @@ func TestMethods(t *testing.T) {
 // signature may appear in them.
 func TestLogsHoldNoSecrets(t *testing.T) {
 	e := newEnv(t)
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	_, a := e.agent(func(c *iothub.DeviceConfig, o *agent.Options) {
 		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.Logger = o.Logger
 		c.TokenLifetime = 2 * time.Second
 	})
 	e.desired(map[string]any{"hostname": map[string]any{"name": "s-1"}})
-	eventually(t, "reported", func() bool { return path(e.reported(), "hostname", "name") == "s-1" })
+	testutil.Eventually(t, "reported", func() bool { return path(e.reported(), "hostname", "name") == "s-1" })
 	e.h.SetFaults(hub.Faults{ThrottleReportedPatch: 0.5})
 	e.h.DropConnections("kiosk-17")
 	e.desired(map[string]any{"hostname": map[string]any{"name": "s-2"}})
-	eventually(t, "reported after a drop, a renewal and throttling", func() bool {
+	testutil.Eventually(t, "reported after a drop, a renewal and throttling", func() bool {
 		return path(e.reported(), "hostname", "name") == "s-2" && a.Client().Renewals.Load() >= 1
 	})
 	out := logs.String()
@@ -416,23 +406,6 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestRebootDelegated: with a reboot provider wired in, the reboot method
 // hands it the request and answers 202; a bad payload is a 400.
 func TestRebootDelegated(t *testing.T) {
@@ -441,7 +414,7 @@ func TestRebootDelegated(t *testing.T) {
 	_, a := e.agent(func(_ *iothub.DeviceConfig, o *agent.Options) {
 		o.Reboot = func(_ context.Context, reason string) error { requests <- reason; return nil }
 	})
-	eventually(t, "connected", a.Client().Connected)
+	testutil.Eventually(t, "connected", a.Client().Connected)
 	ctx := context.Background()
 	res, err := e.h.InvokeMethod(ctx, "kiosk-17", "", "reboot", json.RawMessage(`{"reason":"kernel update"}`), 10*time.Second, 0)
 	if err != nil || res.Status != 202 || <-requests != "kernel update" {
@@ -478,7 +451,7 @@ func TestKilledWhileOffline(t *testing.T) {
 		return cmd
 	}
 	child := start()
-	eventually(t, "first report", func() bool { return path(e.reported(), "files", "motd", "sha256") != nil })
+	testutil.Eventually(t, "first report", func() bool { return path(e.reported(), "files", "motd", "sha256") != nil })
 	tw, _ := e.h.Twin("kiosk-17", "")
 	v0 := fmt.Sprint(tw.Properties.Reported["$version"])
 
@@ -496,9 +469,9 @@ func TestKilledWhileOffline(t *testing.T) {
 	}
 	// Two changes while offline: two patches wait in the outbox.
 	policy("second")
-	eventually(t, "second applied and queued", func() bool { return e.file("etc/motd") == "second\n" && len(queued()) >= 1 })
+	testutil.Eventually(t, "second applied and queued", func() bool { return e.file("etc/motd") == "second\n" && len(queued()) >= 1 })
 	policy("third!")
-	eventually(t, "third applied and queued", func() bool { return e.file("etc/motd") == "third!\n" && len(queued()) >= 2 })
+	testutil.Eventually(t, "third applied and queued", func() bool { return e.file("etc/motd") == "third!\n" && len(queued()) >= 2 })
 	fi1, _ := os.Stat(filepath.Join(e.root, "etc/motd"))
 	child.Process.Signal(syscall.SIGKILL)
 	child.Wait()
@@ -506,11 +479,11 @@ func TestKilledWhileOffline(t *testing.T) {
 
 	e.startHub(mq, hs)
 	start()
-	eventually(t, "the queued reports arrive", func() bool {
+	testutil.Eventually(t, "the queued reports arrive", func() bool {
 		rep := e.reported()
 		return path(rep, "files", "motd", "size") == float64(7) && path(rep, "files", "__status", "state") == "Ready"
 	})
-	eventually(t, "the outbox emptied", func() bool {
+	testutil.Eventually(t, "the outbox emptied", func() bool {
 		_, err := os.Stat(outbox)
 		return os.IsNotExist(err)
 	})

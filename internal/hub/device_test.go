@@ -13,6 +13,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/testutil"
 )
 
 func TestDeviceTwinFlow(t *testing.T) {
@@ -22,7 +23,7 @@ func TestDeviceTwinFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := mustDial(t, h, cs)
-	eventually(t, "connected", func() bool { return h.Connected("d1", "") })
+	testutil.Eventually(t, "connected", func() bool { return h.Connected("d1", "") })
 	d.subscribe("$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#")
 
 	tw := d.getTwin()
@@ -213,7 +214,7 @@ func TestTokenExpiryDisconnects(t *testing.T) {
 	h := startHub(t, Options{})
 	cs, _ := h.CreateDevice("d1")
 	d := mustDial(t, h, cs, withPassword(mustToken(cs, time.Now().Add(2*time.Second))))
-	eventually(t, "connected", func() bool { return h.Connected("d1", "") })
+	testutil.Eventually(t, "connected", func() bool { return h.Connected("d1", "") })
 	select {
 	case <-d.lost:
 	case <-time.After(10 * time.Second):

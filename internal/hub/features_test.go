@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twinlet/twinlet/internal/testutil"
 )
 
 func TestQueryEndpoint(t *testing.T) {
@@ -92,7 +94,7 @@ func TestTelemetryAndC2D(t *testing.T) {
 	d.subscribe("devices/d1/messages/devicebound/#")
 	d.publish("devices/d1/messages/events/", 1, []byte("one"))
 	d.publish("devices/d1/messages/events/$.ct=application%2Fjson&$.ce=utf-8&k=v", 1, []byte(`{"t":2}`))
-	eventually(t, "two events", func() bool { return len(h.Events(0)) == 2 })
+	testutil.Eventually(t, "two events", func() bool { return len(h.Events(0)) == 2 })
 	ev := h.Events(1)
 	if len(ev) != 1 || ev[0].Seq != 2 || ev[0].DeviceID != "d1" || ev[0].Properties["$.ct"] != "application/json" || ev[0].Properties["k"] != "v" || string(ev[0].Body) != `{"t":2}` {
 		t.Fatalf("events: %+v", ev)
@@ -101,7 +103,7 @@ func TestTelemetryAndC2D(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		d.publish("devices/d1/messages/events/", 1, []byte(fmt.Sprint(i)))
 	}
-	eventually(t, "five events", func() bool { ev := h.Events(0); return len(ev) == 3 && ev[2].Seq == 5 })
+	testutil.Eventually(t, "five events", func() bool { ev := h.Events(0); return len(ev) == 3 && ev[2].Seq == 5 })
 
 	// Admin endpoint long-poll.
 	s := newSvc(t, h, "iothubowner")
@@ -175,7 +177,7 @@ func TestFaults(t *testing.T) {
 
 	// Drop one identity, then all.
 	d2 := mustDial(t, h, cs2)
-	eventually(t, "both connected", func() bool { return h.Connected("d1", "") && h.Connected("d2", "") })
+	testutil.Eventually(t, "both connected", func() bool { return h.Connected("d1", "") && h.Connected("d2", "") })
 	if r := s.do("POST", "/_twinhub/drop", `{"identities":["d2"]}`); !strings.Contains(string(r.body), `"dropped":1`) {
 		t.Fatalf("drop d2: %s", r.body)
 	}

@@ -39,18 +39,6 @@ func startHub(t testing.TB, o Options) *Hub {
 	return h
 }
 
-// eventually polls cond until it holds or 10 s pass.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // device is a paho test client that records every message it receives.
 type device struct {
 	t    testing.TB

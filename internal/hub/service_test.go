@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twinlet/twinlet/internal/testutil"
 )
 
 func TestRESTDevices(t *testing.T) {
@@ -43,7 +45,7 @@ func TestRESTDevices(t *testing.T) {
 	// Disabling through REST drops the live connection.
 	cs, _ := h.ConnectionString("d1", "")
 	d := mustDial(t, h, cs)
-	eventually(t, "connected", func() bool { return h.Connected("d1", "") })
+	testutil.Eventually(t, "connected", func() bool { return h.Connected("d1", "") })
 	if r := s.do("GET", "/devices/d1", nil); !strings.Contains(string(r.body), `"connectionState":"Connected"`) {
 		t.Fatalf("connectionState: %s", r.body)
 	}
@@ -209,7 +211,7 @@ func TestDirectMethods(t *testing.T) {
 		t.Fatalf("offline: %d %s", r.status, r.body)
 	}
 	d := mustDial(t, h, cs)
-	eventually(t, "connected", func() bool { return h.Connected("d1", "") })
+	testutil.Eventually(t, "connected", func() bool { return h.Connected("d1", "") })
 	if r := s.do("POST", "/twins/d1/methods", `{"methodName":"reboot"}`); r.status != 404 || r.errorCode() != "DeviceNotOnline" {
 		t.Fatalf("not subscribed: %d %s", r.status, r.body)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/twinlet/twinlet/internal/hub"
 	"github.com/twinlet/twinlet/internal/iothub"
 	"github.com/twinlet/twinlet/internal/iothub/iothubtest"
+	"github.com/twinlet/twinlet/internal/testutil"
 )
 
 // recorder collects what a device client hands to its callbacks.
@@ -75,17 +76,6 @@ func (r *recorder) lastLocked() int64 {
 	return last
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func startDevice(t *testing.T, h *hub.Hub, id string, mod func(*iothub.DeviceConfig)) (*iothub.DeviceClient, *recorder) {
 	t.Helper()
 	cs, err := h.CreateDevice(id)
@@ -116,7 +106,7 @@ func startDevice(t *testing.T, h *hub.Hub, id string, mod func(*iothub.DeviceCon
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, "connected", c.Connected)
+	testutil.Eventually(t, "connected", c.Connected)
 	return c, rec
 }
 
@@ -152,7 +142,7 @@ func TestDeviceClientTwinAndMethods(t *testing.T) {
 	}
 
 	patchDesired(t, h, "d1", map[string]any{"hostname": map[string]any{"name": "k2"}})
-	eventually(t, "desired patch", func() bool { return rec.lastVersion() >= 2 })
+	testutil.Eventually(t, "desired patch", func() bool { return rec.lastVersion() >= 2 })
 
 	res, err := h.InvokeMethod(ctx, "d1", "", "echo", json.RawMessage(`{"x":1}`), 5*time.Second, 0)
 	if err != nil || res.Status != 200 || string(res.Payload) != `{"x":1}` {
@@ -165,11 +155,11 @@ func TestDeviceClientReconnectsAndRereadsTwin(t *testing.T) {
 	c, rec := startDevice(t, h, "d1", nil)
 	// Changes made while the device is away are picked up by the re-read.
 	h.SetDeviceStatus("d1", false)
-	eventually(t, "dropped", func() bool { return !c.Connected() })
+	testutil.Eventually(t, "dropped", func() bool { return !c.Connected() })
 	patchDesired(t, h, "d1", map[string]any{"a": 1})
 	patchDesired(t, h, "d1", map[string]any{"a": 2})
 	h.SetDeviceStatus("d1", true)
-	eventually(t, "reconnected with the newest twin", func() bool { return c.Connected() && rec.lastVersion() == 3 })
+	testutil.Eventually(t, "reconnected with the newest twin", func() bool { return c.Connected() && rec.lastVersion() == 3 })
 	rec.mu.Lock()
 	got := string(rec.desired["a"])
 	rec.mu.Unlock()
@@ -179,7 +169,7 @@ func TestDeviceClientReconnectsAndRereadsTwin(t *testing.T) {
 	// A plain drop is healed too.
 	n := c.Reconnects.Load()
 	h.DropConnections("d1")
-	eventually(t, "reconnect after drop", func() bool { return c.Reconnects.Load() > n && c.Connected() })
+	testutil.Eventually(t, "reconnect after drop", func() bool { return c.Reconnects.Load() > n && c.Connected() })
 }
 
 func TestDeviceClientRenewsTokens(t *testing.T) {
@@ -193,13 +183,13 @@ func TestDeviceClientRenewsTokens(t *testing.T) {
 		patchDesired(t, h, "d1", map[string]any{"n": i})
 		tw, _ := h.Twin("d1", "")
 		want := tw.Properties.Desired["$version"].(int64)
-		eventually(t, fmt.Sprintf("desired version %d", want), func() bool { return rec.lastVersion() >= want })
+		testutil.Eventually(t, fmt.Sprintf("desired version %d", want), func() bool { return rec.lastVersion() >= want })
 		if i > 10000 {
 			t.Fatal("no renewals")
 		}
 	}
 	// Every renewal is followed by a twin read.
-	eventually(t, "a twin read after each renewal", func() bool {
+	testutil.Eventually(t, "a twin read after each renewal", func() bool {
 		rec.mu.Lock()
 		defer rec.mu.Unlock()
 		return len(rec.twins) >= 4
@@ -238,7 +228,7 @@ func TestDeviceClientModuleIdentity(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	eventually(t, "module connected", func() bool { return c.Connected() && h.Connected("d1", "twinlet") })
+	testutil.Eventually(t, "module connected", func() bool { return c.Connected() && h.Connected("d1", "twinlet") })
 	p := hub.TwinPatch{}
 	p.Properties = &struct {
 		Desired map[string]any `json:"desired,omitempty"`
@@ -246,7 +236,7 @@ func TestDeviceClientModuleIdentity(t *testing.T) {
 	if _, err := h.UpdateTwin("d1", "twinlet", p, false, ""); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "module desired patch", func() bool { return rec.lastVersion() >= 2 })
+	testutil.Eventually(t, "module desired patch", func() bool { return rec.lastVersion() >= 2 })
 	if _, err := c.PatchReported(ctx, []byte(`{"hostname":{"name":"m"}}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +296,7 @@ func TestDeviceClientX509(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	eventually(t, "x509 device connected", c.Connected)
+	testutil.Eventually(t, "x509 device connected", c.Connected)
 	if _, err := c.PatchReported(ctx, []byte(`{"ok":true}`)); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,46 @@
+// Package testutil holds the few helpers that tests across packages share:
+// waiting for a condition with a deadline (never sleeping for a fixed
+// time) and a buffer a child process and a test may use at once.
+package testutil
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Timeout bounds every Eventually; generous, since CI machines are shared.
+const Timeout = 30 * time.Second
+
+// Eventually polls cond until it holds and fails the test after Timeout.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(Timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// SyncBuffer is a string buffer safe for concurrent writers and readers.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+// Write implements io.Writer.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
