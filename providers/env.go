@@ -42,6 +42,21 @@ type Env struct {
 	// Managed holds the keys (Change.Key) that twinlet created for this
 	// section and has not deleted since. Read-only for providers.
 	Managed map[string]bool
+	// Interrupted holds the keys of Once changes of this section that were
+	// in flight when the agent stopped (a crash, a kill -9). Read-only.
+	Interrupted map[string]bool
+	// OnProgress receives progress of a long Apply; nil when nobody
+	// listens. Providers call Progress, never this.
+	OnProgress func(step string, done, total int)
+}
+
+// Progress reports how far a long Apply has come ("install hello", 3 of
+// 7). The runtime reports it as state Reconciling, reason InProgress, rate
+// limited. Safe to call on an Env without a listener.
+func (e *Env) Progress(step string, done, total int) {
+	if e != nil && e.OnProgress != nil {
+		e.OnProgress(step, done, total)
+	}
 }
 
 // IsHostRoot reports whether the provider acts on the running system, so

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 )
 
 // Kind says how layers of desired state merge for a section.
@@ -47,8 +48,75 @@ type Info struct {
 	// no desired state, their Plan always returns no change, and they are
 	// reconciled on every pass whether or not anything desires them.
 	ReadOnly bool
+	// Timeout bounds each call of this provider (Observe, Apply of one
+	// change, a method); 0 means DefaultTimeout. A package install needs
+	// more than a hostname.
+	Timeout time.Duration
+	// Methods are the provider's direct methods, invoked on the device as
+	// "<ID>.<name>" (certificates.get, commands.run). Each declares the
+	// JSON Schema of its payload; the runtime validates the payload before
+	// Call and answers 400 with the JSON pointer when it does not match.
+	Methods map[string]Method
+	// CloudDeny are the default denials of the cloud scope for this
+	// section (globs such as "/etc/ssh/**" for files, "kernel.modprobe"
+	// for sysctl), used when the agent config names none for it. Only a
+	// provider that implements CloudScoper uses them.
+	CloudDeny []string
 	// New returns a provider. It must not have side effects.
 	New func() Provider
+}
+
+// DefaultTimeout bounds a provider call when Info.Timeout is 0.
+const DefaultTimeout = 2 * time.Minute
+
+// Method is one direct method of a provider.
+type Method struct {
+	// Description is one line for `twinlet providers list` and the console.
+	Description string
+	// Schema is the JSON Schema (draft 2020-12) of the payload. Required.
+	Schema json.RawMessage
+	// Call runs the method with a payload that passed Schema. It returns
+	// the response body (marshalled to JSON). An *InvalidError answers
+	// 400 with its pointers; a *MethodError answers its status; any other
+	// error answers 500. Call may change the system (reboot.now,
+	// commands.run): it runs under the provider's timeout and is
+	// cancelled on shutdown.
+	Call func(ctx context.Context, env *Env, payload json.RawMessage) (any, error)
+}
+
+// MethodError is a direct-method failure with an HTTP-like status (404 for
+// an unknown thumbprint, 409 for a commandId already run).
+type MethodError struct {
+	Status  int
+	Message string
+}
+
+func (e *MethodError) Error() string { return fmt.Sprintf("%d: %s", e.Status, e.Message) }
+
+// ScopeRules is the agent config's cloud scope for one section: what the
+// twin may set there. Local policy is never limited by it.
+type ScopeRules struct {
+	// Deny lists globs of what the twin may not touch (paths, keys, names,
+	// units). When the config says nothing, Info.CloudDeny.
+	Deny []string
+	// Allow, when not empty, lists globs of the only things the twin may
+	// touch.
+	Allow []string
+	// Privileged allows what the provider otherwise refuses from the twin
+	// because it hands out root (uid 0 users, the sudo group, removing an
+	// essential package).
+	Privileged bool
+}
+
+// CloudScoper is an optional capability: a provider that can tell which
+// parts of the twin's contribution to its section the cloud scope forbids.
+// twin is the twin layer's section alone (schema-valid as part of the
+// merged section; for a Collection, whole items). CloudScope is pure and
+// returns the forbidden parts as located problems (pointers relative to
+// the section, "/motd/path"); the reconciler fails the section with reason
+// Forbidden and reports them in __errors.
+type CloudScoper interface {
+	CloudScope(rules ScopeRules, twin json.RawMessage) []FieldError
 }
 
 // Provider observes and converges one section.
@@ -129,8 +197,18 @@ type Change struct {
 	// Before and After are short, printable, secret-free descriptions of
 	// the old and the new value ("mode 0600", "sha256:ab12… 120 B").
 	Before, After string
-	// RebootRequired asks the reboot policy for a reboot once applied.
+	// RebootRequired asks the reboot policy for a reboot once applied. The
+	// runtime latches it in state/ until the boot id changes or the reboot
+	// provider clears it, and reports it in __summary.rebootRequired with
+	// the sections that asked.
 	RebootRequired bool
+	// Once marks a change that must never run twice (a command). The
+	// runtime records it in state/ as in flight before Apply and clears the
+	// record after Apply returns; a change still recorded after a crash is
+	// not applied again: the runtime hands its Key to the provider through
+	// Env.Interrupted, and the provider's next Observe reports it as
+	// Interrupted (and its Plan does not plan it again).
+	Once bool
 	// Data carries what Apply needs. It is private to the provider.
 	Data any
 }
