@@ -360,3 +360,25 @@ func TestTPM2ToolsReadWhatTwinletWrites(t *testing.T) {
 		t.Fatalf("tpm2_nvread: %q", uri)
 	}
 }
+
+// BenchmarkSign is one SAS token signed inside swtpm over its TCP port
+// (ReadPublic + TPM2_HMAC): what every hub (re)connect and every identity
+// socket request costs.
+func BenchmarkSign(b *testing.B) {
+	sw := tpmtest.Start(b)
+	tp, err := tpm.Open(sw.TCTI)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tp.Close()
+	if err := tp.SetSlotKey(0, bytes.Repeat([]byte{1}, 32)); err != nil {
+		b.Fatal(err)
+	}
+	s := tp.Signer(0)
+	exp := time.Now().Add(time.Hour)
+	for b.Loop() {
+		if _, err := s.Sign(context.Background(), "hub.example/devices/kiosk-17", exp); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
