@@ -382,3 +382,30 @@ func BenchmarkSign(b *testing.B) {
 		}
 	}
 }
+
+// A restarted swtpm keeps its slots, and an open TPM reconnects: the
+// command in flight fails, the next one works.
+func TestSWTPMRestart(t *testing.T) {
+	sw := tpmtest.Start(t)
+	tp := open(t, sw.TCTI)
+	k := key(t, 32)
+	if err := tp.SetSlotKey(2, k); err != nil {
+		t.Fatal(err)
+	}
+	sw.Restart(t)
+	var got []byte
+	var err error
+	for range 2 {
+		if got, err = tp.HMAC(2, []byte("after")); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte("after"))
+	if !hmac.Equal(got, m.Sum(nil)) {
+		t.Fatal("slot key lost across the restart")
+	}
+}
