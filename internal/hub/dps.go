@@ -558,9 +558,12 @@ func (h *Hub) LinkedHub(hostname string) *Hub { return h.hubByHost(hostname) }
 
 // startLinked starts the persistence of the linked hubs, whose devices
 // this hub's listeners serve.
-func (h *Hub) startLinked() {
+func (h *Hub) startLinked() error {
 	for _, c := range h.children {
 		c.handler = c.restHandler()
+		if err := c.startChildMQTT(); err != nil {
+			return err
+		}
 		c.flushDone = make(chan struct{})
 		c.wg.Add(1)
 		go func() {
@@ -568,4 +571,5 @@ func (h *Hub) startLinked() {
 			c.flushLoop()
 		}()
 	}
+	return nil
 }
