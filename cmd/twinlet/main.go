@@ -37,6 +37,7 @@ commands:
   validate   check policy files: validate PATH...
   status     print the last reported state
   schema     print the JSON Schemas: schema [SECTION]
+  tpm        TPM identities: slots, keys, tokens, DPS enrollment info (tpm help)
   version    print the version
 
 Run 'twinlet <command> -h' for the flags of a command.
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return status(rest, stdout, stderr)
 	case "schema":
 		return schema(rest, stdout, stderr)
+	case "tpm":
+		return tpmCommand(ctx, rest, os.Stdin, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "twinlet %s\n", version.Version)
 		return 0
