@@ -95,8 +95,8 @@ func TestDPSReprovisionAfterDelete(t *testing.T) {
 // authenticationKey and keyName, the SAS signed with the issued key, and
 // the final activation blob that carries the hub key. The activation blob
 // here is a stand-in (the key appended to a SHA-256 of the EK), because
-// unwrapping a real one needs a TPM; the TPM test with a real blob and a
-// simulated TPM lives with the tpm package's blob builder.
+// unwrapping a real one needs a TPM; TestDPSTPMWithSWTPM runs the same
+// exchange with real blobs against swtpm.
 func TestDPSTPMProtocol(t *testing.T) {
 	standIn := func(ek, srk, key []byte) ([]byte, error) {
 		sum := sha256.Sum256(append(append([]byte{}, ek...), srk...))
@@ -142,13 +142,4 @@ func TestDPSTPMProtocol(t *testing.T) {
 		t.Fatalf("the hub key is not the one in the blob: %v", err)
 	}
 	mustDial(t, h, cs).c.Disconnect(0)
-	// Without an activation builder the DPS says so.
-	h2 := startDPS(t, Options{DPSRetryAfter: -1})
-	if defaultTPMActivation == nil {
-		h2.PutEnrollment(Enrollment{RegistrationID: "tpm-1", EnrollmentSpec: EnrollmentSpec{Attestation: Attestation{Type: AttestationTPM, TPM: &TPMAttestation{EndorsementKey: eks}}}}, "")
-		c2 := newDPSClient(t, h2, h2.DPSHostname(), nil)
-		if r := c2.do(http.MethodPut, "/"+h2.IDScope()+"/registrations/tpm-1/register", "", body); r.status != 501 {
-			t.Errorf("no activation builder: %d %s", r.status, r.raw)
-		}
-	}
 }
