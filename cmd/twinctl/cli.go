@@ -41,6 +41,8 @@ Commands:
   query "SELECT …" [--page-size N]
   events [--follow] [--since SEQ] [--device DEVICE]
                                   device-to-cloud messages kept by twinhub
+  completion bash|zsh|fish        print a shell completion script
+  man                             print the man page (roff)
 
 Global flags (also accepted after the command):
   --hub CONNSTR      hub policy connection string (env TWINCTL_HUB)
