@@ -58,4 +58,3 @@ func program() clidoc.Program {
 		Exit:     "0 success; 1 an error; 2 a usage error.",
 	}
 }
-
