@@ -3,13 +3,49 @@ GO       ?= go
 BIN      := bin
 RUN_DIR  := .run
 PKGS     := ./...
+# The version and source date come from git (packaging/version.sh), so that
+# `twinlet version`, __summary.agentVersion and the packages agree.
+VERSION     ?= $(shell sh packaging/version.sh)
+SOURCE_DATE ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION) \
+               -X github.com/twinlet/twinlet/internal/version.SourceDate=$(SOURCE_DATE)
+ARCHES      ?= amd64 arm64
+DIST        := dist
 
-.PHONY: all build run test unit conformance bench fuzz lint clean demo tpm-tools
+.PHONY: all build run test unit conformance bench fuzz lint clean demo tpm-tools deb deb-tools release
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# Static, stripped binaries for each of $(ARCHES), as the packages ship them.
+release:
+	@set -e; for a in $(ARCHES); do \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$a $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BIN)/linux-$$a/ ./cmd/...; \
+	done
+
+# dist/twinlet_<version>_<arch>.deb (the agent) and dist/twinctl_… (twinctl
+# and twinhub) for each of $(ARCHES); see packaging/ and internal/tools/mkdeb.
+deb: build release
+	@set -e; for a in $(ARCHES); do \
+	  $(GO) run ./internal/tools/mkdeb -version '$(VERSION)' -date '$(SOURCE_DATE)' -arch $$a \
+	    -bin $(BIN)/linux-$$a -docbin $(BIN) -out $(DIST); \
+	done
+
+# What the packaging tests drive: lintian, and the shells whose completions
+# they run. Installed as Debian packages when missing (as root), like Node
+# for the conformance suite.
+deb-tools:
+	@missing=""; for t in lintian:lintian zsh:zsh fish:fish; do \
+	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (Debian packages) for the packaging tests"; \
+	    (apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing >/dev/null 2>&1 || \
+	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing >/dev/null; }); \
+	  else echo "the packaging tests need:$$missing (apt-get install$$missing)" >&2; fi; \
+	fi
 
 # The agent in the foreground on the example policy, acting on a sandbox root
 # inside the checkout (git-ignored): it never touches this machine's /etc.
@@ -20,7 +56,7 @@ run: build
 
 test: lint unit conformance
 
-unit: tpm-tools
+unit: tpm-tools deb-tools
 	$(GO) test -count=1 -timeout 12m $(PKGS)
 
 lint:
@@ -69,4 +105,4 @@ demo: build
 	$(GO) run ./internal/tools/demo -bin $(BIN)
 
 clean:
-	rm -rf $(BIN) $(RUN_DIR)
+	rm -rf $(BIN) $(RUN_DIR) $(DIST)

@@ -46,6 +46,8 @@ Commands:
                                   all validated (file:line) before any is sent
   enrollments list | show ID [--group] [--show-keys] | delete ID [--group] [--etag E]
   registrations list [--group G] | show REGISTRATION | delete REGISTRATION [--etag E]
+  completion bash|zsh|fish        print a shell completion script
+  man                             print the man page (roff)
 
 Global flags (also accepted after the command):
   --hub CONNSTR      hub policy connection string (env TWINCTL_HUB)

@@ -32,6 +32,8 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: twinhub serve [--dir DIR | --memory] [--hostname localhost] [--mqtt-addr :8883] [--https-addr :443]")
 	fmt.Fprintln(w, "                     [--dps-hostname dps.localhost] [--hubs a,b,c | --hubs-file FILE] [--dps-allocation hashed] [fault flags]")
 	fmt.Fprintln(w, "       twinhub version")
+	fmt.Fprintln(w, "       twinhub completion bash|zsh|fish")
+	fmt.Fprintln(w, "       twinhub man")
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -42,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		return serve(args[1:], stdout, stderr)
+	case "completion", "man":
+		return docs(args[0], args[1:], stdout)
 	case "version":
 		fmt.Fprintln(stdout, version.Version)
 		return nil

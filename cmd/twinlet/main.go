@@ -31,14 +31,16 @@ import (
 const usage = `usage: twinlet <command> [flags]
 
 commands:
-  run        reconcile, then keep reconciling on changes (the agent)
-  apply      one full reconcile (--once); exit 0 when every section is Ready
-  plan       print what apply would change; exit 0 nothing to do, 2 changes pending, 1 errors
-  validate   check policy files: validate PATH...
-  status     print the last reported state
-  schema     print the JSON Schemas: schema [SECTION]
-  tpm        TPM identities: slots, keys, tokens, DPS enrollment info (tpm help)
-  version    print the version
+  run         reconcile, then keep reconciling on changes (the agent)
+  apply       one full reconcile (--once); exit 0 when every section is Ready
+  plan        print what apply would change; exit 0 nothing to do, 2 changes pending, 1 errors
+  validate    check policy files: validate PATH...
+  status      print the last reported state
+  schema      print the JSON Schemas: schema [SECTION]
+  tpm         TPM identities: slots, keys, tokens, DPS enrollment info (tpm help)
+  version     print the version
+  completion  print a shell completion script: completion bash|zsh|fish
+  man         print the man page (roff)
 
 Run 'twinlet <command> -h' for the flags of a command.
 `
@@ -65,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return schema(rest, stdout, stderr)
 	case "tpm":
 		return tpmCommand(ctx, rest, os.Stdin, stdout, stderr)
+	case "completion", "man":
+		return docs(ctx, cmd, rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "twinlet %s\n", version.Version)
 		return 0
