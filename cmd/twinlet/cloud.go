@@ -21,7 +21,7 @@ import (
 
 // hasConnection reports whether the configuration names an IoT Hub.
 func hasConnection(c config.Connection) bool {
-	return c.ConnectionString != "" || c.KeyFile != "" || c.X509 != nil
+	return c.ConnectionString != "" || c.KeyFile != "" || c.X509 != nil || c.DPS != nil
 }
 
 // deviceConfig turns the connection block of the agent config into a
@@ -87,9 +87,15 @@ func deviceConfig(cfg config.Config) (iothub.DeviceConfig, error) {
 
 // cloud connects the agent to IoT Hub and serves metrics; it returns a
 // function that runs both until ctx ends.
-func cloud(cfg config.Config, r *reconciler.Reconciler, a **agent.Agent, m *agent.Metrics, log *slog.Logger) (func(context.Context), error) {
+func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Metrics, log *slog.Logger) (func(context.Context), error) {
 	var runs []func(context.Context)
-	if hasConnection(cfg.Connection) {
+	if cfg.Connection.DPS != nil {
+		p, err := newProvisioner(cfg, r, a, m, log)
+		if err != nil {
+			return nil, err
+		}
+		runs = append(runs, p.run)
+	} else if hasConnection(cfg.Connection) {
 		dc, err := deviceConfig(cfg)
 		if err != nil {
 			return nil, err
@@ -98,7 +104,7 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a **agent.Agent, m *agen
 		if err != nil {
 			return nil, err
 		}
-		*a = ag
+		a.set(ag)
 		log.Info("connecting to IoT Hub", "host", dc.HostName, "device", dc.DeviceID, "module", dc.ModuleID)
 		runs = append(runs, func(ctx context.Context) { ag.Run(ctx) })
 	}

@@ -1,0 +1,319 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twinlet/twinlet/internal/agent"
+	"github.com/twinlet/twinlet/internal/backoff"
+	"github.com/twinlet/twinlet/internal/config"
+	"github.com/twinlet/twinlet/internal/dps"
+	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/reconciler"
+)
+
+// agentRef is the agent the reconciler's reports go to; provisioning
+// replaces it when the identity changes.
+type agentRef struct {
+	mu sync.Mutex
+	a  *agent.Agent
+}
+
+func (r *agentRef) set(a *agent.Agent) {
+	r.mu.Lock()
+	r.a = a
+	r.mu.Unlock()
+}
+
+// Notify passes a reported document to the current agent, if any.
+func (r *agentRef) Notify(doc []byte) {
+	r.mu.Lock()
+	a := r.a
+	r.mu.Unlock()
+	if a != nil {
+		a.Notify(doc)
+	}
+}
+
+// provisioner runs the agent on an identity provisioned through DPS. On
+// first start it provisions (or, in wait mode, waits for another
+// provisioning client to store the identity); when the hub refuses the
+// identity (a bad key, a disabled or deleted device) it provisions again,
+// with backoff, and keeps the old identity until the new one has
+// connected: a failed re-provisioning never costs the device the identity
+// it had.
+type provisioner struct {
+	cfg     config.Config
+	dps     *config.DPS
+	store   dps.Store
+	r       *reconciler.Reconciler
+	ref     *agentRef
+	metrics *agent.Metrics
+	log     *slog.Logger
+
+	// retryMin/Max bound the delay after a provisioning that may succeed
+	// later (the service unreachable, throttling, a hub refusing a fresh
+	// identity); fatalMin/Max after one the service refused (a wrong key,
+	// a disabled enrollment), which needs an operator first.
+	retryMin, retryMax, fatalMin, fatalMax time.Duration
+	// waitPoll is how often wait mode looks for the identity.
+	waitPoll time.Duration
+	// refusals is how many refused connects in a row end an identity.
+	refusals int
+}
+
+func newProvisioner(cfg config.Config, r *reconciler.Reconciler, ref *agentRef, m *agent.Metrics, log *slog.Logger) (*provisioner, error) {
+	if cfg.Identity == "module" {
+		return nil, errors.New("connection.dps: identity: module is not supported with DPS (DPS assigns a device identity)")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("connection.dps: a state directory is required to keep the identity")
+	}
+	return &provisioner{
+		cfg: cfg, dps: cfg.Connection.DPS, store: dps.Store{Dir: cfg.StateDir}, r: r, ref: ref, metrics: m,
+		log:      log.With("component", "provisioning"),
+		retryMin: 2 * time.Second, retryMax: 5 * time.Minute,
+		fatalMin: 30 * time.Second, fatalMax: 30 * time.Minute,
+		waitPoll: 2 * time.Second, refusals: 2,
+	}, nil
+}
+
+// run keeps the device connected on a provisioned identity until ctx ends.
+func (p *provisioner) run(ctx context.Context) {
+	// failures counts provisioning rounds since the last connect that
+	// worked: it grows the delays so a fleet refused by its hub, or by
+	// DPS, never storms either.
+	failures := 0
+	var refused *dps.Identity // the identity the hub refused last
+	slept := false            // the delay after a failed provisioning was spent
+	for ctx.Err() == nil {
+		id, pending, ok, err := p.store.Current()
+		if err != nil {
+			p.log.Error("stored identity unusable", "err", err)
+			ok = false
+		}
+		if ok && refused != nil && sameIdentity(id, *refused) {
+			if pending {
+				// A fresh identity the hub refused before it ever
+				// connected: drop it, the old one (if any) is still there.
+				p.log.Warn("the hub refused the newly provisioned identity; dropping it", "hub", id.HostName, "device", id.DeviceID)
+				if err := p.store.DropPending(); err != nil {
+					p.log.Error("drop pending identity", "err", err)
+				}
+				refused = nil
+				continue
+			}
+			ok = false // the identity in use was refused: a new one is needed
+		}
+		if !ok {
+			old, haveOld, _ := p.store.InUse()
+			if p.dps.Wait {
+				if p.waitFor(ctx, refused, p.delay(nil, failures), failures == 0) {
+					refused = nil
+				} else if haveOld {
+					refused = nil // none came: try the old one again meanwhile
+				}
+				failures++
+				continue
+			}
+			if failures > 0 && !slept && !backoff.Sleep(ctx, p.delay(nil, failures)) {
+				return
+			}
+			slept = false
+			nid, err := p.provision(ctx)
+			if err != nil {
+				failures++
+				d := p.delay(err, failures)
+				if haveOld {
+					p.log.Warn("provisioning failed; keeping the old identity", "err", err, "hub", old.HostName, "device", old.DeviceID, "retry_in", d.Round(time.Second).String())
+				} else {
+					p.log.Error("provisioning failed", "err", err, "retry_in", d.Round(time.Second).String())
+				}
+				if !backoff.Sleep(ctx, d) {
+					return
+				}
+				refused = nil // the old identity may work again (a device re-enabled)
+				slept = true
+				continue
+			}
+			if err := p.store.SavePending(nid); err != nil {
+				p.log.Error("store the provisioned identity", "err", err)
+				failures++
+				if !backoff.Sleep(ctx, p.delay(nil, failures)) {
+					return
+				}
+			}
+			continue
+		}
+		connected := p.runIdentity(ctx, id, pending)
+		if ctx.Err() != nil {
+			return
+		}
+		if connected {
+			failures = 0
+		} else {
+			failures++
+		}
+		refused = &id
+	}
+}
+
+// delay is the wait before provisioning round n+1 after err.
+func (p *provisioner) delay(err error, n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	if err != nil && !dps.IsRetryable(err) {
+		return backoff.Delay(p.fatalMin, p.fatalMax, n)
+	}
+	return backoff.Delay(p.retryMin, p.retryMax, n)
+}
+
+// waitFor waits up to d for the store to hold an identity other than
+// refused; it reports whether one came.
+func (p *provisioner) waitFor(ctx context.Context, refused *dps.Identity, d time.Duration, announce bool) bool {
+	if announce {
+		p.log.Info("waiting for another provisioning client to store the identity", "file", filepath.Join(p.store.Dir, dps.IdentityFile))
+	}
+	deadline := time.Now().Add(d)
+	for {
+		if id, _, ok, _ := p.store.Current(); ok && (refused == nil || !sameIdentity(id, *refused)) {
+			return true
+		}
+		if time.Now().After(deadline) || !backoff.Sleep(ctx, p.waitPoll) {
+			return false
+		}
+	}
+}
+
+// provision registers with DPS once (the client retries what is worth
+// retrying, boundedly) and returns the identity to store.
+func (p *provisioner) provision(ctx context.Context) (dps.Identity, error) {
+	dc, closeTPM, err := dpsConfig(p.dps, p.cfg.Connection.CAFile, p.log)
+	if err != nil {
+		return dps.Identity{}, err
+	}
+	defer closeTPM()
+	p.log.Info("provisioning", "endpoint", dc.Endpoint, "idScope", dc.IDScope, "registrationId", dc.RegistrationID, "attestation", describeDPS(p.dps))
+	res, err := dps.Register(ctx, dc)
+	if err != nil {
+		return dps.Identity{}, err
+	}
+	p.log.Info("provisioned", "hub", res.AssignedHub, "device", res.DeviceID, "substatus", res.Substatus)
+	return identityOf(res, p.dps, time.Now()), nil
+}
+
+// runIdentity runs an agent on id until ctx ends or the hub refused the
+// identity; it reports whether the identity connected. A pending identity
+// that connects replaces the one in use.
+func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending bool) (connected bool) {
+	dc, closeTPM, err := p.deviceConfig(id)
+	if err != nil {
+		p.log.Error("stored identity unusable", "err", err)
+		return false
+	}
+	defer closeTPM()
+	events := make(chan error, 64)
+	dc.OnConnectResult = func(err error) {
+		select {
+		case events <- err:
+		default:
+		}
+	}
+	ag, err := agent.New(p.r, dc, agent.Options{StateDir: p.cfg.StateDir, Metrics: p.metrics, Logger: p.log.With("component", "iothub")})
+	if err != nil {
+		p.log.Error("agent", "err", err)
+		return false
+	}
+	p.ref.set(ag)
+	defer p.ref.set(nil)
+	p.log.Info("connecting to IoT Hub", "host", dc.HostName, "device", dc.DeviceID, "new_identity", pending)
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); ag.Run(actx) }()
+	defer func() { cancel(); <-done }()
+	refusals := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return connected
+		case err := <-events:
+			switch {
+			case err == nil:
+				refusals = 0
+				if !connected && pending {
+					if perr := p.store.Promote(); perr != nil {
+						p.log.Error("keep the new identity", "err", perr)
+					} else {
+						p.log.Info("the new identity connected; it replaces the old one", "hub", id.HostName, "device", id.DeviceID)
+					}
+				}
+				connected = true
+			case iothub.IsUnauthorized(err):
+				refusals++
+				if refusals >= p.refusals {
+					p.log.Warn("the hub refuses the identity", "hub", id.HostName, "device", id.DeviceID, "err", err)
+					return connected
+				}
+			}
+		}
+	}
+}
+
+// deviceConfig is the device client configuration of a stored identity;
+// close releases a TPM.
+func (p *provisioner) deviceConfig(id dps.Identity) (iothub.DeviceConfig, func() error, error) {
+	nop := func() error { return nil }
+	c := p.cfg
+	c.Connection = config.Connection{CAFile: p.cfg.Connection.CAFile, Port: p.cfg.Connection.Port}
+	switch id.Auth {
+	case dps.AuthKey:
+		c.Connection.ConnectionString = id.ConnectionString
+		dc, err := deviceConfig(c)
+		return dc, nop, err
+	case dps.AuthX509:
+		c.Connection.X509 = &config.X509{CertFile: id.CertFile, KeyFile: id.KeyFile}
+		c.Connection.HostName, c.Connection.DeviceID = id.HostName, id.DeviceID
+		dc, err := deviceConfig(c)
+		return dc, nop, err
+	case dps.AuthTPM:
+		tcti := "device:/dev/tpmrm0"
+		if t := p.dps.Attestation.TPM; t != nil && t.TCTI != "" {
+			tcti = t.TCTI
+		}
+		t, err := openTPM(tcti)
+		if err != nil {
+			return iothub.DeviceConfig{}, nop, fmt.Errorf("tpm %s: %w", tcti, err)
+		}
+		dc := iothub.DeviceConfig{HostName: id.HostName, DeviceID: id.DeviceID, Signer: t.Signer(id.Slot)}
+		if f := p.cfg.Connection.CAFile; f != "" {
+			pem, err := os.ReadFile(f)
+			if err != nil {
+				t.Close()
+				return dc, nop, fmt.Errorf("connection.caFile: %w", err)
+			}
+			dc.CAPEM = pem
+		}
+		if port := p.cfg.Connection.Port; port != 0 {
+			dc.Addr = net.JoinHostPort(id.HostName, strconv.Itoa(port))
+		}
+		return dc, t.Close, nil
+	}
+	return iothub.DeviceConfig{}, nop, fmt.Errorf("identity: auth %q unknown", id.Auth)
+}
+
+// sameIdentity reports whether two stored identities are the same one.
+func sameIdentity(a, b dps.Identity) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
