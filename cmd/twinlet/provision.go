@@ -32,8 +32,8 @@ var openTPM = func(tcti string) (tpmDevice, error) { return nil, errNoTPM }
 // provisionFlags are the flags of `twinlet provision`.
 type provisionFlags struct {
 	endpoint, idScope, regID, keyFile, groupKeyFile, certFile, certKeyFile, tcti string
-	addr, caFile, stateDir, output, payload, config                             string
-	slot                                                                        int
+	addr, caFile, stateDir, output, payload, config                              string
+	slot                                                                         int
 }
 
 func provision(ctx context.Context, args []string, stdout, stderr io.Writer) int {
