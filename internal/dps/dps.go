@@ -436,9 +436,12 @@ type tpmChallenge struct {
 
 // response is one HTTP answer, read whole.
 type response struct {
-	status     int
-	body       []byte
-	retryAfter time.Duration
+	status int
+	body   []byte
+	// retryAfter is the service's Retry-After; hasRetryAfter says it sent
+	// one (0 means "now").
+	retryAfter    time.Duration
+	hasRetryAfter bool
 }
 
 // do sends one request and retries it while the failure is retryable, up
@@ -502,21 +505,25 @@ func (c *client) once(ctx context.Context, method, u string, body []byte, withAu
 	if err != nil {
 		return response{}, fmt.Errorf("dps %s %s: read: %w", method, c.cfg.Addr, err)
 	}
-	return response{status: resp.StatusCode, body: data, retryAfter: retryAfter(resp.Header.Get("Retry-After"))}, nil
+	r := response{status: resp.StatusCode, body: data}
+	r.retryAfter, r.hasRetryAfter = retryAfter(resp.Header.Get("Retry-After"))
+	return r, nil
 }
 
-// retryAfter reads a Retry-After in seconds or as an HTTP date.
-func retryAfter(v string) time.Duration {
+// retryAfter reads a Retry-After in seconds or as an HTTP date; ok is
+// false when there is none (or it cannot be read).
+func retryAfter(v string) (d time.Duration, ok bool) {
+	v = strings.TrimSpace(v)
 	if v == "" {
-		return 0
+		return 0, false
 	}
-	if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
-		return time.Duration(n) * time.Second
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		return max(time.Until(t), 0)
+		return max(time.Until(t), 0), true
 	}
-	return 0
+	return 0, false
 }
 
 func (c *client) statusError(op string, r response) error {
@@ -578,7 +585,7 @@ func (c *client) poll(ctx context.Context, r response) (*operation, error) {
 			return nil, fmt.Errorf("dps: registration still %s after %d polls", status, n)
 		}
 		d := c.cfg.PollInterval
-		if r.retryAfter > 0 {
+		if r.hasRetryAfter {
 			d = r.retryAfter
 		}
 		if !backoff.Sleep(ctx, d) {
