@@ -91,10 +91,11 @@ func newProvisioner(cfg config.Config, r *reconciler.Reconciler, ref *agentRef, 
 func (p *provisioner) run(ctx context.Context) {
 	// failures counts provisioning rounds since the last connect that
 	// worked: it grows the delays so a fleet refused by its hub, or by
-	// DPS, never storms either.
+	// DPS, never storms either. next is the earliest next round; until
+	// then the device keeps trying the identity it has.
 	failures := 0
+	var next time.Time
 	var refused *dps.Identity // the identity the hub refused last
-	slept := false            // the delay after a failed provisioning was spent
 	for ctx.Err() == nil {
 		id, pending, ok, err := p.store.Current()
 		if err != nil {
@@ -116,52 +117,38 @@ func (p *provisioner) run(ctx context.Context) {
 		}
 		if !ok {
 			old, haveOld, _ := p.store.InUse()
+			failures++
 			if p.dps.Wait {
-				if p.waitFor(ctx, refused, p.delay(nil, failures), failures == 0) {
-					refused = nil
-				} else if haveOld {
-					refused = nil // none came: try the old one again meanwhile
+				if p.waitFor(ctx, refused, p.delay(nil, failures), failures == 1) || haveOld {
+					refused = nil // a new identity came, or try the old one again meanwhile
 				}
-				failures++
 				continue
 			}
-			if failures > 0 && !slept && !backoff.Sleep(ctx, p.delay(nil, failures)) {
+			if !backoff.Sleep(ctx, time.Until(next)) {
 				return
 			}
-			slept = false
 			nid, err := p.provision(ctx)
 			if err != nil {
-				failures++
 				d := p.delay(err, failures)
+				next = time.Now().Add(d)
 				if haveOld {
 					p.log.Warn("provisioning failed; keeping the old identity", "err", err, "hub", old.HostName, "device", old.DeviceID, "retry_in", d.Round(time.Second).String())
+					refused = nil // it may work again (a device re-enabled)
 				} else {
 					p.log.Error("provisioning failed", "err", err, "retry_in", d.Round(time.Second).String())
 				}
-				if !backoff.Sleep(ctx, d) {
-					return
-				}
-				refused = nil // the old identity may work again (a device re-enabled)
-				slept = true
 				continue
 			}
+			// A fresh identity that does not connect brings the next
+			// round no sooner.
+			next = time.Now().Add(p.delay(nil, failures))
 			if err := p.store.SavePending(nid); err != nil {
 				p.log.Error("store the provisioned identity", "err", err)
-				failures++
-				if !backoff.Sleep(ctx, p.delay(nil, failures)) {
-					return
-				}
 			}
 			continue
 		}
-		connected := p.runIdentity(ctx, id, pending)
-		if ctx.Err() != nil {
-			return
-		}
-		if connected {
-			failures = 0
-		} else {
-			failures++
+		if p.runIdentity(ctx, id, pending, next) {
+			failures, next = 0, time.Time{}
 		}
 		refused = &id
 	}
@@ -213,9 +200,10 @@ func (p *provisioner) provision(ctx context.Context) (dps.Identity, error) {
 }
 
 // runIdentity runs an agent on id until ctx ends or the hub refused the
-// identity; it reports whether the identity connected. A pending identity
-// that connects replaces the one in use.
-func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending bool) (connected bool) {
+// identity (not before notBefore: until then the client keeps trying it
+// with its own backoff); it reports whether the identity connected. A
+// pending identity that connects replaces the one in use.
+func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending bool, notBefore time.Time) (connected bool) {
 	dc, closeTPM, err := p.deviceConfig(id)
 	if err != nil {
 		p.log.Error("stored identity unusable", "err", err)
@@ -260,7 +248,7 @@ func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending 
 				connected = true
 			case iothub.IsUnauthorized(err):
 				refusals++
-				if refusals >= p.refusals {
+				if refusals >= p.refusals && !time.Now().Before(notBefore) {
 					p.log.Warn("the hub refuses the identity", "hub", id.HostName, "device", id.DeviceID, "err", err)
 					return connected
 				}
