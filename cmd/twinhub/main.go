@@ -2,6 +2,7 @@
 // development and tests: device MQTT over TLS, service REST over HTTPS.
 //
 //	twinhub serve [--dir DIR | --memory] [--hostname localhost] [--mqtt-addr :8883] [--https-addr :443]
+//	              [--dps-hostname dps.localhost] [--hubs a,b,c | --hubs-file FILE] [--dps-allocation hashed]
 package main
 
 import (
@@ -28,7 +29,8 @@ func main() {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: twinhub serve [--dir DIR | --memory] [--hostname localhost] [--mqtt-addr :8883] [--https-addr :443] [fault flags]")
+	fmt.Fprintln(w, "usage: twinhub serve [--dir DIR | --memory] [--hostname localhost] [--mqtt-addr :8883] [--https-addr :443]")
+	fmt.Fprintln(w, "                     [--dps-hostname dps.localhost] [--hubs a,b,c | --hubs-file FILE] [--dps-allocation hashed] [fault flags]")
 	fmt.Fprintln(w, "       twinhub version")
 }
 
@@ -60,6 +62,11 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	mqttAddr := fs.String("mqtt-addr", ":8883", "device endpoint: MQTT over TLS")
 	httpsAddr := fs.String("https-addr", ":443", "service endpoint: REST over HTTPS")
 	verbose := fs.Bool("v", false, "debug logs")
+	dpsHost := fs.String("dps-hostname", "dps.localhost", "the Device Provisioning Service's host name, served on the HTTPS listener (empty: no DPS)")
+	hubs := fs.String("hubs", "", "linked hubs of the DPS, comma-separated host names, each NAME[:WEIGHT] (default: the hub itself)")
+	hubsFile := fs.String("hubs-file", "", "linked hubs of the DPS from a YAML or JSON file (hubs: [{hostname, weight, latency, noAllocation}])")
+	allocation := fs.String("dps-allocation", "hashed", "the DPS's default allocation policy: hashed, geoLatency or static")
+	retryAfter := fs.Duration("dps-retry-after", 0, "the Retry-After the DPS sends while assigning (default 3s, as the service)")
 	var f hub.Faults
 	fs.DurationVar(&f.Delay, "fault-delay", 0, "fault injection: delay every twin reply and REST response")
 	fs.Float64Var(&f.ThrottleTwinGet, "fault-throttle-twin-get", 0, "fault injection: share (0..1) of twin GETs answered 429")
@@ -79,7 +86,12 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	h, err := hub.New(hub.Options{Dir: *dir, Hostname: *hostname, MQTTAddr: *mqttAddr, HTTPSAddr: *httpsAddr, Logger: log, Faults: f})
+	linked, err := linkedHubs(*hubs, *hubsFile)
+	if err != nil {
+		return err
+	}
+	h, err := hub.New(hub.Options{Dir: *dir, Hostname: *hostname, MQTTAddr: *mqttAddr, HTTPSAddr: *httpsAddr, Logger: log, Faults: f,
+		DPSHostname: *dpsHost, LinkedHubs: linked, DPSAllocationPolicy: *allocation, DPSRetryAfter: *retryAfter})
 	if err != nil {
 		return err
 	}
@@ -95,6 +107,14 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "twinhub %s\nmqtt:  %s\nhttps: %s\nCA file: %s\nHostName=%s owner connection string:\n%s\n",
 		version.Version, h.MQTTAddr(), h.HTTPSAddr(), caFile, h.Hostname(), h.OwnerConnectionString())
+	if h.DPSHostname() != "" {
+		fmt.Fprintf(stdout, "DPS ID scope: %s\nDPS host: %s (on the https listener)\n%s\n", h.IDScope(), h.DPSHostname(), h.DPSConnectionString())
+		for _, l := range linked {
+			if lh := h.LinkedHub(l.Hostname); lh != nil && lh != h {
+				fmt.Fprintf(stdout, "linked hub %s owner connection string:\n%s\n", l.Hostname, lh.OwnerConnectionString())
+			}
+		}
+	}
 	if h.CAFile() == "" {
 		fmt.Fprintf(stdout, "%s", h.CAPEM())
 	}

@@ -62,7 +62,8 @@ func newCA(now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, []byte, error) 
 	return cert, key, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
-func newServerCert(ca *x509.Certificate, caKey *ecdsa.PrivateKey, hostname string, now time.Time) (certPEM, keyPEM []byte, err error) {
+func newServerCert(ca *x509.Certificate, caKey *ecdsa.PrivateKey, hostnames []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	hostname := hostnames[0]
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate server key: %w", err)
@@ -81,6 +82,13 @@ func newServerCert(ca *x509.Certificate, caKey *ecdsa.PrivateKey, hostname strin
 	} else {
 		tmpl.DNSNames = []string{hostname}
 	}
+	for _, n := range hostnames[1:] {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
 	if hostname != "localhost" {
 		tmpl.DNSNames = append(tmpl.DNSNames, "localhost")
 	}
@@ -97,9 +105,9 @@ func newServerCert(ca *x509.Certificate, caKey *ecdsa.PrivateKey, hostname strin
 }
 
 // loadPKI reads the CA and server certificate from dir, creating what is
-// missing; a server certificate that does not cover hostname is reissued.
-// An empty dir keeps everything in memory.
-func loadPKI(dir, hostname string, now time.Time) (*pki, error) {
+// missing; a server certificate that does not cover every host name is
+// reissued. An empty dir keeps everything in memory.
+func loadPKI(dir string, hostnames []string, now time.Time) (*pki, error) {
 	p := &pki{}
 	var caKeyPEM []byte
 	if dir != "" {
@@ -150,14 +158,14 @@ func loadPKI(dir, hostname string, now time.Time) (*pki, error) {
 	if dir != "" {
 		if c, err := tls.LoadX509KeyPair(certFile, keyFile); err == nil {
 			if leaf, err := x509.ParseCertificate(c.Certificate[0]); err == nil &&
-				leaf.VerifyHostname(hostname) == nil && now.Before(leaf.NotAfter) &&
+				coversAll(leaf, hostnames) && now.Before(leaf.NotAfter) &&
 				leaf.CheckSignatureFrom(p.caCert) == nil {
 				p.server = c
 				return p, nil
 			}
 		}
 	}
-	certPEM, keyPEM, err := newServerCert(p.caCert, p.caKey, hostname, now)
+	certPEM, keyPEM, err := newServerCert(p.caCert, p.caKey, hostnames, now)
 	if err != nil {
 		return nil, err
 	}
@@ -174,4 +182,13 @@ func loadPKI(dir, hostname string, now time.Time) (*pki, error) {
 		return nil, fmt.Errorf("server key pair: %w", err)
 	}
 	return p, nil
+}
+
+func coversAll(leaf *x509.Certificate, hostnames []string) bool {
+	for _, n := range hostnames {
+		if leaf.VerifyHostname(n) != nil {
+			return false
+		}
+	}
+	return true
 }

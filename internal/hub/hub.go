@@ -57,6 +57,33 @@ type Options struct {
 	// EventBuffer is how many device-to-cloud messages the hub keeps;
 	// default 10000.
 	EventBuffer int
+
+	// The Device Provisioning Service (dps.go).
+
+	// DPSHostname is the DPS host name, served on the hub's HTTPS listener
+	// and covered by its server certificate. Empty serves no DPS.
+	DPSHostname string
+	// LinkedHubs are the hubs the DPS allocates devices to. Empty links
+	// the hub itself alone. An entry named like Options.Hostname is the hub
+	// itself; any other is a hub of its own (its own registry, policies and
+	// keys, under Dir/hubs/<name>) served on this hub's listeners and chosen
+	// by host name (TLS SNI, HTTP Host).
+	LinkedHubs []LinkedHub
+	// DPSAllocationPolicy is the instance's default policy: hashed
+	// (default), geoLatency or static; custom is per enrollment.
+	DPSAllocationPolicy string
+	// DPSRetryAfter is the Retry-After the DPS sends while assigning;
+	// 0 sends 3 s as the service does, a negative value sends 0.
+	DPSRetryAfter time.Duration
+	// DPSAssigningPolls is how many operation-status polls answer 202
+	// (assigning) before the result; default 0.
+	DPSAssigningPolls int
+	// TPMActivation builds the TPM activation blob that wraps key to the
+	// TPM of ekPub and srkPub (TPM2B_PUBLIC each); nil uses the built-in
+	// one when twinhub is built with it.
+	TPMActivation func(ekPub, srkPub, key []byte) ([]byte, error)
+
+	parentPKI *pki // a linked hub shares its parent's CA and certificate
 }
 
 // Hub is a running (or ready to run) emulated IoT hub.
@@ -91,6 +118,11 @@ type Hub struct {
 	startOnce sync.Once
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+
+	dps      *dps            // nil when the hub serves no DPS
+	children map[string]*Hub // linked hubs served by this one, by lower-case host name
+	parent   *Hub            // the hub whose listeners serve this linked hub
+	handler  http.Handler    // a linked hub's REST API
 }
 
 // New prepares a hub: it loads or creates the PKI, policies and registry
@@ -134,7 +166,9 @@ func New(o Options) (*Hub, error) {
 		h.store = &store{dir: o.Dir}
 	}
 	var err error
-	if h.pki, err = loadPKI(o.Dir, o.Hostname, time.Now()); err != nil {
+	if o.parentPKI != nil {
+		h.pki = o.parentPKI
+	} else if h.pki, err = loadPKI(o.Dir, o.serverNames(), time.Now()); err != nil {
 		return nil, err
 	}
 	if h.policies, err = h.store.loadPolicies(); err != nil {
@@ -147,6 +181,9 @@ func New(o Options) (*Hub, error) {
 	for _, r := range recs {
 		r.Identity.ConnectionState = "Disconnected"
 		h.records[r.key()] = r
+	}
+	if err := h.initDPS(); err != nil {
+		return nil, err
 	}
 	return h, nil
 }
@@ -163,6 +200,8 @@ func (h *Hub) start(ctx context.Context) error {
 	serverTLS := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{h.pki.server},
+		// DPS devices attest with a TLS client certificate.
+		ClientAuth: tls.RequestClientCert,
 	}
 	mqttTLS := serverTLS.Clone()
 	// Self-signed device certificates are checked by thumbprint, not chain.
@@ -196,7 +235,7 @@ func (h *Hub) start(ctx context.Context) error {
 	}
 	h.httpLn = tls.NewListener(ln, serverTLS)
 	h.httpSrv = &http.Server{
-		Handler:           h.restHandler(),
+		Handler:           h.hostHandler(h.restHandler()),
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
@@ -216,6 +255,7 @@ func (h *Hub) start(ctx context.Context) error {
 		defer h.wg.Done()
 		h.flushLoop()
 	}()
+	h.startLinked()
 	if ctx != nil && ctx.Done() != nil {
 		go func() {
 			select {
@@ -252,6 +292,9 @@ func (h *Hub) Close() error {
 		}
 		for _, c := range conns {
 			c.close(errHubClosed)
+		}
+		for _, c := range h.children {
+			_ = c.Close()
 		}
 		if h.flushDone != nil {
 			close(h.flushDone)
