@@ -4,7 +4,7 @@ BIN      := bin
 RUN_DIR  := .run
 PKGS     := ./...
 
-.PHONY: all build run test unit conformance bench fuzz lint clean demo
+.PHONY: all build run test unit conformance bench fuzz lint clean demo tpm-tools
 
 all: build
 
@@ -20,7 +20,7 @@ run: build
 
 test: lint unit conformance
 
-unit:
+unit: tpm-tools
 	$(GO) test -count=1 -timeout 12m $(PKGS)
 
 lint:
@@ -36,6 +36,15 @@ fuzz:
 	@set -e; grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sort | \
 	while IFS=: read -r file fn; do fn=$${fn#func }; pkg=./$$(dirname $${file#./}); \
 	  echo "== $$pkg $$fn"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; done
+
+# The TPM tests start swtpm (a software TPM) and read back with tpm2-tools;
+# install them (Debian packages) when missing, as root.
+tpm-tools:
+	@command -v swtpm >/dev/null && command -v swtpm_setup >/dev/null && command -v tpm2_nvread >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing swtpm, swtpm-tools and tpm2-tools (Debian packages) for the TPM tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm swtpm-tools tpm2-tools >/dev/null; \
+	  else echo "the TPM tests need swtpm and tpm2-tools: apt-get install swtpm swtpm-tools tpm2-tools" >&2; exit 1; fi; }
 
 # Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
 # npm ci runs only when package.json or the lock file changed since the last

@@ -21,12 +21,12 @@ import (
 
 // hasConnection reports whether the configuration names an IoT Hub.
 func hasConnection(c config.Connection) bool {
-	return c.ConnectionString != "" || c.KeyFile != "" || c.X509 != nil || c.DPS != nil
+	return c.ConnectionString != "" || c.KeyFile != "" || c.X509 != nil || c.TPM != nil || c.DPS != nil
 }
 
 // deviceConfig turns the connection block of the agent config into a
 // device client configuration. Key material is read here and never logged.
-func deviceConfig(cfg config.Config) (iothub.DeviceConfig, error) {
+func deviceConfig(cfg config.Config, tpms *tpmSet) (iothub.DeviceConfig, error) {
 	c := cfg.Connection
 	var dc iothub.DeviceConfig
 	var cs iothub.ConnectionString
@@ -55,6 +55,10 @@ func deviceConfig(cfg config.Config) (iothub.DeviceConfig, error) {
 		}
 		dc.Certificate = &cert
 		cs = iothub.ConnectionString{HostName: c.HostName, DeviceID: c.DeviceID, ModuleID: c.ModuleID}
+	case c.TPM != nil:
+		if cs, dc.Signer, err = tpmIdentity(tpms, *c.TPM); err != nil {
+			return dc, fmt.Errorf("connection.tpm: %w", err)
+		}
 	}
 	if cs.SharedAccessKeyName != "" {
 		return dc, errors.New("connection: a shared access policy connection string is not a device identity; use the device's (or module's) connection string")
@@ -89,14 +93,21 @@ func deviceConfig(cfg config.Config) (iothub.DeviceConfig, error) {
 // function that runs both until ctx ends.
 func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Metrics, log *slog.Logger) (func(context.Context), error) {
 	var runs []func(context.Context)
+	tpms := &tpmSet{}
+	ok := false
+	defer func() {
+		if !ok {
+			tpms.Close()
+		}
+	}()
 	if cfg.Connection.DPS != nil {
-		p, err := newProvisioner(cfg, r, a, m, log)
+		p, err := newProvisioner(cfg, r, a, m, tpms, log)
 		if err != nil {
 			return nil, err
 		}
 		runs = append(runs, p.run)
 	} else if hasConnection(cfg.Connection) {
-		dc, err := deviceConfig(cfg)
+		dc, err := deviceConfig(cfg, tpms)
 		if err != nil {
 			return nil, err
 		}
@@ -123,7 +134,9 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Me
 			srv.Close()
 		})
 	}
+	ok = true
 	return func(ctx context.Context) {
+		defer tpms.Close()
 		done := make(chan struct{}, len(runs))
 		for _, run := range runs {
 			go func() { run(ctx); done <- struct{}{} }()

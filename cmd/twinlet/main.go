@@ -38,6 +38,7 @@ commands:
   status     print the last reported state
   provision  get the device's identity from the Device Provisioning Service (DPS)
   schema     print the JSON Schemas: schema [SECTION]
+  tpm        TPM identities: slots, keys, tokens, DPS enrollment info (tpm help)
   version    print the version
 
 Run 'twinlet <command> -h' for the flags of a command.
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return status(rest, stdout, stderr)
 	case "schema":
 		return schema(rest, stdout, stderr)
+	case "tpm":
+		return tpmCommand(ctx, rest, os.Stdin, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "twinlet %s\n", version.Version)
 		return 0

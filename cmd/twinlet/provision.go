@@ -15,19 +15,8 @@ import (
 
 	"github.com/twinlet/twinlet/internal/config"
 	"github.com/twinlet/twinlet/internal/dps"
+	"github.com/twinlet/twinlet/internal/tpm"
 )
-
-// tpmDevice is a TPM opened for provisioning and signing.
-type tpmDevice interface {
-	dps.TPM
-	Close() error
-}
-
-// errNoTPM is returned while twinlet is built without TPM support.
-var errNoTPM = errors.New("this twinlet has no TPM support (internal/tpm is not built in)")
-
-// openTPM opens a TPM by its TCTI; replaced where internal/tpm is built in.
-var openTPM = func(tcti string) (tpmDevice, error) { return nil, errNoTPM }
 
 // provisionFlags are the flags of `twinlet provision`.
 type provisionFlags struct {
@@ -125,13 +114,17 @@ func provision(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return fail(1, err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	dc, closeTPM, err := dpsConfig(d, "", log)
+	tpms := &tpmSet{}
+	defer tpms.Close()
+	dc, err := dpsConfig(d, "", tpms, log)
 	if err != nil {
 		return fail(1, err)
 	}
-	defer closeTPM()
 	res, err := dps.Register(ctx, dc)
 	if err != nil {
+		return fail(1, err)
+	}
+	if err := storeSlotURI(tpms, d, res); err != nil {
 		return fail(1, err)
 	}
 	id := identityOf(res, d, time.Now())
@@ -167,10 +160,9 @@ type rawJSON []byte
 func (r rawJSON) MarshalJSON() ([]byte, error) { return []byte(r), nil }
 
 // dpsConfig turns a connection.dps block into a registration: it reads
-// the keys (0600 files) and opens the TPM; close releases the TPM.
+// the keys (0600 files) and opens the TPM (in tpms, which closes it).
 // caFile is used when the block names none.
-func dpsConfig(d *config.DPS, caFile string, log *slog.Logger) (dps.Config, func() error, error) {
-	nop := func() error { return nil }
+func dpsConfig(d *config.DPS, caFile string, tpms *tpmSet, log *slog.Logger) (dps.Config, error) {
 	c := dps.Config{Endpoint: d.Endpoint, Addr: d.Address, IDScope: d.IDScope, RegistrationID: d.RegistrationID, Logger: log}
 	if c.Endpoint == "" {
 		c.Endpoint = dps.GlobalEndpoint
@@ -184,7 +176,7 @@ func dpsConfig(d *config.DPS, caFile string, log *slog.Logger) (dps.Config, func
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return c, nop, fmt.Errorf("dps ca file: %w", err)
+			return c, fmt.Errorf("dps ca file: %w", err)
 		}
 		c.CAPEM = pem
 	}
@@ -193,36 +185,31 @@ func dpsConfig(d *config.DPS, caFile string, log *slog.Logger) (dps.Config, func
 	case a.SymmetricKey != nil:
 		key, err := dps.ReadKeyFile(a.SymmetricKey.KeyFile)
 		if err != nil {
-			return c, nop, err
+			return c, err
 		}
 		c.Attestation = dps.SymmetricKey{Key: key}
 	case a.GroupKey != nil:
 		key, err := dps.ReadKeyFile(a.GroupKey.KeyFile)
 		if err != nil {
-			return c, nop, err
+			return c, err
 		}
 		c.Attestation = dps.GroupKey{Key: key}
 	case a.X509 != nil:
 		cert, err := dps.LoadCertificate(a.X509.CertFile, a.X509.KeyFile)
 		if err != nil {
-			return c, nop, err
+			return c, err
 		}
 		c.Attestation = dps.X509{Certificate: cert}
 	case a.TPM != nil:
-		tcti := a.TPM.TCTI
-		if tcti == "" {
-			tcti = "device:/dev/tpmrm0"
-		}
-		t, err := openTPM(tcti)
+		t, err := tpms.get(a.TPM.TCTI)
 		if err != nil {
-			return c, nop, fmt.Errorf("tpm %s: %w", tcti, err)
+			return c, fmt.Errorf("tpm: %w", err)
 		}
 		c.Attestation = dps.TPMAttestation{TPM: t, Slot: a.TPM.Slot}
-		return c, t.Close, nil
 	default:
-		return c, nop, errors.New("dps: no attestation configured")
+		return c, errors.New("dps: no attestation configured")
 	}
-	return c, nop, nil
+	return c, nil
 }
 
 // identityOf is the identity to store for a registration.
@@ -257,4 +244,20 @@ func describeDPS(d *config.DPS) string {
 		kinds = append(kinds, "wait")
 	}
 	return strings.Join(kinds, ",")
+}
+
+// storeSlotURI writes the hub URI of a TPM identity into its slot's NV
+// index, as Limpet does, so that other tools (and wait mode) find it.
+func storeSlotURI(tpms *tpmSet, d *config.DPS, res *dps.Result) error {
+	if d.Attestation.TPM == nil {
+		return nil
+	}
+	t, err := tpms.get(d.Attestation.TPM.TCTI)
+	if err != nil {
+		return fmt.Errorf("tpm: %w", err)
+	}
+	if err := t.SetSlotURI(res.Slot, tpm.Identity{HostName: res.AssignedHub, DeviceID: res.DeviceID}); err != nil {
+		return fmt.Errorf("tpm slot %d: store the hub URI: %w", res.Slot, err)
+	}
+	return nil
 }

@@ -23,6 +23,9 @@ import (
 	"github.com/twinlet/twinlet/internal/dps"
 	"github.com/twinlet/twinlet/internal/hub"
 	"github.com/twinlet/twinlet/internal/testutil"
+	"github.com/twinlet/twinlet/internal/tpm"
+	"github.com/twinlet/twinlet/internal/tpm/tpmblob"
+	"github.com/twinlet/twinlet/internal/tpm/tpmtest"
 )
 
 // dpsHub is a twinhub with its DPS, on loopback ports, over TLS.
@@ -448,4 +451,70 @@ func TestWaitMode(t *testing.T) {
 		t.Fatalf("provision: %s", errs)
 	}
 	h.waitReady(t, "panel-5", a)
+}
+
+// TestProvisionTPM: TPM attestation against swtpm. `twinlet provision
+// --tpm` answers twinhub's challenge in the TPM (ActivateCredential and
+// Import), registers with a token signed in the TPM, activates the hub key
+// into the slot and stores the hub URI there; `twinlet run` then connects
+// with tokens signed in the TPM and reports Ready. No key is in a file.
+func TestProvisionTPM(t *testing.T) {
+	sw := tpmtest.Start(t)
+	dir := t.TempDir()
+	h0, err := hub.New(hub.Options{Dir: dir, MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0",
+		DPSHostname: "dps.localhost", DPSRetryAfter: -1, TPMActivation: tpmblob.Make})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h0.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h0.Close() })
+	h := &dpsHub{Hub: h0, dir: dir}
+
+	tp, err := tpm.Open(sw.TCTI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, err := tp.EndorsementKeyPublic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	regID, _ := tp.RegistrationID()
+	tp.Close() // swtpm serves one client at a time
+	e := hub.Enrollment{RegistrationID: regID, DeviceID: "tpm-device"}
+	e.Attestation = hub.Attestation{Type: hub.AttestationTPM, TPM: &hub.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}}
+	e.ProvisioningStatus = "enabled"
+	if _, err := h.PutEnrollment(e, "*"); err != nil {
+		t.Fatal(err)
+	}
+
+	s := newSandbox(t)
+	code, out, errs := twinlet(t, h.provisionArgs(s.state, "--tpm", sw.TCTI, "--slot", "3", "--output", "json")...)
+	if code != 0 {
+		t.Fatalf("provision: %d %s", code, errs)
+	}
+	var res map[string]any
+	json.Unmarshal([]byte(out), &res)
+	if res["deviceId"] != "tpm-device" || res["auth"] != "tpm" || res["slot"] != float64(3) || res["registrationId"] != regID {
+		t.Fatalf("provision output %s", out)
+	}
+	id := readIdentity(t, s.state)
+	if id.Auth != dps.AuthTPM || id.Slot != 3 || id.ConnectionString != "" {
+		t.Fatalf("identity %+v", id)
+	}
+	// The slot holds the hub URI, as Limpet's tools read it.
+	tp, err = tpm.Open(sw.TCTI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri, err := tp.SlotURI(3)
+	tp.Close()
+	if err != nil || uri.HostName != h.Hostname() || uri.DeviceID != "tpm-device" {
+		t.Fatalf("slot 3 URI %+v %v", uri, err)
+	}
+
+	hostnamePolicy(t, s)
+	a := startAgent(t, h.agentConfig(t, s, "", fmt.Sprintf("      tpm: { tcti: %q, slot: 3 }", sw.TCTI)))
+	h.waitReady(t, "tpm-device", a)
 }

@@ -58,6 +58,7 @@ type provisioner struct {
 	r       *reconciler.Reconciler
 	ref     *agentRef
 	metrics *agent.Metrics
+	tpms    *tpmSet
 	log     *slog.Logger
 
 	// retryMin/Max bound the delay after a provisioning that may succeed
@@ -71,7 +72,7 @@ type provisioner struct {
 	refusals int
 }
 
-func newProvisioner(cfg config.Config, r *reconciler.Reconciler, ref *agentRef, m *agent.Metrics, log *slog.Logger) (*provisioner, error) {
+func newProvisioner(cfg config.Config, r *reconciler.Reconciler, ref *agentRef, m *agent.Metrics, tpms *tpmSet, log *slog.Logger) (*provisioner, error) {
 	if cfg.Identity == "module" {
 		return nil, errors.New("connection.dps: identity: module is not supported with DPS (DPS assigns a device identity)")
 	}
@@ -79,7 +80,7 @@ func newProvisioner(cfg config.Config, r *reconciler.Reconciler, ref *agentRef, 
 		return nil, errors.New("connection.dps: a state directory is required to keep the identity")
 	}
 	return &provisioner{
-		cfg: cfg, dps: cfg.Connection.DPS, store: dps.Store{Dir: cfg.StateDir}, r: r, ref: ref, metrics: m,
+		cfg: cfg, dps: cfg.Connection.DPS, store: dps.Store{Dir: cfg.StateDir}, r: r, ref: ref, metrics: m, tpms: tpms,
 		log:      log.With("component", "provisioning"),
 		retryMin: 2 * time.Second, retryMax: 5 * time.Minute,
 		fatalMin: 30 * time.Second, fatalMax: 30 * time.Minute,
@@ -176,27 +177,56 @@ func (p *provisioner) waitFor(ctx context.Context, refused *dps.Identity, d time
 		if id, _, ok, _ := p.store.Current(); ok && (refused == nil || !sameIdentity(id, *refused)) {
 			return true
 		}
+		if id, ok := p.slotIdentity(); ok && (refused == nil || id.HostName != refused.HostName || id.DeviceID != refused.DeviceID) {
+			if err := p.store.Save(id); err != nil {
+				p.log.Error("store the identity found in the TPM slot", "err", err)
+			} else {
+				return true
+			}
+		}
 		if time.Now().After(deadline) || !backoff.Sleep(ctx, p.waitPoll) {
 			return false
 		}
 	}
 }
 
+// slotIdentity is the identity another provisioning client stored in the
+// configured TPM slot (a key and the hub URI), in wait mode.
+func (p *provisioner) slotIdentity() (dps.Identity, bool) {
+	a := p.dps.Attestation.TPM
+	if a == nil {
+		return dps.Identity{}, false
+	}
+	cs, _, err := tpmIdentity(p.tpms, config.TPMSlot{TCTI: a.TCTI, Slot: a.Slot})
+	if err != nil || cs.ModuleID != "" {
+		return dps.Identity{}, false
+	}
+	return dps.Identity{HostName: cs.HostName, DeviceID: cs.DeviceID, Auth: dps.AuthTPM, Slot: a.Slot, ProvisionedAt: time.Now().UTC()}, true
+}
+
 // provision registers with DPS once (the client retries what is worth
 // retrying, boundedly) and returns the identity to store.
 func (p *provisioner) provision(ctx context.Context) (dps.Identity, error) {
-	dc, closeTPM, err := dpsConfig(p.dps, p.cfg.Connection.CAFile, p.log)
+	d := *p.dps
+	if a := d.Attestation.TPM; a != nil {
+		slot := *a
+		slot.Slot = p.slotFor()
+		d.Attestation.TPM = &slot
+	}
+	dc, err := dpsConfig(&d, p.cfg.Connection.CAFile, p.tpms, p.log)
 	if err != nil {
 		return dps.Identity{}, err
 	}
-	defer closeTPM()
 	p.log.Info("provisioning", "endpoint", dc.Endpoint, "idScope", dc.IDScope, "registrationId", dc.RegistrationID, "attestation", describeDPS(p.dps))
 	res, err := dps.Register(ctx, dc)
 	if err != nil {
 		return dps.Identity{}, err
 	}
 	p.log.Info("provisioned", "hub", res.AssignedHub, "device", res.DeviceID, "substatus", res.Substatus)
-	return identityOf(res, p.dps, time.Now()), nil
+	if err := storeSlotURI(p.tpms, &d, res); err != nil {
+		return dps.Identity{}, err
+	}
+	return identityOf(res, &d, time.Now()), nil
 }
 
 // runIdentity runs an agent on id until ctx ends or the hub refused the
@@ -204,12 +234,11 @@ func (p *provisioner) provision(ctx context.Context) (dps.Identity, error) {
 // with its own backoff); it reports whether the identity connected. A
 // pending identity that connects replaces the one in use.
 func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending bool, notBefore time.Time) (connected bool) {
-	dc, closeTPM, err := p.deviceConfig(id)
+	dc, err := p.deviceConfig(id)
 	if err != nil {
 		p.log.Error("stored identity unusable", "err", err)
 		return false
 	}
-	defer closeTPM()
 	events := make(chan error, 64)
 	dc.OnConnectResult = func(err error) {
 		select {
@@ -257,46 +286,61 @@ func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending 
 	}
 }
 
-// deviceConfig is the device client configuration of a stored identity;
-// close releases a TPM.
-func (p *provisioner) deviceConfig(id dps.Identity) (iothub.DeviceConfig, func() error, error) {
-	nop := func() error { return nil }
+// deviceConfig is the device client configuration of a stored identity.
+func (p *provisioner) deviceConfig(id dps.Identity) (iothub.DeviceConfig, error) {
 	c := p.cfg
 	c.Connection = config.Connection{CAFile: p.cfg.Connection.CAFile, Port: p.cfg.Connection.Port}
 	switch id.Auth {
 	case dps.AuthKey:
 		c.Connection.ConnectionString = id.ConnectionString
-		dc, err := deviceConfig(c)
-		return dc, nop, err
 	case dps.AuthX509:
 		c.Connection.X509 = &config.X509{CertFile: id.CertFile, KeyFile: id.KeyFile}
 		c.Connection.HostName, c.Connection.DeviceID = id.HostName, id.DeviceID
-		dc, err := deviceConfig(c)
-		return dc, nop, err
 	case dps.AuthTPM:
-		tcti := "device:/dev/tpmrm0"
-		if t := p.dps.Attestation.TPM; t != nil && t.TCTI != "" {
-			tcti = t.TCTI
-		}
-		t, err := openTPM(tcti)
+		t, err := p.tpms.get(p.tcti())
 		if err != nil {
-			return iothub.DeviceConfig{}, nop, fmt.Errorf("tpm %s: %w", tcti, err)
+			return iothub.DeviceConfig{}, fmt.Errorf("tpm: %w", err)
 		}
 		dc := iothub.DeviceConfig{HostName: id.HostName, DeviceID: id.DeviceID, Signer: t.Signer(id.Slot)}
 		if f := p.cfg.Connection.CAFile; f != "" {
 			pem, err := os.ReadFile(f)
 			if err != nil {
-				t.Close()
-				return dc, nop, fmt.Errorf("connection.caFile: %w", err)
+				return dc, fmt.Errorf("connection.caFile: %w", err)
 			}
 			dc.CAPEM = pem
 		}
 		if port := p.cfg.Connection.Port; port != 0 {
 			dc.Addr = net.JoinHostPort(id.HostName, strconv.Itoa(port))
 		}
-		return dc, t.Close, nil
+		return dc, nil
+	default:
+		return iothub.DeviceConfig{}, fmt.Errorf("identity: auth %q unknown", id.Auth)
 	}
-	return iothub.DeviceConfig{}, nop, fmt.Errorf("identity: auth %q unknown", id.Auth)
+	return deviceConfig(c, p.tpms)
+}
+
+func (p *provisioner) tcti() string {
+	if t := p.dps.Attestation.TPM; t != nil {
+		return t.TCTI
+	}
+	return ""
+}
+
+// slotFor is the TPM slot a new registration activates its keys into:
+// the configured slot, or the spare one while the configured slot holds
+// the identity in use, so the old key is kept until the new one connected.
+func (p *provisioner) slotFor() int {
+	a := p.dps.Attestation.TPM
+	if a == nil {
+		return 0
+	}
+	if in, ok, _ := p.store.InUse(); ok && in.Auth == dps.AuthTPM && a.SpareSlot != nil {
+		if in.Slot == a.Slot {
+			return *a.SpareSlot
+		}
+		return a.Slot
+	}
+	return a.Slot
 }
 
 // sameIdentity reports whether two stored identities are the same one.

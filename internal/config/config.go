@@ -51,6 +51,9 @@ type Connection struct {
 	KeyFile string `yaml:"keyFile"`
 	// X509 names a client certificate and key.
 	X509 *X509 `yaml:"x509"`
+	// TPM takes the identity from a TPM slot: its key signs in the TPM,
+	// its NV index holds host/devices/id[/modules/m].
+	TPM *TPMSlot `yaml:"tpm"`
 	// HostName and DeviceID complete an X.509 identity.
 	HostName string `yaml:"hostName"`
 	DeviceID string `yaml:"deviceId"`
@@ -68,6 +71,13 @@ type Connection struct {
 type X509 struct {
 	CertFile string `yaml:"certFile"`
 	KeyFile  string `yaml:"keyFile"`
+}
+
+// TPMSlot names a TPM and one of its slots (0-9), see internal/tpm.
+type TPMSlot struct {
+	// TCTI is the TPM, as tpm2-tools names it; default device:/dev/tpmrm0.
+	TCTI string `yaml:"tcti"`
+	Slot int    `yaml:"slot"`
 }
 
 // Defaults returns the built-in configuration.
@@ -145,8 +155,14 @@ func (c *Config) Check() error {
 	if c.Connection.X509 != nil {
 		n++
 	}
+	if c.Connection.TPM != nil {
+		n++
+		if s := c.Connection.TPM.Slot; s < 0 || s > 9 {
+			return fmt.Errorf("connection.tpm.slot: %d is not a slot 0-9", s)
+		}
+	}
 	if n > 1 {
-		return fmt.Errorf("connection: set only one of connectionString, keyFile, x509")
+		return fmt.Errorf("connection: set only one of connectionString, keyFile, x509, tpm")
 	}
 	if c.Connection.DPS != nil {
 		if n > 0 {

@@ -29,6 +29,9 @@ func TestLoad(t *testing.T) {
 		{"unknown key", "root: /\nresyncc: 5m\n", 0o644, "line 2: field resyncc not found"},
 		{"bad level", "log: {level: loud}\n", 0o644, "log.level"},
 		{"two credentials", "connection: {connectionString: x, keyFile: /k}\n", 0o644, "only one"},
+		{"tpm slot", "connection: {tpm: {tcti: 'swtpm:port=2321', slot: 9}}\n", 0o644, ""},
+		{"tpm bad slot", "connection: {tpm: {slot: 10}}\n", 0o644, "connection.tpm.slot"},
+		{"tpm and key", "connection: {tpm: {slot: 1}, keyFile: /k}\n", 0o644, "only one"},
 		{"writable by others", "root: /\n", 0o666, "group or others"},
 	}
 	for _, tt := range tests {

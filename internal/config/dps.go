@@ -53,6 +53,11 @@ type TPMAttestation struct {
 	TCTI string `yaml:"tcti"`
 	// Slot (0-9) holds the hub key.
 	Slot int `yaml:"slot"`
+	// SpareSlot, when set, takes the keys of a re-provisioning while Slot
+	// still holds the identity in use (and the other way round), so the
+	// old key is kept until the new identity has connected; without it a
+	// re-provisioning overwrites Slot.
+	SpareSlot *int `yaml:"spareSlot"`
 }
 
 func (d *DPS) check() error {
@@ -83,6 +88,9 @@ func (d *DPS) check() error {
 		n++
 		if a.TPM.Slot < 0 || a.TPM.Slot > 9 {
 			return fmt.Errorf("attestation.tpm.slot: %d is not 0-9", a.TPM.Slot)
+		}
+		if s := a.TPM.SpareSlot; s != nil && (*s < 0 || *s > 9 || *s == a.TPM.Slot) {
+			return fmt.Errorf("attestation.tpm.spareSlot: %d is not 0-9 or is the slot itself", *s)
 		}
 	}
 	switch {

@@ -1,0 +1,112 @@
+package tpm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
+)
+
+// DefaultTCTI is the kernel's TPM resource manager.
+const DefaultTCTI = "device:/dev/tpmrm0"
+
+// simOpener opens the in-process simulator; set only in builds (and
+// tests) that include cgo and the simulator (build tag tpmsim).
+var simOpener func() (transport.TPMCloser, error)
+
+// openTransport opens a TCTI string as tpm2-tools names it:
+// "device[:PATH]", "swtpm[:host=H,port=P]" or "sim".
+func openTransport(tcti string) (transport.TPMCloser, error) {
+	if tcti == "" {
+		tcti = DefaultTCTI
+	}
+	kind, conf, _ := strings.Cut(tcti, ":")
+	switch kind {
+	case "device":
+		path := conf
+		if path == "" {
+			path = "/dev/tpmrm0"
+		}
+		t, err := linuxtpm.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("tpm %s: %w", tcti, err)
+		}
+		return t, nil
+	case "swtpm":
+		host, port := "127.0.0.1", 2321
+		if conf != "" {
+			for _, kv := range strings.Split(conf, ",") {
+				k, v, ok := strings.Cut(kv, "=")
+				switch {
+				case ok && k == "host":
+					host = v
+				case ok && k == "port":
+					n, err := strconv.Atoi(v)
+					if err != nil || n <= 0 || n > 65535 {
+						return nil, fmt.Errorf("tpm %s: port %q is not a TCP port", tcti, v)
+					}
+					port = n
+				default:
+					return nil, fmt.Errorf("tpm %s: unknown option %q (want host=H,port=P)", tcti, kv)
+				}
+			}
+		}
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(port)), 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("tpm %s: %w", tcti, err)
+		}
+		return &rawTPM{c: c}, nil
+	case "sim":
+		if simOpener == nil {
+			return nil, errors.New("tpm sim: this twinlet was built without the simulator (build with cgo and -tags tpmsim)")
+		}
+		return simOpener()
+	}
+	return nil, fmt.Errorf("tpm %q: unknown TCTI (want device:/dev/tpmrm0, swtpm:host=H,port=P or sim)", tcti)
+}
+
+// rawTPM speaks raw TPM commands over a stream: swtpm's TCP command port.
+type rawTPM struct{ c net.Conn }
+
+// commandTimeout bounds one TPM command; key creation on a slow TPM takes
+// seconds, never a minute.
+const commandTimeout = time.Minute
+
+// maxResponse bounds what we read from the wire.
+const maxResponse = 1 << 16
+
+// Send implements transport.TPM.
+func (r *rawTPM) Send(cmd []byte) ([]byte, error) {
+	_ = r.c.SetDeadline(time.Now().Add(commandTimeout))
+	if _, err := r.c.Write(cmd); err != nil {
+		return nil, fmt.Errorf("tpm: send: %w", err)
+	}
+	hdr := make([]byte, 10)
+	if _, err := io.ReadFull(r.c, hdr); err != nil {
+		return nil, fmt.Errorf("tpm: read response: %w", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[2:6])
+	if n < 10 || n > maxResponse {
+		return nil, fmt.Errorf("tpm: response of %d bytes", n)
+	}
+	rsp := make([]byte, n)
+	copy(rsp, hdr)
+	if _, err := io.ReadFull(r.c, rsp[10:]); err != nil {
+		return nil, fmt.Errorf("tpm: read response: %w", err)
+	}
+	return rsp, nil
+}
+
+// Close implements io.Closer.
+func (r *rawTPM) Close() error { return r.c.Close() }
+
+// OpenTransport opens the raw command transport for a TCTI string, for
+// tools and tests that speak TPM commands themselves.
+func OpenTransport(tcti string) (transport.TPMCloser, error) { return openTransport(tcti) }
