@@ -518,3 +518,50 @@ func TestProvisionTPM(t *testing.T) {
 	a := startAgent(t, h.agentConfig(t, s, "", fmt.Sprintf("      tpm: { tcti: %q, slot: 3 }", sw.TCTI)))
 	h.waitReady(t, "tpm-device", a)
 }
+
+// TestReprovisionTPMSpareSlot: the agent provisions itself with the TPM
+// into slot 1; the device is deleted; it provisions again into the spare
+// slot 2 (slot 1 still holds the old key until the new identity
+// connected) and reconnects with tokens signed by the new key.
+func TestReprovisionTPMSpareSlot(t *testing.T) {
+	sw := tpmtest.Start(t)
+	dir := t.TempDir()
+	h0, err := hub.New(hub.Options{Dir: dir, MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0",
+		DPSHostname: "dps.localhost", DPSRetryAfter: -1, TPMActivation: tpmblob.Make})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h0.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h0.Close() })
+	h := &dpsHub{Hub: h0, dir: dir}
+	tp, err := tpm.Open(sw.TCTI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, _ := tp.EndorsementKeyPublic()
+	regID, _ := tp.RegistrationID()
+	tp.Close()
+	e := hub.Enrollment{RegistrationID: regID, DeviceID: "tpm-agent"}
+	e.Attestation = hub.Attestation{Type: hub.AttestationTPM, TPM: &hub.TPMAttestation{EndorsementKey: base64.StdEncoding.EncodeToString(ek)}}
+	e.ProvisioningStatus = "enabled"
+	if _, err := h.PutEnrollment(e, "*"); err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t)
+	hostnamePolicy(t, s)
+	a := startAgent(t, h.agentConfig(t, s, "", fmt.Sprintf("      tpm: { tcti: %q, slot: 1, spareSlot: 2 }", sw.TCTI)))
+	h.waitReady(t, "tpm-agent", a)
+	if id := readIdentity(t, s.state); id.Slot != 1 {
+		t.Fatalf("first identity in slot %d", id.Slot)
+	}
+	if err := h.DeleteDevice("tpm-agent"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "re-provisioned into the spare slot", func() bool {
+		id, err := dps.LoadIdentity(filepath.Join(s.state, dps.IdentityFile))
+		return err == nil && id.Slot == 2
+	})
+	h.waitReady(t, "tpm-agent", a)
+}
