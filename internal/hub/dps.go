@@ -3,6 +3,7 @@ package hub
 import (
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -558,9 +559,12 @@ func (h *Hub) LinkedHub(hostname string) *Hub { return h.hubByHost(hostname) }
 
 // startLinked starts the persistence of the linked hubs, whose devices
 // this hub's listeners serve.
-func (h *Hub) startLinked() {
+func (h *Hub) startLinked() error {
 	for _, c := range h.children {
 		c.handler = c.restHandler()
+		if err := c.startChildMQTT(); err != nil {
+			return err
+		}
 		c.flushDone = make(chan struct{})
 		c.wg.Add(1)
 		go func() {
@@ -568,4 +572,48 @@ func (h *Hub) startLinked() {
 			c.flushLoop()
 		}()
 	}
+	return nil
+}
+
+// verifyCAChain checks a device's certificate chain against the CA
+// certificates the hub trusts for certificateAuthority devices: the
+// signing certificates of the DPS's X.509 enrollment groups (twinhub has
+// no certificate registry of its own; a group's certificate counts as
+// uploaded and verified).
+func (h *Hub) verifyCAChain(chain []*x509.Certificate) error {
+	root := h
+	if h.parent != nil {
+		root = h.parent
+	}
+	if root.dps == nil {
+		return errors.New("no CA certificate is registered with this hub")
+	}
+	roots := x509.NewCertPool()
+	n := 0
+	root.dps.mu.Lock()
+	for _, g := range root.dps.st.Groups {
+		if x := g.Attestation.X509; x != nil && x.SigningCertificates != nil {
+			for _, c := range []*X509CertificateWithInfo{x.SigningCertificates.Primary, x.SigningCertificates.Secondary} {
+				if c == nil {
+					continue
+				}
+				if cert, err := parseCert(c.Certificate); err == nil {
+					roots.AddCert(cert)
+					n++
+				}
+			}
+		}
+	}
+	root.dps.mu.Unlock()
+	if n == 0 {
+		return errors.New("no CA certificate is registered with this hub")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("client certificate chain: %w", err)
+	}
+	return nil
 }

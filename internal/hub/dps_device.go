@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/tpm/tpmblob"
 )
 
 // dpsError is an error the DPS answers in its envelope
@@ -549,9 +550,6 @@ func (d *dps) activation(ek, srk, key []byte) ([]byte, error) {
 	if mk == nil {
 		mk = defaultTPMActivation
 	}
-	if mk == nil {
-		return nil, dpsErr(501, 501001, "TPM attestation is not available in this build of twinhub")
-	}
 	blob, err := mk(ek, srk, key)
 	if err != nil {
 		return nil, dpsErr(400, dpsBadRequest, "cannot build the TPM activation blob: %v", err)
@@ -560,8 +558,8 @@ func (d *dps) activation(ek, srk, key []byte) ([]byte, error) {
 }
 
 // defaultTPMActivation builds TPM activation blobs when
-// Options.TPMActivation is nil; nil while no implementation is linked.
-var defaultTPMActivation func(ekPub, srkPub, key []byte) ([]byte, error)
+// Options.TPMActivation is nil: the software builder of internal/tpm/tpmblob.
+var defaultTPMActivation = tpmblob.Make
 
 func hmacSHA256(key, msg []byte) []byte {
 	m := hmac.New(sha256.New, key)

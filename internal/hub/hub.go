@@ -32,7 +32,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/twinlet/twinlet/internal/iothub"
 )
@@ -112,17 +111,18 @@ type Hub struct {
 	faults faultState
 
 	mqtt      *mqtt.Server
-	mqttLn    *listeners.TCP
+	mqttLn    *sniListener
 	httpSrv   *http.Server
 	httpLn    net.Listener
 	startOnce sync.Once
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 
-	dps      *dps            // nil when the hub serves no DPS
-	children map[string]*Hub // linked hubs served by this one, by lower-case host name
-	parent   *Hub            // the hub whose listeners serve this linked hub
-	handler  http.Handler    // a linked hub's REST API
+	dps       *dps            // nil when the hub serves no DPS
+	children  map[string]*Hub // linked hubs served by this one, by lower-case host name
+	parent    *Hub            // the hub whose listeners serve this linked hub
+	handler   http.Handler    // a linked hub's REST API
+	mqttChild *childListener  // a linked hub's broker's listener
 }
 
 // New prepares a hub: it loads or creates the PKI, policies and registry
@@ -223,7 +223,8 @@ func (h *Hub) start(ctx context.Context) error {
 	if err := h.mqtt.AddHook(&deviceHook{h: h}, nil); err != nil {
 		return fmt.Errorf("mqtt hook: %w", err)
 	}
-	h.mqttLn = listeners.NewTCP(listeners.Config{ID: "mqtts", Address: h.opts.MQTTAddr, TLSConfig: mqttTLS})
+	// One listener for the hub and its linked hubs, chosen by SNI.
+	h.mqttLn = newSNIListener(h, "mqtts", h.opts.MQTTAddr, mqttTLS)
 	if err := h.mqtt.AddListener(h.mqttLn); err != nil {
 		return fmt.Errorf("mqtt listen %s: %w", h.opts.MQTTAddr, err)
 	}
@@ -255,7 +256,9 @@ func (h *Hub) start(ctx context.Context) error {
 		defer h.wg.Done()
 		h.flushLoop()
 	}()
-	h.startLinked()
+	if err := h.startLinked(); err != nil {
+		return err
+	}
 	if ctx != nil && ctx.Done() != nil {
 		go func() {
 			select {
@@ -307,6 +310,9 @@ func (h *Hub) Close() error {
 
 // MQTTAddr is the device endpoint's actual address (host:port).
 func (h *Hub) MQTTAddr() string {
+	if h.parent != nil {
+		return h.parent.MQTTAddr()
+	}
 	if h.mqttLn == nil {
 		return h.opts.MQTTAddr
 	}
@@ -315,6 +321,9 @@ func (h *Hub) MQTTAddr() string {
 
 // HTTPSAddr is the service endpoint's actual address (host:port).
 func (h *Hub) HTTPSAddr() string {
+	if h.parent != nil {
+		return h.parent.HTTPSAddr()
+	}
 	if h.httpLn == nil {
 		return h.opts.HTTPSAddr
 	}

@@ -333,7 +333,7 @@ func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) (authResult, erro
 
 	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
 		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
-			if id.Authentication.Type != AuthSelfSigned {
+			if id.Authentication.Type != AuthSelfSigned && id.Authentication.Type != AuthCA {
 				return authResult{}, fmt.Errorf("client certificate for %s, whose authentication is %s", key, id.Authentication.Type)
 			}
 			leaf := certs[0]
@@ -342,6 +342,9 @@ func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) (authResult, erro
 			}
 			if now := time.Now(); now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
 				return authResult{}, errors.New("client certificate is not valid now")
+			}
+			if id.Authentication.Type == AuthCA {
+				return res, h.verifyCAChain(certs)
 			}
 			s1, s256 := sha1.Sum(leaf.Raw), sha256.Sum256(leaf.Raw)
 			for _, t := range []*string{id.Authentication.X509Thumbprint.PrimaryThumbprint, id.Authentication.X509Thumbprint.SecondaryThumbprint} {
