@@ -565,3 +565,39 @@ func TestReprovisionTPMSpareSlot(t *testing.T) {
 	})
 	h.waitReady(t, "tpm-agent", a)
 }
+
+// TestProvisionUsage: flags are checked before anything is sent, and keys
+// come only from files that others cannot read.
+func TestProvisionUsage(t *testing.T) {
+	h := startDPSHub(t)
+	s := newSandbox(t)
+	key := secretFile(t, "k", newKey())
+	open := filepath.Join(t.TempDir(), "open.key")
+	os.WriteFile(open, []byte(newKey()), 0o644)
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no attestation", h.provisionArgs(s.state, "--registration-id", "r"), 2, "exactly one of"},
+		{"two attestations", h.provisionArgs(s.state, "--registration-id", "r", "--key-file", key, "--group-key-file", key), 2, "exactly one of"},
+		{"key without id", h.provisionArgs(s.state, "--key-file", key), 2, "--registration-id is required"},
+		{"no scope", []string{"provision", "--config", "", "--key-file", key, "--registration-id", "r"}, 2, "--id-scope is required"},
+		{"key on argv", h.provisionArgs(s.state, "--registration-id", "r", "--key-file", key, "c2VjcmV0"), 2, "never from arguments"},
+		{"half a certificate", h.provisionArgs(s.state, "--cert-file", key), 2, "go together"},
+		{"bad slot", h.provisionArgs(s.state, "--tpm", "swtpm:port=1", "--slot", "10"), 2, "--slot"},
+		{"readable key file", h.provisionArgs(s.state, "--registration-id", "r", "--key-file", open), 1, "chmod 600"},
+		{"bad output", h.provisionArgs(s.state, "--registration-id", "r", "--key-file", key, "--output", "xml"), 2, "--output"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errs := twinlet(t, tc.args...)
+			if code != tc.code || !strings.Contains(errs, tc.want) {
+				t.Fatalf("%d %s, want %d %q", code, errs, tc.code, tc.want)
+			}
+		})
+	}
+	if n := h.DPSStats().Requests["register"]; n != 0 {
+		t.Fatalf("DPS saw %d registrations from bad invocations", n)
+	}
+}

@@ -129,6 +129,9 @@ func (p *provisioner) run(ctx context.Context) {
 				return
 			}
 			nid, err := p.provision(ctx)
+			if ctx.Err() != nil {
+				return
+			}
 			if err != nil {
 				d := p.delay(err, failures)
 				next = time.Now().Add(d)

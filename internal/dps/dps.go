@@ -554,33 +554,14 @@ func never(response) bool { return false }
 // is final (assigned, failed or disabled).
 func (c *client) poll(ctx context.Context, r response) (*operation, error) {
 	for n := 0; ; n++ {
-		var op operation
-		if err := json.Unmarshal(r.body, &op); err != nil {
-			return nil, fmt.Errorf("dps: the service's answer is not an operation status: %w", err)
+		op, final, err := parseOperation(r.body)
+		if err != nil {
+			return nil, err
+		}
+		if final {
+			return op, nil
 		}
 		status := op.Status
-		if status == "" && op.RegistrationState != nil {
-			status = op.RegistrationState.Status
-		}
-		switch status {
-		case "assigned":
-			if op.RegistrationState == nil {
-				return nil, errors.New("dps: assigned without a registration state")
-			}
-			return &op, nil
-		case "failed", "disabled", "blacklisted":
-			e := &Error{Op: "register", RegistrationStatus: status}
-			if rs := op.RegistrationState; rs != nil {
-				e.ErrorCode, e.Message = rs.ErrorCode, rs.ErrorMessage
-			}
-			return nil, e
-		case "assigning", "unassigned":
-		default:
-			return nil, fmt.Errorf("dps: unknown registration status %q", status)
-		}
-		if op.OperationID == "" {
-			return nil, fmt.Errorf("dps: registration %s without an operation id", status)
-		}
 		if n >= c.cfg.MaxPolls {
 			return nil, fmt.Errorf("dps: registration still %s after %d polls", status, n)
 		}
@@ -591,12 +572,46 @@ func (c *client) poll(ctx context.Context, r response) (*operation, error) {
 		if !backoff.Sleep(ctx, d) {
 			return nil, fmt.Errorf("dps poll: %w", ctx.Err())
 		}
-		var err error
 		r, err = c.do(ctx, "poll", http.MethodGet, c.base+"/operations/"+url.PathEscape(op.OperationID), nil, true, never)
 		if err != nil {
 			return nil, err
 		}
 	}
+}
+
+// parseOperation reads a RegistrationOperationStatus: final is true for
+// an assignment (with its registration state); a failed or disabled
+// registration is an *Error; a pending one has an operation id.
+func parseOperation(body []byte) (op *operation, final bool, err error) {
+	op = &operation{}
+	if err := json.Unmarshal(body, op); err != nil {
+		return nil, false, fmt.Errorf("dps: the service's answer is not an operation status: %w", err)
+	}
+	status := op.Status
+	if status == "" && op.RegistrationState != nil {
+		status = op.RegistrationState.Status
+	}
+	op.Status = status
+	switch status {
+	case "assigned":
+		if op.RegistrationState == nil {
+			return nil, false, errors.New("dps: assigned without a registration state")
+		}
+		return op, true, nil
+	case "failed", "disabled", "blacklisted":
+		e := &Error{Op: "register", RegistrationStatus: status}
+		if rs := op.RegistrationState; rs != nil {
+			e.ErrorCode, e.Message = rs.ErrorCode, rs.ErrorMessage
+		}
+		return nil, false, e
+	case "assigning", "unassigned":
+	default:
+		return nil, false, fmt.Errorf("dps: unknown registration status %q", status)
+	}
+	if op.OperationID == "" {
+		return nil, false, fmt.Errorf("dps: registration %s without an operation id", status)
+	}
+	return op, false, nil
 }
 
 func (c *client) result(op *operation) (*Result, error) {
