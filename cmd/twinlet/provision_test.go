@@ -601,3 +601,52 @@ func TestProvisionUsage(t *testing.T) {
 		t.Fatalf("DPS saw %d registrations from bad invocations", n)
 	}
 }
+
+// TestProvisionX509Group: an enrollment group pins a fleet CA; the device
+// presents its CA-signed leaf with the chain, registers (registration id
+// = CN) and connects to the hub with the same certificate.
+func TestProvisionX509Group(t *testing.T) {
+	h := startDPSHub(t)
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fleet root"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "meter-11"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "chain.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}), caPEM...), 0o644)
+	kder, _ := x509.MarshalECPrivateKey(leafKey)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+
+	g := hub.EnrollmentGroup{EnrollmentGroupID: "meters"}
+	g.Attestation = hub.Attestation{Type: hub.AttestationX509, X509: &hub.X509Attestation{
+		SigningCertificates: &hub.X509Certificates{Primary: &hub.X509CertificateWithInfo{Certificate: string(caPEM)}}}}
+	g.ProvisioningStatus = "enabled"
+	if _, err := h.PutEnrollmentGroup(g, "*"); err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t)
+	hostnamePolicy(t, s)
+	a := startAgent(t, h.agentConfig(t, s, "", "      x509: { certFile: "+certFile+", keyFile: "+keyFile+" }"))
+	h.waitReady(t, "meter-11", a)
+	if id := readIdentity(t, s.state); id.Auth != dps.AuthX509 || id.DeviceID != "meter-11" {
+		t.Fatalf("identity %+v", id)
+	}
+}
