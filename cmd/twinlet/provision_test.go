@@ -13,6 +13,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -648,5 +650,53 @@ func TestProvisionX509Group(t *testing.T) {
 	h.waitReady(t, "meter-11", a)
 	if id := readIdentity(t, s.state); id.Auth != dps.AuthX509 || id.DeviceID != "meter-11" {
 		t.Fatalf("identity %+v", id)
+	}
+}
+
+// TestProvisionPayload: the payload of connection.dps reaches DPS's custom
+// allocation (a webhook on loopback, the allocation function an operator
+// would run), and what the webhook returns is kept with the identity.
+func TestProvisionPayload(t *testing.T) {
+	h := startDPSHub(t)
+	var mu sync.Mutex
+	var seen any
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			DeviceRuntimeContext struct {
+				Payload any `json:"payload"`
+			} `json:"deviceRuntimeContext"`
+			LinkedHubs []string `json:"linkedHubs"`
+		}
+		json.NewDecoder(r.Body).Decode(&req)
+		mu.Lock()
+		seen = req.DeviceRuntimeContext.Payload
+		mu.Unlock()
+		json.NewEncoder(w).Encode(map[string]any{"iotHubHostName": req.LinkedHubs[0], "payload": map[string]any{"welcome": "berlin"}})
+	}))
+	defer hook.Close()
+	group := newKey()
+	g := hub.EnrollmentGroup{EnrollmentGroupID: "custom"}
+	g.Attestation = hub.Attestation{Type: hub.AttestationSymmetricKey, SymmetricKey: &hub.SymmetricKey{PrimaryKey: group, SecondaryKey: newKey()}}
+	g.ProvisioningStatus = "enabled"
+	g.AllocationPolicy = hub.AllocationCustom
+	g.CustomAllocationDefinition = &hub.CustomAllocationDefinition{WebhookURL: hook.URL + "/allocate", APIVersion: "2021-10-01"}
+	if _, err := h.PutEnrollmentGroup(g, "*"); err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t)
+	hostnamePolicy(t, s)
+	cfg := h.agentConfig(t, s, "pay-1", "      groupKey: { keyFile: "+secretFile(t, "g", group)+" }\n    payload: { site: berlin, line: 7 }")
+	a := startAgent(t, cfg)
+	h.waitReady(t, "pay-1", a)
+	mu.Lock()
+	got, _ := json.Marshal(seen)
+	mu.Unlock()
+	if string(got) != `{"line":7,"site":"berlin"}` {
+		t.Fatalf("the webhook saw payload %s", got)
+	}
+	var compact bytes.Buffer
+	json.Compact(&compact, readIdentity(t, s.state).Payload)
+	if compact.String() != `{"welcome":"berlin"}` {
+		t.Fatalf("identity payload %s", compact.String())
 	}
 }
