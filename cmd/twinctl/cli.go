@@ -41,6 +41,11 @@ Commands:
   query "SELECT …" [--page-size N]
   events [--follow] [--since SEQ] [--device DEVICE]
                                   device-to-cloud messages kept by twinhub
+  enroll -f FILE|- [--dry-run]    DPS enrollments from YAML (kind: Enrollment or
+                                  EnrollmentGroup; schema: twinlet schema enrollment),
+                                  all validated (file:line) before any is sent
+  enrollments list | show ID [--group] [--show-keys] | delete ID [--group] [--etag E]
+  registrations list [--group G] | show REGISTRATION | delete REGISTRATION [--etag E]
 
 Global flags (also accepted after the command):
   --hub CONNSTR      hub policy connection string (env TWINCTL_HUB)
@@ -48,6 +53,12 @@ Global flags (also accepted after the command):
   --hub-addr H:P     connect to this address instead of HostName:443,
                      e.g. a twinhub on another port (env TWINCTL_HUB_ADDR)
   -o, --output FMT   table (default), json or yaml
+
+DPS commands (enroll, enrollments, registrations) take, after the command:
+  --dps CONNSTR      DPS policy connection string, e.g. twinhub's
+                     provisioningserviceowner (env TWINCTL_DPS)
+  --dps-addr H:P     connect to this address instead of HostName:443
+                     (env TWINCTL_DPS_ADDR); --ca applies too
 
 Exit codes: 0 ok, 1 error, 2 usage.
 `
