@@ -119,6 +119,13 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Me
 		log.Info("connecting to IoT Hub", "host", dc.HostName, "device", dc.DeviceID, "module", dc.ModuleID)
 		runs = append(runs, func(ctx context.Context) { ag.Run(ctx) })
 	}
+	if len(cfg.Identities) > 0 {
+		run, err := identityService(cfg, tpms, log)
+		if err != nil {
+			return nil, err
+		}
+		runs = append(runs, run)
+	}
 	if cfg.MetricsAddr != "" && m != nil {
 		ln, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {

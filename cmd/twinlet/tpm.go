@@ -85,6 +85,14 @@ func tpmCommand(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		fmt.Fprintf(stderr, "twinlet tpm %s: takes no slot\n", sub)
 		return 2
 	}
+	switch {
+	case (sub == "info" || sub == "slots") && output != "text" && output != "json":
+		fmt.Fprintf(stderr, "twinlet tpm %s: --output %q: want text or json\n", sub, output)
+		return 2
+	case sub == "enrollment-info" && output != "text" && output != "json" && output != "csv" && output != "qr":
+		fmt.Fprintf(stderr, "twinlet tpm %s: --output %q: want json, csv, qr or text\n", sub, output)
+		return 2
+	}
 	if ttl <= 0 {
 		fmt.Fprintln(stderr, "twinlet tpm: --ttl must be positive")
 		return 2

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twinlet/twinlet/internal/config"
 	"github.com/twinlet/twinlet/internal/iothub"
 	"github.com/twinlet/twinlet/internal/tpm"
 	"github.com/twinlet/twinlet/internal/tpm/tpmtest"
@@ -131,5 +132,16 @@ func TestTPMCommands(t *testing.T) {
 		if strings.Contains(all.String(), secret) {
 			t.Fatal("a key was printed")
 		}
+	}
+}
+
+// The TPM example configuration is valid.
+func TestTPMExampleConfig(t *testing.T) {
+	c, err := config.Load("../../examples/tpm/twinlet.yaml", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Connection.TPM == nil || c.Connection.TPM.Slot != 0 || c.Identities["collector"].Module != "collector" {
+		t.Fatalf("example config %+v", c)
 	}
 }

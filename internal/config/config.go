@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -41,6 +43,27 @@ type Config struct {
 	Identity string `yaml:"identity"`
 	// MetricsAddr serves Prometheus metrics when set.
 	MetricsAddr string `yaml:"metricsAddr"`
+	// Identities are IoT Hub identities the agent holds for other
+	// applications, by name; they get them from IdentitySocket.
+	Identities map[string]AppIdentity `yaml:"identities"`
+	// IdentitySocket is the Unix socket serving Identities
+	// (default /run/twinlet/identity.sock when there are identities).
+	IdentitySocket string `yaml:"identitySocket"`
+}
+
+// AppIdentity is one application's identity: a TPM slot or a key file,
+// and the local users (uids or names) it is served to.
+type AppIdentity struct {
+	// Module, when set, must be the module id stored in the slot or file.
+	Module string `yaml:"module"`
+	// Slot is a TPM slot (0-9) holding the key and the URI.
+	Slot *int `yaml:"slot"`
+	// TCTI is the slot's TPM; default connection.tpm.tcti, else the device.
+	TCTI string `yaml:"tcti"`
+	// KeyFile holds a connection string instead (mode 0600).
+	KeyFile string `yaml:"keyFile"`
+	// Users are the uids or user names the identity is served to.
+	Users []string `yaml:"users"`
 }
 
 // Connection says how to reach IoT Hub. At most one credential is set.
@@ -170,6 +193,27 @@ func (c *Config) Check() error {
 		}
 		if err := c.Connection.DPS.check(); err != nil {
 			return fmt.Errorf("connection.dps.%w", err)
+		}
+	}
+	users := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(c.Identities)) {
+		id := c.Identities[name]
+		switch {
+		case (id.Slot == nil) == (id.KeyFile == ""):
+			return fmt.Errorf("identities.%s: set one of slot, keyFile", name)
+		case id.Slot != nil && (*id.Slot < 0 || *id.Slot > 9):
+			return fmt.Errorf("identities.%s.slot: %d is not a slot 0-9", name, *id.Slot)
+		case id.KeyFile != "" && id.TCTI != "":
+			return fmt.Errorf("identities.%s.tcti: only with slot", name)
+		}
+		for _, u := range id.Users {
+			if u == "" {
+				return fmt.Errorf("identities.%s.users: empty user", name)
+			}
+			if prev, ok := users[u]; ok {
+				return fmt.Errorf("identities.%s.users: %q is already served identity %s (a user gets one identity)", name, u, prev)
+			}
+			users[u] = name
 		}
 	}
 	return nil

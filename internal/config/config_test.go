@@ -31,6 +31,11 @@ func TestLoad(t *testing.T) {
 		{"two credentials", "connection: {connectionString: x, keyFile: /k}\n", 0o644, "only one"},
 		{"tpm slot", "connection: {tpm: {tcti: 'swtpm:port=2321', slot: 9}}\n", 0o644, ""},
 		{"tpm bad slot", "connection: {tpm: {slot: 10}}\n", 0o644, "connection.tpm.slot"},
+		{"identities", "identities: {a: {slot: 2, module: m, users: ['1001', svc]}, b: {keyFile: /k, users: [web]}}\n", 0o644, ""},
+		{"identity two sources", "identities: {a: {slot: 2, keyFile: /k}}\n", 0o644, "identities.a: set one of slot, keyFile"},
+		{"identity no source", "identities: {a: {users: [x]}}\n", 0o644, "identities.a: set one of"},
+		{"identity bad slot", "identities: {a: {slot: 12}}\n", 0o644, "identities.a.slot"},
+		{"user twice", "identities: {a: {slot: 1, users: [x]}, b: {slot: 2, users: [x]}}\n", 0o644, "identities.b.users: \"x\" is already served identity a"},
 		{"tpm and key", "connection: {tpm: {slot: 1}, keyFile: /k}\n", 0o644, "only one"},
 		{"writable by others", "root: /\n", 0o666, "group or others"},
 	}

@@ -15,8 +15,6 @@ package tpm
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base32"
 	"errors"
 	"fmt"
 	"strings"
@@ -90,7 +88,7 @@ func checkSlot(slot int) error {
 }
 
 func isHandleMissing(err error) bool {
-	return errors.Is(err, tpm2.TPMRCHandle) || errors.Is(err, tpm2.TPMRCValue)
+	return errors.Is(err, tpm2.TPMRCHandle)
 }
 
 // persistentPublic reads the public area of a persistent key, creating the
@@ -169,10 +167,7 @@ func (t *TPM) RegistrationID() (string, error) {
 }
 
 // RegistrationIDOf derives the registration id from EK TPM2B_PUBLIC bytes.
-func RegistrationIDOf(ekPub []byte) string {
-	sum := sha256.Sum256(ekPub)
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:]))
-}
+func RegistrationIDOf(ekPub []byte) string { return tpmblob.RegistrationID(ekPub) }
 
 // Info describes the TPM.
 type Info struct {

@@ -360,3 +360,52 @@ func TestTPM2ToolsReadWhatTwinletWrites(t *testing.T) {
 		t.Fatalf("tpm2_nvread: %q", uri)
 	}
 }
+
+// BenchmarkSign is one SAS token signed inside swtpm over its TCP port
+// (ReadPublic + TPM2_HMAC): what every hub (re)connect and every identity
+// socket request costs.
+func BenchmarkSign(b *testing.B) {
+	sw := tpmtest.Start(b)
+	tp, err := tpm.Open(sw.TCTI)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tp.Close()
+	if err := tp.SetSlotKey(0, bytes.Repeat([]byte{1}, 32)); err != nil {
+		b.Fatal(err)
+	}
+	s := tp.Signer(0)
+	exp := time.Now().Add(time.Hour)
+	for b.Loop() {
+		if _, err := s.Sign(context.Background(), "hub.example/devices/kiosk-17", exp); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// A restarted swtpm keeps its slots, and an open TPM reconnects: the
+// command in flight fails, the next one works.
+func TestSWTPMRestart(t *testing.T) {
+	sw := tpmtest.Start(t)
+	tp := open(t, sw.TCTI)
+	k := key(t, 32)
+	if err := tp.SetSlotKey(2, k); err != nil {
+		t.Fatal(err)
+	}
+	sw.Restart(t)
+	var got []byte
+	var err error
+	for range 2 {
+		if got, err = tp.HMAC(2, []byte("after")); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte("after"))
+	if !hmac.Equal(got, m.Sum(nil)) {
+		t.Fatal("slot key lost across the restart")
+	}
+}

@@ -58,11 +58,11 @@ func openTransport(tcti string) (transport.TPMCloser, error) {
 				}
 			}
 		}
-		c, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(port)), 10*time.Second)
-		if err != nil {
+		r := &rawTPM{addr: net.JoinHostPort(host, strconv.Itoa(port))}
+		if err := r.dial(); err != nil {
 			return nil, fmt.Errorf("tpm %s: %w", tcti, err)
 		}
-		return &rawTPM{c: c}, nil
+		return r, nil
 	case "sim":
 		if simOpener == nil {
 			return nil, errors.New("tpm sim: this twinlet was built without the simulator (build with cgo and -tags tpmsim)")
@@ -73,7 +73,29 @@ func openTransport(tcti string) (transport.TPMCloser, error) {
 }
 
 // rawTPM speaks raw TPM commands over a stream: swtpm's TCP command port.
-type rawTPM struct{ c net.Conn }
+// A broken connection fails its command and is dialled again for the
+// next one (swtpm restarted, or its client connection timed out); a
+// command is never sent twice.
+type rawTPM struct {
+	addr string
+	c    net.Conn
+}
+
+func (r *rawTPM) dial() error {
+	c, err := net.DialTimeout("tcp", r.addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	r.c = c
+	return nil
+}
+
+// broken drops the connection after a transport error.
+func (r *rawTPM) broken(err error) error {
+	r.c.Close()
+	r.c = nil
+	return err
+}
 
 // commandTimeout bounds one TPM command; key creation on a slow TPM takes
 // seconds, never a minute.
@@ -84,28 +106,38 @@ const maxResponse = 1 << 16
 
 // Send implements transport.TPM.
 func (r *rawTPM) Send(cmd []byte) ([]byte, error) {
+	if r.c == nil {
+		if err := r.dial(); err != nil {
+			return nil, fmt.Errorf("tpm: reconnect %s: %w", r.addr, err)
+		}
+	}
 	_ = r.c.SetDeadline(time.Now().Add(commandTimeout))
 	if _, err := r.c.Write(cmd); err != nil {
-		return nil, fmt.Errorf("tpm: send: %w", err)
+		return nil, r.broken(fmt.Errorf("tpm: send: %w", err))
 	}
 	hdr := make([]byte, 10)
 	if _, err := io.ReadFull(r.c, hdr); err != nil {
-		return nil, fmt.Errorf("tpm: read response: %w", err)
+		return nil, r.broken(fmt.Errorf("tpm: read response: %w", err))
 	}
 	n := binary.BigEndian.Uint32(hdr[2:6])
 	if n < 10 || n > maxResponse {
-		return nil, fmt.Errorf("tpm: response of %d bytes", n)
+		return nil, r.broken(fmt.Errorf("tpm: response of %d bytes", n))
 	}
 	rsp := make([]byte, n)
 	copy(rsp, hdr)
 	if _, err := io.ReadFull(r.c, rsp[10:]); err != nil {
-		return nil, fmt.Errorf("tpm: read response: %w", err)
+		return nil, r.broken(fmt.Errorf("tpm: read response: %w", err))
 	}
 	return rsp, nil
 }
 
 // Close implements io.Closer.
-func (r *rawTPM) Close() error { return r.c.Close() }
+func (r *rawTPM) Close() error {
+	if r.c == nil {
+		return nil
+	}
+	return r.c.Close()
+}
 
 // OpenTransport opens the raw command transport for a TCTI string, for
 // tools and tests that speak TPM commands themselves.

@@ -16,10 +16,12 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base32"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 )
@@ -114,6 +116,14 @@ func HMACKeyPublic(seed, key []byte) tpm2.TPMTPublic {
 		}),
 		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{Buffer: u.Sum(nil)}),
 	}
+}
+
+// RegistrationID is the DPS registration id of the TPM whose EK public
+// area (TPM2B_PUBLIC) is ekPub: lower-case RFC 4648 base32, without
+// padding, of its SHA-256.
+func RegistrationID(ekPub []byte) string {
+	sum := sha256.Sum256(ekPub)
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:]))
 }
 
 // Make builds an activation blob that delivers hmacKey to the TPM whose

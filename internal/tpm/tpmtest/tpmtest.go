@@ -25,6 +25,9 @@ type SWTPM struct {
 	Port int
 	// StateDir holds the TPM's NV state.
 	StateDir string
+
+	bin  string
+	stop func()
 }
 
 // Start starts swtpm for t and stops it at cleanup. It skips the test
@@ -35,37 +38,68 @@ func Start(t testing.TB) *SWTPM {
 	if err != nil {
 		t.Skip("swtpm is not installed: run `make tpm-tools` (apt-get install swtpm swtpm-tools tpm2-tools)")
 	}
-	dir := t.TempDir()
+	s := &SWTPM{StateDir: t.TempDir(), bin: bin}
+	t.Cleanup(func() { s.Stop() })
 	var lastErr error
 	for range 10 {
 		port, ok := freePair()
 		if !ok {
 			continue
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(ctx, bin, "socket", "--tpm2",
-			"--tpmstate", "dir="+dir,
-			"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port),
-			"--ctrl", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port+1),
-			"--flags", "not-need-init,startup-clear")
-		out := &testutil.SyncBuffer{}
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			cancel()
-			t.Fatalf("start swtpm: %v", err)
+		if lastErr = s.start(port); lastErr == nil {
+			s.Port, s.TCTI = port, fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", port)
+			return s
 		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		stop := func() { cancel(); <-exited }
-		if waitListening(port, exited) {
-			t.Cleanup(stop)
-			return &SWTPM{TCTI: fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", port), Port: port, StateDir: dir}
-		}
-		stop()
-		lastErr = fmt.Errorf("swtpm on port %d did not start: %s", port, out.String())
 	}
 	t.Fatalf("swtpm: %v", lastErr)
 	return nil
+}
+
+func (s *SWTPM) start(port int) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, s.bin, "socket", "--tpm2",
+		"--tpmstate", "dir="+s.StateDir,
+		"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port),
+		"--ctrl", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port+1),
+		"--flags", "not-need-init,startup-clear")
+	out := &testutil.SyncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		return fmt.Errorf("start swtpm: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	s.stop = func() { cancel(); <-exited }
+	if !waitListening(port, exited) {
+		s.Stop()
+		return fmt.Errorf("swtpm on port %d did not start: %s", port, out.String())
+	}
+	return nil
+}
+
+// Stop stops swtpm; its state stays in StateDir.
+func (s *SWTPM) Stop() {
+	if s.stop != nil {
+		s.stop()
+		s.stop = nil
+	}
+}
+
+// Restart stops swtpm and starts it again on the same port and state, as
+// a reboot of a VM's TPM would.
+func (s *SWTPM) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	var err error
+	deadline := time.Now().Add(testutil.Timeout)
+	for time.Now().Before(deadline) {
+		if err = s.start(s.Port); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // the old process's port is being released
+	}
+	t.Fatalf("restart swtpm: %v", err)
 }
 
 // waitListening polls the command port until it accepts or swtpm exits.
