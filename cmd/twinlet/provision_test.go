@@ -390,7 +390,7 @@ func TestReprovisionAfterDelete(t *testing.T) {
 	if !second.ProvisionedAt.After(first.ProvisionedAt) {
 		t.Fatalf("identity not replaced: %v then %v", first.ProvisionedAt, second.ProvisionedAt)
 	}
-	if !strings.Contains(a.logs.String(), "the new identity connected") {
+	if !strings.Contains(a.logs.String(), "the new identity connected; it is now the one in use") {
 		t.Fatalf("log: %s", a.logs.String())
 	}
 }

@@ -274,7 +274,7 @@ func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending 
 					if perr := p.store.Promote(); perr != nil {
 						p.log.Error("keep the new identity", "err", perr)
 					} else {
-						p.log.Info("the new identity connected; it replaces the old one", "hub", id.HostName, "device", id.DeviceID)
+						p.log.Info("the new identity connected; it is now the one in use", "hub", id.HostName, "device", id.DeviceID)
 					}
 				}
 				connected = true
