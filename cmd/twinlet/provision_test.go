@@ -700,3 +700,38 @@ func TestProvisionPayload(t *testing.T) {
 		t.Fatalf("identity payload %s", compact.String())
 	}
 }
+
+// TestWaitModeTPMSlot: in wait mode with a TPM the agent waits until
+// another client (Limpet's way: a key and the hub URI) fills its slot, then
+// connects with tokens signed in the TPM.
+func TestWaitModeTPMSlot(t *testing.T) {
+	sw := tpmtest.Start(t)
+	h := startDPSHub(t)
+	cs, err := h.CreateDevice("limpet-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t)
+	hostnamePolicy(t, s)
+	cfg := h.agentConfig(t, s, "", fmt.Sprintf("      tpm: { tcti: %q, slot: 5 }", sw.TCTI))
+	data, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, []byte(strings.Replace(string(data), "    attestation:", "    wait: true\n    attestation:", 1)), 0o600)
+	a := startAgent(t, cfg)
+	testutil.Eventually(t, "waiting", func() bool { return strings.Contains(a.logs.String(), "waiting for another provisioning client") })
+	// The other client: it may have to wait while the agent looks.
+	testutil.Eventually(t, "the slot filled", func() bool {
+		tp, err := tpm.Open(sw.TCTI)
+		if err != nil {
+			return false
+		}
+		defer tp.Close()
+		return tp.SetSlotConnectionString(5, cs) == nil
+	})
+	h.waitReady(t, "limpet-1", a)
+	if n := h.DPSStats().Requests["register"]; n != 0 {
+		t.Fatalf("the waiting agent registered %d times", n)
+	}
+	if id := readIdentity(t, s.state); id.Auth != dps.AuthTPM || id.Slot != 5 || id.DeviceID != "limpet-1" {
+		t.Fatalf("identity %+v", id)
+	}
+}

@@ -194,13 +194,17 @@ func (p *provisioner) waitFor(ctx context.Context, refused *dps.Identity, d time
 }
 
 // slotIdentity is the identity another provisioning client stored in the
-// configured TPM slot (a key and the hub URI), in wait mode.
+// configured TPM slot (a key and the hub URI), in wait mode. The TPM is
+// opened for the look only, so that the other client can reach it in
+// between (swtpm serves one client at a time).
 func (p *provisioner) slotIdentity() (dps.Identity, bool) {
 	a := p.dps.Attestation.TPM
 	if a == nil {
 		return dps.Identity{}, false
 	}
-	cs, _, err := tpmIdentity(p.tpms, config.TPMSlot{TCTI: a.TCTI, Slot: a.Slot})
+	look := &tpmSet{}
+	defer look.Close()
+	cs, _, err := tpmIdentity(look, config.TPMSlot{TCTI: a.TCTI, Slot: a.Slot})
 	if err != nil || cs.ModuleID != "" {
 		return dps.Identity{}, false
 	}
