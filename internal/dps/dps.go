@@ -209,6 +209,14 @@ func IsRetryable(err error) bool {
 	if errors.As(err, &e) {
 		return e.Retryable()
 	}
+	// A certificate the device does not trust stays untrusted: that needs
+	// a CA file or the right endpoint, not another attempt.
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	if errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) {
+		return false
+	}
 	return !errors.Is(err, errConfig) && !errors.Is(err, context.Canceled)
 }
 

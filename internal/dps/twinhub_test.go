@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +87,22 @@ func BenchmarkRegister(b *testing.B) {
 		if _, err := Register(context.Background(), cfg); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestUntrustedServerIsNotRetried: without twinhub's CA the TLS check
+// fails, which no retry can fix: one attempt, a clear error.
+func TestUntrustedServerIsNotRetried(t *testing.T) {
+	h := startTwinhub(t, hub.Options{DPSRetryAfter: -1})
+	key := groupEnrollment(t, h, "g")
+	cfg := twinhubConfig(h, "d", GroupKey{Key: key})
+	cfg.CAPEM = nil
+	start := time.Now()
+	_, err := Register(context.Background(), cfg)
+	if err == nil || IsRetryable(err) || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("err %v", err)
+	}
+	if strings.Contains(err.Error(), "giving up") {
+		t.Fatalf("retried: %v (after %s)", err, time.Since(start))
 	}
 }
