@@ -181,7 +181,24 @@ func TestDPSCustomAllocation(t *testing.T) {
 		t.Error("the webhook was sent the group key")
 	}
 
-	// A webhook off loopback is refused when the enrollment is written.
+	// A webhook off loopback is never called: the registration fails with
+	// the reason, and no device is created.
+	gx := groupKey(t, h, EnrollmentGroup{EnrollmentGroupID: "far", EnrollmentSpec: EnrollmentSpec{
+		Attestation: Attestation{Type: AttestationSymmetricKey}, AllocationPolicy: AllocationCustom,
+		CustomAllocationDefinition: &CustomAllocationDefinition{WebhookURL: "https://allocator.example.com/allocate"},
+	}})
+	dx, _ := DeriveDeviceKey(gx, "cam-2")
+	rf := c.register("cam-2", deviceToken(t, h, "cam-2", dx), nil)
+	if rf.status != 200 || rf.body["status"] != RegFailed || regState(t, rf)["errorMessage"] == "" {
+		t.Fatalf("off-loopback webhook: %d %s", rf.status, rf.raw)
+	}
+	for _, l := range threeHubs() {
+		if _, err := h.LinkedHub(l.Hostname).getIdentity("cam-2", ""); err == nil {
+			t.Errorf("a failed registration created cam-2 in %s", l.Hostname)
+		}
+	}
+
+	// A custom policy without a webhook is refused when the enrollment is written.
 	_, err := h.PutEnrollment(Enrollment{RegistrationID: "x", EnrollmentSpec: EnrollmentSpec{
 		Attestation: Attestation{Type: AttestationSymmetricKey}, AllocationPolicy: AllocationCustom,
 	}}, "")

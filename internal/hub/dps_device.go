@@ -130,11 +130,11 @@ func (d *dps) handleDevice(w http.ResponseWriter, r *http.Request, segs []string
 	// /{idScope}/registrations/{registrationId}
 	kind := ""
 	switch {
-	case len(segs) == 4 && segs[1] == "registrations" && segs[3] == "register" && r.Method == http.MethodPut:
+	case len(segs) == 4 && strings.EqualFold(segs[1], "registrations") && strings.EqualFold(segs[3], "register") && r.Method == http.MethodPut:
 		kind = "register"
-	case len(segs) == 5 && segs[1] == "registrations" && segs[3] == "operations" && r.Method == http.MethodGet:
+	case len(segs) == 5 && strings.EqualFold(segs[1], "registrations") && strings.EqualFold(segs[3], "operations") && r.Method == http.MethodGet:
 		kind = "operationStatus"
-	case len(segs) == 3 && segs[1] == "registrations" && r.Method == http.MethodPost:
+	case len(segs) == 3 && strings.EqualFold(segs[1], "registrations") && r.Method == http.MethodPost:
 		kind = "statusLookup"
 	default:
 		d.writeError(w, dpsErr(404, dpsNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))

@@ -113,8 +113,10 @@ func (d *dps) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	segs := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
-	switch segs[0] {
-	case "enrollments", "enrollmentGroups", "registrations", "_twinhub":
+	// Paths are case-insensitive on the service (azure-iot-provisioning-
+	// service asks for /enrollmentgroups/).
+	switch strings.ToLower(segs[0]) {
+	case "enrollments", "enrollmentgroups", "registrations", "_twinhub":
 		d.handleService(w, r, segs)
 	default:
 		d.handleDevice(w, r, segs)
@@ -165,20 +167,24 @@ func (d *dps) serveService(w http.ResponseWriter, r *http.Request, segs []string
 	m := r.Method
 	ifMatch := normalizeIfMatch(r.Header.Get("If-Match"))
 	n := len(segs)
+	k := make([]string, n+3) // keywords, lower case; ids stay in segs
+	for i, sg := range segs {
+		k[i] = strings.ToLower(sg)
+	}
 	switch {
-	case segs[0] == "_twinhub" && n == 2 && segs[1] == "stats" && m == http.MethodGet:
+	case k[0] == "_twinhub" && n == 2 && k[1] == "stats" && m == http.MethodGet:
 		writeJSON(w, http.StatusOK, "", d.h.DPSStats())
 		return nil
-	case segs[0] == "_twinhub" && n == 2 && segs[1] == "stats" && m == http.MethodDelete:
+	case k[0] == "_twinhub" && n == 2 && k[1] == "stats" && m == http.MethodDelete:
 		d.h.ResetDPSStats()
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 
-	case segs[0] == "enrollments" && n == 2 && segs[1] == "query" && m == http.MethodPost:
+	case k[0] == "enrollments" && n == 2 && k[1] == "query" && m == http.MethodPost:
 		return d.restQuery(w, r, "Enrollment", d.listEnrollments())
-	case segs[0] == "enrollments" && n == 1 && m == http.MethodPost:
+	case k[0] == "enrollments" && n == 1 && m == http.MethodPost:
 		return d.restBulk(w, r)
-	case segs[0] == "enrollments" && n == 2 && m == http.MethodPut:
+	case k[0] == "enrollments" && n == 2 && m == http.MethodPut:
 		var e Enrollment
 		if err := readDPSBody(r, &e); err != nil {
 			return err
@@ -196,20 +202,20 @@ func (d *dps) serveService(w http.ResponseWriter, r *http.Request, segs []string
 		}
 		writeJSON(w, http.StatusOK, out.Etag, out)
 		return nil
-	case segs[0] == "enrollments" && n == 2 && m == http.MethodGet:
+	case k[0] == "enrollments" && n == 2 && m == http.MethodGet:
 		e, err := d.getEnrollment(segs[1])
 		if err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, e.Etag, e)
 		return nil
-	case segs[0] == "enrollments" && n == 2 && m == http.MethodDelete:
+	case k[0] == "enrollments" && n == 2 && m == http.MethodDelete:
 		if err := d.deleteEnrollment(segs[1], ifMatch); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
-	case segs[0] == "enrollments" && n == 3 && segs[2] == "attestationmechanism" && m == http.MethodPost:
+	case k[0] == "enrollments" && n == 3 && k[2] == "attestationmechanism" && m == http.MethodPost:
 		e, err := d.getEnrollment(segs[1])
 		if err != nil {
 			return err
@@ -217,9 +223,9 @@ func (d *dps) serveService(w http.ResponseWriter, r *http.Request, segs []string
 		writeJSON(w, http.StatusOK, "", e.Attestation)
 		return nil
 
-	case segs[0] == "enrollmentGroups" && n == 2 && segs[1] == "query" && m == http.MethodPost:
+	case k[0] == "enrollmentgroups" && n == 2 && k[1] == "query" && m == http.MethodPost:
 		return d.restQuery(w, r, "EnrollmentGroup", d.listGroups())
-	case segs[0] == "enrollmentGroups" && n == 2 && m == http.MethodPut:
+	case k[0] == "enrollmentgroups" && n == 2 && m == http.MethodPut:
 		var g EnrollmentGroup
 		if err := readDPSBody(r, &g); err != nil {
 			return err
@@ -237,20 +243,20 @@ func (d *dps) serveService(w http.ResponseWriter, r *http.Request, segs []string
 		}
 		writeJSON(w, http.StatusOK, out.Etag, out)
 		return nil
-	case segs[0] == "enrollmentGroups" && n == 2 && m == http.MethodGet:
+	case k[0] == "enrollmentgroups" && n == 2 && m == http.MethodGet:
 		g, err := d.getGroup(segs[1])
 		if err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, g.Etag, g)
 		return nil
-	case segs[0] == "enrollmentGroups" && n == 2 && m == http.MethodDelete:
+	case k[0] == "enrollmentgroups" && n == 2 && m == http.MethodDelete:
 		if err := d.deleteGroup(segs[1], ifMatch); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
-	case segs[0] == "enrollmentGroups" && n == 3 && segs[2] == "attestationmechanism" && m == http.MethodPost:
+	case k[0] == "enrollmentgroups" && n == 3 && k[2] == "attestationmechanism" && m == http.MethodPost:
 		g, err := d.getGroup(segs[1])
 		if err != nil {
 			return err
@@ -258,16 +264,16 @@ func (d *dps) serveService(w http.ResponseWriter, r *http.Request, segs []string
 		writeJSON(w, http.StatusOK, "", g.Attestation)
 		return nil
 
-	case segs[0] == "registrations" && n == 2 && m == http.MethodGet:
+	case k[0] == "registrations" && n == 2 && m == http.MethodGet:
 		reg, err := d.h.Registration(segs[1])
 		if err != nil {
 			return dpsErr(404, dpsRegistrationGone, "registration %s not found", segs[1])
 		}
 		writeJSON(w, http.StatusOK, reg.Etag, reg)
 		return nil
-	case segs[0] == "registrations" && n == 2 && m == http.MethodDelete:
+	case k[0] == "registrations" && n == 2 && m == http.MethodDelete:
 		return d.restDeleteRegistration(w, segs[1], ifMatch)
-	case segs[0] == "registrations" && n == 3 && segs[2] == "query" && m == http.MethodPost:
+	case k[0] == "registrations" && n == 3 && k[2] == "query" && m == http.MethodPost:
 		var items []any
 		for _, reg := range d.h.Registrations() {
 			if reg.groupID() == segs[1] {

@@ -15,6 +15,9 @@ const net = require('node:net');
 const tls = require('node:tls');
 
 const hubHost = (process.env.TWINHUB_HOSTNAME || '').toLowerCase();
+// twinhub's Device Provisioning Service shares the hub's HTTPS listener
+// under its own host name (port 443 only, as the provisioning SDKs dial).
+const dpsHost = (process.env.TWINHUB_DPS_HOSTNAME || '').toLowerCase();
 const ports = new Map([
   [8883, Number(process.env.TWINHUB_MQTT_PORT)],
   [443, Number(process.env.TWINHUB_HTTPS_PORT)],
@@ -40,8 +43,10 @@ if (hubHost) {
     const name = String(opts.host || opts.hostname || 'localhost');
     const host = name.toLowerCase();
     const port = Number(opts.port);
-    if (host !== hubHost || !ports.get(port)) {
-      throw new Error(`conformance: refusing to connect to ${host}:${port}: only the hub (${hubHost}, ports 443 and 8883) is reachable`);
+    const isHub = host === hubHost && ports.get(port);
+    const isDPS = dpsHost !== '' && host === dpsHost && port === 443;
+    if (!isHub && !isDPS) {
+      throw new Error(`conformance: refusing to connect to ${host}:${port}: only the hub (${hubHost}, ports 443 and 8883) and its DPS (${dpsHost || 'none'}, port 443) are reachable`);
     }
     if (opts.servername === undefined && net.isIP(name) === 0) opts.servername = name;
     opts.host = loopback;

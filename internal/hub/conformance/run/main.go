@@ -110,6 +110,9 @@ func run(args []string) (int, error) {
 		MQTTAddr:  mqttAddr,
 		HTTPSAddr: httpsAddr,
 		Logger:    logger,
+		// The provisioning SDKs wait Retry-After between polls: 1 s, not 3.
+		DPSHostname:   "dps." + *hostname,
+		DPSRetryAfter: time.Second,
 	})
 	if err != nil {
 		return 2, fmt.Errorf("hub: %w", err)
@@ -149,6 +152,9 @@ func run(args []string) (int, error) {
 		"TWINHUB_MQTT_PORT="+mqttPort,
 		"TWINHUB_HTTPS_PORT="+httpsPort,
 		"TWINHUB_CONNECTION_STRING="+h.OwnerConnectionString(),
+		"TWINHUB_DPS_HOSTNAME="+h.DPSHostname(),
+		"TWINHUB_ID_SCOPE="+h.IDScope(),
+		"TWINHUB_DPS_CONNECTION_STRING="+h.DPSConnectionString().String(),
 		"NODE_EXTRA_CA_CERTS="+caFile,
 		"NODE_OPTIONS="+strings.TrimSpace(os.Getenv("NODE_OPTIONS")+" --require "+filepath.Join(abs, "loopback.cjs")),
 	)
