@@ -263,7 +263,10 @@ func tpmRun(ctx context.Context, t *tpm.TPM, sub string, slot int, secret, outpu
 				key = "key"
 			}
 			uri := si.URI
-			if uri == "" {
+			switch {
+			case si.Error != "":
+				uri = "(unreadable: " + si.Error + ")"
+			case uri == "":
 				uri = "(no URI)"
 			}
 			fmt.Fprintf(stdout, "%d  %-6s  %s\n", si.Slot, key, uri)

@@ -14,13 +14,21 @@ import (
 	"github.com/twinlet/twinlet/internal/hub"
 	"github.com/twinlet/twinlet/internal/testutil"
 	"github.com/twinlet/twinlet/internal/tpm"
+	"github.com/twinlet/twinlet/internal/tpm/tpmblob"
 	"github.com/twinlet/twinlet/internal/tpm/tpmtest"
 )
 
-// TestRunWithTPMSlot: the device key lives only in a swtpm slot; `twinlet
-// run` with connection.tpm connects to twinhub over TLS with tokens signed
-// in the TPM and reports Ready.
+// TestRunWithTPMSlot: the device key lives only in a swtpm slot, stored
+// from a connection string or activated from a DPS-style blob made for
+// this TPM; `twinlet run` with connection.tpm connects to twinhub over TLS
+// with tokens signed in the TPM and reports Ready.
 func TestRunWithTPMSlot(t *testing.T) {
+	for _, how := range []string{"connection-string", "activation-blob"} {
+		t.Run(how, func(t *testing.T) { runWithTPMSlot(t, how) })
+	}
+}
+
+func runWithTPMSlot(t *testing.T, how string) {
 	sw := tpmtest.Start(t)
 	h, err := hub.New(hub.Options{Dir: t.TempDir(), MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0"})
 	if err != nil {
@@ -38,8 +46,30 @@ func TestRunWithTPMSlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tp.SetSlotConnectionString(4, cs); err != nil {
-		t.Fatal(err)
+	switch how {
+	case "connection-string":
+		if err := tp.SetSlotConnectionString(4, cs); err != nil {
+			t.Fatal(err)
+		}
+	case "activation-blob":
+		ek, err := tp.EndorsementKeyPublic()
+		if err != nil {
+			t.Fatal(err)
+		}
+		srk, err := tp.StorageRootKeyPublic()
+		if err != nil {
+			t.Fatal(err)
+		}
+		blob, err := tpmblob.Make(ek, srk, cs.SharedAccessKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tp.ActivateIdentityKey(blob, 4); err != nil {
+			t.Fatal(err)
+		}
+		if err := tp.SetSlotURI(4, tpm.Identity{HostName: cs.HostName, DeviceID: cs.DeviceID}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	tp.Close() // swtpm serves one client at a time: the agent's now
 

@@ -99,8 +99,15 @@ type credKey struct{}
 // socket but never another kind of file. Anyone may connect: the answer
 // depends on the peer's uid.
 func (s *Server) Listen() (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(s.path), 0o755); err != nil {
+	dir := filepath.Dir(s.path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("identity socket: %w", err)
+	}
+	// Whoever can write the directory can put their own socket in our place.
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("identity socket: %w", err)
+	} else if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return nil, fmt.Errorf("identity socket %s: refused: directory %s is writable by group or others (chmod go-w %s)", s.path, dir, dir)
 	}
 	if fi, err := os.Lstat(s.path); err == nil {
 		if fi.Mode()&fs.ModeSocket == 0 {

@@ -30,7 +30,11 @@ import (
 // its identity and prints the status code and body.
 func TestMain(m *testing.M) {
 	if sock := os.Getenv("TWINLET_IDENTITY_CLIENT"); sock != "" {
-		code, body, err := get(sock, "/identity")
+		path := "/identity"
+		if q := os.Getenv("TWINLET_IDENTITY_QUERY"); q != "" {
+			path += "?" + q
+		}
+		code, body, err := get(sock, path)
 		if err != nil {
 			fmt.Println("error", err)
 			os.Exit(1)
@@ -79,10 +83,10 @@ func world(t *testing.T) (dir, client string) {
 }
 
 // asUID runs the client as uid (and gid) and returns status and body.
-func asUID(t *testing.T, client, sock string, uid uint32) (int, string) {
+func asUID(t *testing.T, client, sock string, uid uint32, query ...string) (int, string) {
 	t.Helper()
 	cmd := exec.Command(client, "-test.run=^$")
-	cmd.Env = []string{"TWINLET_IDENTITY_CLIENT=" + sock}
+	cmd.Env = []string{"TWINLET_IDENTITY_CLIENT=" + sock, "TWINLET_IDENTITY_QUERY=" + strings.Join(query, "&")}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -155,6 +159,22 @@ func TestSocketServesOnlyMappedUIDs(t *testing.T) {
 		t.Fatal("the key crossed the socket")
 	}
 
+	// The lifetime asked for, within bounds.
+	if code, body := asUID(t, client, sock, 4243, "ttl=60"); code != 200 {
+		t.Fatalf("ttl=60: %d %s", code, body)
+	} else {
+		var r2 identity.Response
+		json.Unmarshal([]byte(body), &r2)
+		if d := time.Until(time.Unix(r2.ExpiresOn, 0)); d > 61*time.Second || d < 50*time.Second {
+			t.Fatalf("ttl=60 expires in %s", d)
+		}
+	}
+	for _, q := range []string{"ttl=0", "ttl=86401", "ttl=x"} {
+		if code, body := asUID(t, client, sock, 4242, q); code != 400 || !strings.Contains(body, "ttl") {
+			t.Fatalf("%s: %d %s", q, code, body)
+		}
+	}
+
 	// An unmapped uid is refused and logged; so is root.
 	if code, body := asUID(t, client, sock, 4444); code != 403 || !strings.Contains(body, "uid 4444 maps to no identity") {
 		t.Fatalf("unmapped uid: %d %s", code, body)
@@ -222,5 +242,12 @@ func TestNewAndListenRefuse(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(p); string(b) != "precious" {
 		t.Fatal("the file was replaced")
+	}
+	open := filepath.Join(t.TempDir(), "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	srv, _ = identity.New(filepath.Join(open, "identity.sock"), nil, nil)
+	if _, err := srv.Listen(); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Fatalf("listen in a world-writable directory: %v", err)
 	}
 }

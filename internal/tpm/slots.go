@@ -154,8 +154,16 @@ func (t *TPM) readURI(slot int) (string, error) {
 	var out []byte
 	for off := 0; off < int(pub.DataSize); {
 		n := min(int(pub.DataSize)-off, 512)
+		// Ours are owner-readable; an index another tool defined may be
+		// readable with its own (empty) auth only.
+		var auth tpm2.AuthHandle
+		if pub.Attributes.OwnerRead {
+			auth = tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}
+		} else {
+			auth = tpm2.AuthHandle{Handle: idx, Name: rp.NVName, Auth: tpm2.PasswordAuth(nil)}
+		}
 		r, err := tpm2.NVRead{
-			AuthHandle: tpm2.TPMRHOwner,
+			AuthHandle: auth,
 			NVIndex:    tpm2.NamedHandle{Handle: idx, Name: rp.NVName},
 			Size:       uint16(n),
 			Offset:     uint16(off),
@@ -200,6 +208,8 @@ type SlotInfo struct {
 	Key  bool `json:"key"`
 	// URI is the stored identity; empty without one.
 	URI string `json:"uri,omitempty"`
+	// Error says why an NV index in the slot range could not be read.
+	Error string `json:"error,omitempty"`
 }
 
 // SlotsInUse lists the slots that hold a key or a URI.
@@ -220,7 +230,7 @@ func (t *TPM) SlotsInUse() ([]SlotInfo, error) {
 		if nvs[NVIndex(n)] {
 			u, err := t.readURI(n)
 			if err != nil {
-				return nil, err
+				si.Error = err.Error()
 			}
 			si.URI = u
 		}

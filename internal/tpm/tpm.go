@@ -62,9 +62,12 @@ func Open(tcti string) (*TPM, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t); err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
-		t.Close()
-		return nil, fmt.Errorf("tpm %s: startup: %w", tcti, err)
+	// The kernel starts a device TPM; a software TPM may wait for us.
+	if !strings.HasPrefix(tcti, "device") {
+		if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t); err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
+			t.Close()
+			return nil, fmt.Errorf("tpm %s: startup: %w", tcti, err)
+		}
 	}
 	return &TPM{t: t, tcti: tcti}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -407,5 +408,38 @@ func TestSWTPMRestart(t *testing.T) {
 	m.Write([]byte("after"))
 	if !hmac.Equal(got, m.Sum(nil)) {
 		t.Fatal("slot key lost across the restart")
+	}
+}
+
+// A URI index defined by another tool, readable only with its own auth
+// (as tpm2_nvdefine makes it by default), is read too.
+func TestSlotURIFromTPM2Tools(t *testing.T) {
+	for _, tool := range []string{"tpm2_nvdefine", "tpm2_nvwrite"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed: run `make tpm-tools`", tool)
+		}
+	}
+	sw := tpmtest.Start(t)
+	uri := "hub.example/kiosk-9" // Limpet's short form
+	f := filepath.Join(t.TempDir(), "uri")
+	os.WriteFile(f, []byte(uri), 0o600)
+	for _, args := range [][]string{
+		{"tpm2_nvdefine", "0x01400109", "-C", "o", "-s", fmt.Sprint(len(uri)), "-a", "ownerwrite|authread|authwrite"},
+		{"tpm2_nvwrite", "0x01400109", "-C", "o", "-i", f},
+	} {
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Env = sw.Env()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	tp := open(t, sw.TCTI)
+	id, err := tp.SlotURI(9)
+	if err != nil || id != (tpm.Identity{HostName: "hub.example", DeviceID: "kiosk-9"}) {
+		t.Fatalf("slot 9: %+v %v", id, err)
+	}
+	s, err := tp.SlotsInUse()
+	if err != nil || len(s) != 1 || s[0].URI != uri || s[0].Key {
+		t.Fatalf("slots %+v %v", s, err)
 	}
 }

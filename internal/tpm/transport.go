@@ -21,9 +21,39 @@ const DefaultTCTI = "device:/dev/tpmrm0"
 // tests) that include cgo and the simulator (build tag tpmsim).
 var simOpener func() (transport.TPMCloser, error)
 
+// retrying resends a command the TPM answered with a warning that says
+// it did not run the command (TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING,
+// Part 2 §6.6.3), as tpm2-tss does; it is safe since nothing happened.
+type retrying struct{ transport.TPMCloser }
+
+// maxRetries bounds the resends of one command.
+const maxRetries = 50
+
+func (r retrying) Send(cmd []byte) ([]byte, error) {
+	for i := 0; ; i++ {
+		rsp, err := r.TPMCloser.Send(cmd)
+		if err != nil || len(rsp) < 10 || i == maxRetries {
+			return rsp, err
+		}
+		switch binary.BigEndian.Uint32(rsp[6:10]) {
+		case 0x922, 0x908, 0x90A: // RETRY, YIELDED, TESTING
+			continue
+		}
+		return rsp, nil
+	}
+}
+
 // openTransport opens a TCTI string as tpm2-tools names it:
 // "device[:PATH]", "swtpm[:host=H,port=P]" or "sim".
 func openTransport(tcti string) (transport.TPMCloser, error) {
+	t, err := openRaw(tcti)
+	if err != nil {
+		return nil, err
+	}
+	return retrying{t}, nil
+}
+
+func openRaw(tcti string) (transport.TPMCloser, error) {
 	if tcti == "" {
 		tcti = DefaultTCTI
 	}
