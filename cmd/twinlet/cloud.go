@@ -21,7 +21,7 @@ import (
 
 // hasConnection reports whether the configuration names an IoT Hub.
 func hasConnection(c config.Connection) bool {
-	return c.ConnectionString != "" || c.KeyFile != "" || c.X509 != nil || c.TPM != nil
+	return c.ConnectionString != "" || c.KeyFile != "" || c.X509 != nil || c.TPM != nil || c.DPS != nil
 }
 
 // deviceConfig turns the connection block of the agent config into a
@@ -91,7 +91,7 @@ func deviceConfig(cfg config.Config, tpms *tpmSet) (iothub.DeviceConfig, error) 
 
 // cloud connects the agent to IoT Hub and serves metrics; it returns a
 // function that runs both until ctx ends.
-func cloud(cfg config.Config, r *reconciler.Reconciler, a **agent.Agent, m *agent.Metrics, log *slog.Logger) (func(context.Context), error) {
+func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Metrics, log *slog.Logger) (func(context.Context), error) {
 	var runs []func(context.Context)
 	tpms := &tpmSet{}
 	ok := false
@@ -100,7 +100,13 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a **agent.Agent, m *agen
 			tpms.Close()
 		}
 	}()
-	if hasConnection(cfg.Connection) {
+	if cfg.Connection.DPS != nil {
+		p, err := newProvisioner(cfg, r, a, m, tpms, log)
+		if err != nil {
+			return nil, err
+		}
+		runs = append(runs, p.run)
+	} else if hasConnection(cfg.Connection) {
 		dc, err := deviceConfig(cfg, tpms)
 		if err != nil {
 			return nil, err
@@ -109,7 +115,7 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a **agent.Agent, m *agen
 		if err != nil {
 			return nil, err
 		}
-		*a = ag
+		a.set(ag)
 		log.Info("connecting to IoT Hub", "host", dc.HostName, "device", dc.DeviceID, "module", dc.ModuleID)
 		runs = append(runs, func(ctx context.Context) { ag.Run(ctx) })
 	}

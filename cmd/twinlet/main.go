@@ -36,6 +36,7 @@ commands:
   plan        print what apply would change; exit 0 nothing to do, 2 changes pending, 1 errors
   validate    check policy files: validate PATH...
   status      print the last reported state
+  provision   get the device's identity from the Device Provisioning Service (DPS)
   schema      print the JSON Schemas: schema [SECTION]
   tpm         TPM identities: slots, keys, tokens, DPS enrollment info (tpm help)
   version     print the version
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runAgent(ctx, cmd, rest, stdout, stderr)
 	case "validate":
 		return validate(rest, stdout, stderr)
+	case "provision":
+		return provision(ctx, rest, stdout, stderr)
 	case "status":
 		return status(rest, stdout, stderr)
 	case "schema":
@@ -219,15 +222,11 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 		AllowedRoots: cfg.AllowedRoots, Logger: log,
 	}
 	// The cloud side (run only) hooks into the reconciler's reports.
-	var ag *agent.Agent
+	var ag agentRef
 	var metrics *agent.Metrics
 	var rr *reconciler.Reconciler
 	if cmd == "run" {
-		opts.OnReport = func(doc []byte) {
-			if ag != nil {
-				ag.Notify(doc)
-			}
-		}
+		opts.OnReport = ag.Notify
 		if cfg.MetricsAddr != "" {
 			metrics = agent.NewMetrics(func() int { return rr.QueueLen() })
 			opts.OnSection = metrics.ObserveSection

@@ -85,6 +85,9 @@ type Connection struct {
 	CAFile string `yaml:"caFile"`
 	// Port overrides 8883 (tests, emulators).
 	Port int `yaml:"port"`
+	// DPS provisions the identity through the Device Provisioning
+	// Service (see dps.go); the identity is kept in the state directory.
+	DPS *DPS `yaml:"dps"`
 }
 
 // X509 is a client certificate and its key (PEM files).
@@ -183,6 +186,14 @@ func (c *Config) Check() error {
 	}
 	if n > 1 {
 		return fmt.Errorf("connection: set only one of connectionString, keyFile, x509, tpm")
+	}
+	if c.Connection.DPS != nil {
+		if n > 0 {
+			return fmt.Errorf("connection: dps provisions the identity; do not set connectionString, keyFile or x509 with it")
+		}
+		if err := c.Connection.DPS.check(); err != nil {
+			return fmt.Errorf("connection.dps.%w", err)
+		}
 	}
 	users := map[string]string{}
 	for _, name := range slices.Sorted(maps.Keys(c.Identities)) {

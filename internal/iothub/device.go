@@ -61,6 +61,10 @@ type DeviceConfig struct {
 	OnMethod func(ctx context.Context, name string, payload []byte) (int, []byte)
 	// OnConnection reports connection changes.
 	OnConnection func(connected bool)
+	// OnConnectResult, when set, receives the outcome of every connect
+	// attempt: nil once connected, else the error (IsUnauthorized tells
+	// a hub that refused the credentials). It must not block.
+	OnConnectResult func(err error)
 }
 
 // StatusError is a non-success status from a twin request. A 4xx other
@@ -192,6 +196,9 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 	for {
 		lost := make(chan error, 1)
 		renewAt, err := c.connect(ctx, lost)
+		if c.cfg.OnConnectResult != nil && ctx.Err() == nil {
+			c.cfg.OnConnectResult(err)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
