@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -129,9 +128,10 @@ func components(key string) []string {
 	return parts
 }
 
-// procPath is the device path of a canonical key under /proc/sys.
-func procPath(key string) string {
-	return "/proc/sys/" + strings.Join(components(key), "/")
+// procRel is the name, relative to the root, of a canonical key under
+// /proc/sys.
+func procRel(key string) string {
+	return "proc/sys/" + strings.Join(components(key), "/")
 }
 
 // normalize joins the fields of a value with single spaces, as a
@@ -260,11 +260,12 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 // readRuntime returns the running kernel's value of key, "" when the
 // kernel has no such parameter.
 func readRuntime(env *providers.Env, key string) (string, error) {
-	host, err := env.ResolveFollow(procPath(key))
+	root, err := env.OpenRoot()
 	if err != nil {
 		return "", err
 	}
-	b, err := os.ReadFile(host)
+	defer root.Close()
+	b, err := root.ReadFile(procRel(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
@@ -344,11 +345,12 @@ func apply(env *providers.Env, o op) error {
 	if o.del || !env.IsHostRoot() {
 		return nil
 	}
-	host, err := env.ResolveFollow(procPath(o.key))
+	root, err := env.OpenRoot()
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(host, os.O_WRONLY, 0)
+	defer root.Close()
+	f, err := root.OpenFile(procRel(o.key), os.O_WRONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("the running kernel has no parameter %s", o.key)
 	}
@@ -365,12 +367,13 @@ func apply(env *providers.Env, o op) error {
 // readConf parses the persisted file into canonical key → value. Blank
 // lines and comments are skipped; keys that are not valid are ignored.
 func readConf(env *providers.Env) (map[string]string, error) {
-	host, err := env.ResolveFollow(ConfPath)
+	root, err := env.OpenRoot()
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(host)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	defer root.Close()
+	b, err := root.ReadFileIfExists(strings.TrimPrefix(ConfPath, "/"))
+	if err != nil {
 		return nil, err
 	}
 	out := map[string]string{}
@@ -408,21 +411,16 @@ func render(file map[string]string) []byte {
 }
 
 func writeConf(env *providers.Env, file map[string]string) error {
-	host, err := env.Resolve(ConfPath)
+	root, err := env.OpenRoot()
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
-		return err
-	}
-	return env.WriteFileAtomic(host, render(file), 0o644)
+	defer root.Close()
+	return root.WriteFileAtomic(strings.TrimPrefix(ConfPath, "/"), render(file), providers.FileMeta{Mode: 0o644})
 }
 
 // WatchPaths implements providers.PathWatcher: the host path of the
-// persisted file.
+// persisted file (for watches only).
 func (Provider) WatchPaths(env *providers.Env, spec providers.Spec) []string {
-	if host, err := env.Resolve(ConfPath); err == nil {
-		return []string{host}
-	}
-	return nil
+	return []string{env.HostPath(ConfPath)}
 }

@@ -155,8 +155,8 @@ func TestCanonical(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("canonical(%q) = %q, %v; want %q", in, got, err, want)
 		}
-		if pp := procPath(got); pp != "/proc/sys/"+joinSlash(components(in)) {
-			t.Errorf("procPath(%q) = %q", got, pp)
+		if pp := "/" + procRel(got); pp != "/proc/sys/"+joinSlash(components(in)) {
+			t.Errorf("procRel(%q) = %q", got, pp)
 		}
 	}
 }
