@@ -43,8 +43,25 @@ import (
 // ID is the section id.
 const ID = "files"
 
+// CloudDeny are the paths the twin may not set by default: what would
+// hand out code execution as root or the device's identity (the agent's
+// own config and keys, sudo, ssh, root's home, the account databases,
+// cron, systemd units, the dynamic linker, PAM, login scripts, package
+// sources, kernel parameters and modules, udev rules, root's PATH). The
+// agent config's cloud.files replaces the whole list. Globs as in
+// providers.MatchGlob.
+var CloudDeny = []string{
+	"/etc/twinlet/**", "/etc/sudoers*/**", "/etc/ssh/**", "/root/**",
+	"/etc/passwd*", "/etc/shadow*", "/etc/group*", "/etc/gshadow*", "/etc/subuid*", "/etc/subgid*",
+	"/etc/cron*/**", "/etc/anacrontab", "/etc/systemd/**", "/etc/init.d/**", "/etc/rc*/**",
+	"/etc/ld.so.preload", "/etc/ld.so.conf*/**", "/etc/pam.d/**", "/etc/security/**",
+	"/etc/profile", "/etc/profile.d/**", "/etc/environment", "/etc/bash.bashrc",
+	"/etc/apt/**", "/etc/sysctl.conf", "/etc/sysctl.d/**", "/etc/modprobe.d/**", "/etc/modules-load.d/**",
+	"/etc/udev/**", "/usr/local/bin/**", "/usr/local/sbin/**", "/usr/local/lib/**",
+}
+
 func init() {
-	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New})
+	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New, CloudDeny: CloudDeny})
 }
 
 // New returns the files provider.
@@ -910,6 +927,49 @@ func (d *db) name(id int) string {
 		return n
 	}
 	return strconv.Itoa(id)
+}
+
+// CloudScope implements providers.CloudScoper: an item of the twin whose
+// path the rules forbid fails with its path's pointer, and, unless the
+// rules are privileged, so does a setuid or setgid mode (a setuid file
+// hands out its owner's rights). Pure; malformed items are left to
+// validation.
+func (Provider) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
+	var section map[string]json.RawMessage
+	if json.Unmarshal(twin, &section) != nil {
+		return nil
+	}
+	names := make([]string, 0, len(section))
+	for name := range section {
+		if !providers.ReservedKeys[name] {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	var out []providers.FieldError
+	for _, name := range names {
+		var it struct {
+			Path *string `json:"path"`
+			Mode *string `json:"mode"`
+		}
+		if json.Unmarshal(section[name], &it) != nil {
+			continue
+		}
+		if it.Path != nil {
+			for _, p := range []string{*it.Path, path.Clean(*it.Path)} {
+				if why, no := rules.Forbids(p, '/'); no {
+					out = append(out, providers.FieldError{Pointer: ptr(name, "path"), Message: why})
+					break
+				}
+			}
+		}
+		if it.Mode != nil && !rules.Privileged && modeRE.MatchString(*it.Mode) {
+			if u, _ := strconv.ParseUint(*it.Mode, 8, 32); u&0o6000 != 0 {
+				out = append(out, providers.FieldError{Pointer: ptr(name, "mode"), Message: fmt.Sprintf("mode %s sets setuid or setgid: the twin may do that only where the agent config says cloud.files.privileged: true", *it.Mode)})
+			}
+		}
+	}
+	return out
 }
 
 // WatchPaths implements providers.PathWatcher: the host paths of every

@@ -474,3 +474,56 @@ func TestConfinementUnderSymlinkRace(t *testing.T) {
 		})
 	}
 }
+
+func TestCloudScope(t *testing.T) {
+	info, _ := providers.Lookup(ID)
+	scoper, ok := info.New().(providers.CloudScoper)
+	if !ok {
+		t.Fatal("files does not implement providers.CloudScoper")
+	}
+	defaults := providers.ScopeRules{Deny: info.CloudDeny}
+	twin := json.RawMessage(`{
+		"prune": true,
+		"motd": {"path": "/etc/motd", "content": "hi"},
+		"keys": {"path": "/etc/ssh/sshd_config.d/10-cloud.conf", "content": "PermitRootLogin yes"},
+		"sshDir": {"path": "/etc/ssh", "kind": "directory"},
+		"sudo": {"path": "/etc/sudoers.d/cloud", "content": "ALL ALL=(ALL) NOPASSWD: ALL"},
+		"sudoers": {"path": "/etc/sudoers", "ensure": "absent"},
+		"self": {"path": "/etc/twinlet/twinlet.yaml", "content": ""},
+		"unclean": {"path": "/etc//ssh/x", "content": ""},
+		"rootHome": {"path": "/root/.ssh/authorized_keys", "content": "ssh-ed25519 AAAA"},
+		"cron": {"path": "/etc/cron.d/x", "content": "* * * * * root sh"},
+		"suid": {"path": "/opt/app/tool", "content": "#!", "mode": "4755"},
+		"sgid": {"path": "/opt/app/tool2", "content": "#!", "mode": "2755"},
+		"plain": {"path": "/opt/app/tool3", "content": "#!", "mode": "0755"},
+		"notAnItem": 7
+	}`)
+	pointers := func(fes []providers.FieldError) []string {
+		var out []string
+		for _, fe := range fes {
+			out = append(out, fe.Pointer)
+		}
+		return out
+	}
+	want := []string{"/cron/path", "/keys/path", "/rootHome/path", "/self/path", "/sgid/mode", "/sshDir/path", "/sudo/path", "/sudoers/path", "/suid/mode", "/unclean/path"}
+	got := scoper.CloudScope(defaults, twin)
+	if !reflect.DeepEqual(pointers(got), want) {
+		t.Fatalf("forbidden %q, want %q", pointers(got), want)
+	}
+	if !strings.Contains(got[1].Message, `"/etc/ssh/**"`) {
+		t.Errorf("message does not name the glob: %s", got[1].Message)
+	}
+	// The config's rules replace the defaults: an operator can open a
+	// path deliberately, and allow narrows what is left.
+	open := providers.ScopeRules{Deny: []string{"/etc/sudoers*/**"}, Allow: []string{"/etc/**", "/opt/app/**"}, Privileged: true}
+	got = scoper.CloudScope(open, twin)
+	if want := []string{"/rootHome/path", "/sudo/path", "/sudoers/path"}; !reflect.DeepEqual(pointers(got), want) {
+		t.Fatalf("forbidden %q, want %q", pointers(got), want)
+	}
+	if !strings.Contains(got[0].Message, "only") {
+		t.Errorf("allow message: %s", got[0].Message)
+	}
+	if got := scoper.CloudScope(providers.ScopeRules{}, json.RawMessage(`not json`)); got != nil {
+		t.Fatalf("malformed twin: %v", got)
+	}
+}

@@ -37,8 +37,15 @@ const ConfPath = "/etc/sysctl.d/90-twinlet.conf"
 
 const header = "# Managed by twinlet (section \"sysctl\"): edits are overwritten.\n"
 
+// CloudDeny are the keys the twin may not set by default: each names a
+// program the kernel runs as root (a core dump handler, the module loader,
+// the hotplug helper, the poweroff command, binfmt_misc interpreters). The
+// agent config's cloud.sysctl replaces the whole list. Globs as in
+// providers.MatchGlob, with '.' separating components, on canonical keys.
+var CloudDeny = []string{"kernel.core_pattern", "kernel.modprobe", "kernel.hotplug", "kernel.poweroff_cmd", "fs.binfmt_misc.*"}
+
 func init() {
-	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New})
+	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New, CloudDeny: CloudDeny})
 }
 
 // New returns the sysctl provider.
@@ -417,6 +424,41 @@ func writeConf(env *providers.Env, file map[string]string) error {
 	}
 	defer root.Close()
 	return root.WriteFileAtomic(strings.TrimPrefix(ConfPath, "/"), render(file), providers.FileMeta{Mode: 0o644})
+}
+
+// CloudScope implements providers.CloudScoper: an item of the twin whose
+// key (in canonical form, so "kernel/core_pattern" is kernel.core_pattern)
+// the rules forbid fails with its key's pointer. Pure; keys that are not
+// valid are left to validation.
+func (Provider) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
+	var section map[string]json.RawMessage
+	if json.Unmarshal(twin, &section) != nil {
+		return nil
+	}
+	names := make([]string, 0, len(section))
+	for name := range section {
+		if !providers.ReservedKeys[name] {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	var out []providers.FieldError
+	for _, name := range names {
+		var it struct {
+			Key string `json:"key"`
+		}
+		if json.Unmarshal(section[name], &it) != nil {
+			continue
+		}
+		key, err := canonical(it.Key)
+		if err != nil {
+			continue
+		}
+		if why, no := rules.Forbids(key, '.'); no {
+			out = append(out, providers.FieldError{Pointer: ptr(name, "key"), Message: why})
+		}
+	}
+	return out
 }
 
 // WatchPaths implements providers.PathWatcher: the host path of the
