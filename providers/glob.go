@@ -9,12 +9,12 @@ import (
 // scope's rules. sep separates the components of names ('/' for paths,
 // '.' for sysctl keys). The syntax is small on purpose:
 //
-//   - any run of characters without sep ("/etc/sudoers*" matches
-//     /etc/sudoers and /etc/sudoers.d, not /etc/sudoers.d/x)
-//     ?    one character other than sep
-//     **   any run of characters, sep included ("/etc/ssh/**" matches
-//     everything below /etc/ssh)
-//     \c   the character c itself (\*, \?, \\)
+//	"*"   any run of characters without sep: "/etc/sudoers*" matches
+//	      /etc/sudoers and /etc/sudoers.d, not /etc/sudoers.d/x
+//	"?"   one character other than sep
+//	"**"  any run of characters, sep included: "/etc/ssh/**" matches
+//	      everything below /etc/ssh
+//	"\c"  the character c itself (\*, \?, \\)
 //
 // Every other character matches itself; there are no classes or braces.
 // A pattern that ends in sep followed by ** also matches what comes before
