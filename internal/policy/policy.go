@@ -167,7 +167,6 @@ func hashOf(b []byte) string {
 	return "sha256:" + hex.EncodeToString(s[:])
 }
 
-
 // Parse parses the documents of one policy file. Documents with problems
 // are left out; the problems say where they are.
 func Parse(file string, data []byte, known func(string) bool) ([]*Document, []Problem) {
