@@ -225,3 +225,17 @@ func TestStrictFiles(t *testing.T) {
 		t.Fatalf("missing key file: %s", err)
 	}
 }
+
+func TestExampleConfig(t *testing.T) {
+	c, err := Load("../../examples/twinlet.yaml", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, _ := providers.Lookup("files")
+	if len(c.Cloud.Sections) != 4 || len(c.Cloud.Rules["files"].Allow) == 0 || !reflect.DeepEqual(c.Cloud.Rules["files"].Deny, files.CloudDeny) {
+		t.Fatalf("cloud %+v", c.Cloud)
+	}
+	if err := c.CheckAllowedRoots(); err != nil {
+		t.Fatal(err)
+	}
+}
