@@ -144,8 +144,10 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 	spec := Spec{Items: map[string]Item{}, Prune: col.Prune}
 	names, section := col.Names, col.Items
 	byPath := map[string]string{}
+	w := newWalker(env)
+	defer w.close()
 	for _, name := range names {
-		it, ok := decodeItem(env, name, section[name], errs)
+		it, ok := decodeItem(env, w, name, section[name], errs)
 		if !ok {
 			continue
 		}
@@ -174,7 +176,7 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 	return spec, nil
 }
 
-func decodeItem(env *providers.Env, name string, raw json.RawMessage, errs *providers.InvalidError) (Item, bool) {
+func decodeItem(env *providers.Env, w *walker, name string, raw json.RawMessage, errs *providers.InvalidError) (Item, bool) {
 	if !itemNameRE.MatchString(name) {
 		errs.Add(ptr(name, ""), "item names must not contain '.', '$', spaces or control characters")
 		return Item{}, false
@@ -213,7 +215,7 @@ func decodeItem(env *providers.Env, name string, raw json.RawMessage, errs *prov
 		badKind = true
 		errs.Add(ptr(name, "kind"), "must be file or directory")
 	}
-	if msg := checkPath(env, in.Path); msg != "" {
+	if msg := checkPath(env, w, in.Path); msg != "" {
 		errs.Add(ptr(name, "path"), "%s", msg)
 	}
 	switch {
@@ -258,8 +260,10 @@ func decodeItem(env *providers.Env, name string, raw json.RawMessage, errs *prov
 	return it, len(errs.Errors) == n
 }
 
-// checkPath returns why p cannot be managed, or "".
-func checkPath(env *providers.Env, p string) string {
+// checkPath returns why p cannot be managed, or "". The look at the
+// root (a link in p's path) is an early, friendly report: Observe and
+// Apply check again through the root handle, where it counts.
+func checkPath(env *providers.Env, w *walker, p string) string {
 	switch {
 	case p == "":
 		return "a path is required"
@@ -276,8 +280,6 @@ func checkPath(env *providers.Env, p string) string {
 	case isAllowedRoot(env, p):
 		return fmt.Sprintf("%s is an allowed root itself; name a path inside it", p)
 	}
-	w := newWalker(env)
-	defer w.close()
 	_, _, msg, _ := w.parent(p)
 	return msg
 }

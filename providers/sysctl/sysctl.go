@@ -234,7 +234,12 @@ func scalar(raw json.RawMessage) (string, bool) {
 // Observe implements providers.Provider.
 func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.Spec) (providers.Observed, error) {
 	s := spec.(Spec)
-	file, err := readConf(env)
+	root, err := env.OpenRoot()
+	if err != nil {
+		return nil, fmt.Errorf("observe sysctl: %w", err)
+	}
+	defer root.Close()
+	file, err := readConf(root)
 	if err != nil {
 		return nil, fmt.Errorf("observe sysctl: %w", err)
 	}
@@ -244,7 +249,7 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 		st := &ItemState{Key: it.Key}
 		st.Value, st.inFile = file[it.Key]
 		if env.IsHostRoot() && !it.Absent {
-			rt, err := readRuntime(env, it.Key)
+			rt, err := readRuntime(root, it.Key)
 			if err != nil {
 				return nil, fmt.Errorf("observe sysctl/%s: %w", name, err)
 			}
@@ -266,12 +271,7 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 
 // readRuntime returns the running kernel's value of key, "" when the
 // kernel has no such parameter.
-func readRuntime(env *providers.Env, key string) (string, error) {
-	root, err := env.OpenRoot()
-	if err != nil {
-		return "", err
-	}
-	defer root.Close()
+func readRuntime(root *providers.Dir, key string) (string, error) {
 	b, err := root.ReadFile(procRel(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
@@ -334,7 +334,12 @@ func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 }
 
 func apply(env *providers.Env, o op) error {
-	file, err := readConf(env)
+	root, err := env.OpenRoot()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	file, err := readConf(root)
 	if err != nil {
 		return err
 	}
@@ -345,18 +350,13 @@ func apply(env *providers.Env, o op) error {
 		file[o.key] = o.value
 	}
 	if o.del && present || !o.del && cur != o.value {
-		if err := writeConf(env, file); err != nil {
+		if err := root.WriteFileAtomic(strings.TrimPrefix(ConfPath, "/"), render(file), providers.FileMeta{Mode: 0o644}); err != nil {
 			return err
 		}
 	}
 	if o.del || !env.IsHostRoot() {
 		return nil
 	}
-	root, err := env.OpenRoot()
-	if err != nil {
-		return err
-	}
-	defer root.Close()
 	f, err := root.OpenFile(procRel(o.key), os.O_WRONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("the running kernel has no parameter %s", o.key)
@@ -373,12 +373,7 @@ func apply(env *providers.Env, o op) error {
 
 // readConf parses the persisted file into canonical key → value. Blank
 // lines and comments are skipped; keys that are not valid are ignored.
-func readConf(env *providers.Env) (map[string]string, error) {
-	root, err := env.OpenRoot()
-	if err != nil {
-		return nil, err
-	}
-	defer root.Close()
+func readConf(root *providers.Dir) (map[string]string, error) {
 	b, err := root.ReadFileIfExists(strings.TrimPrefix(ConfPath, "/"))
 	if err != nil {
 		return nil, err
@@ -415,15 +410,6 @@ func render(file map[string]string) []byte {
 		fmt.Fprintf(&b, "%s = %s\n", k, file[k])
 	}
 	return []byte(b.String())
-}
-
-func writeConf(env *providers.Env, file map[string]string) error {
-	root, err := env.OpenRoot()
-	if err != nil {
-		return err
-	}
-	defer root.Close()
-	return root.WriteFileAtomic(strings.TrimPrefix(ConfPath, "/"), render(file), providers.FileMeta{Mode: 0o644})
 }
 
 // CloudScope implements providers.CloudScoper: an item of the twin whose
