@@ -244,12 +244,19 @@ func Load(path string, explicit bool) (Config, error) {
 	if err != nil {
 		return c, fmt.Errorf("config: %w", err)
 	}
+	return parse(path, data, fi.Mode())
+}
+
+// parse decodes and checks a config file's content over the defaults;
+// mode is the file's, for the checks that depend on it.
+func parse(path string, data []byte, mode fs.FileMode) (Config, error) {
+	c := Defaults()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, errEOF(err)) {
 		return c, fmt.Errorf("config %s: %s", path, trimYAML(err))
 	}
-	c.src = &source{file: path, mode: fi.Mode()}
+	c.src = &source{file: path, mode: mode}
 	var doc yaml.Node
 	if yaml.Unmarshal(data, &doc) == nil && doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		c.src.doc = doc.Content[0]

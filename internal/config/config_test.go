@@ -240,3 +240,27 @@ func TestExampleConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzParse feeds arbitrary files to the strict decoder and the checks:
+// they may refuse anything, but never panic, and what they accept is
+// checked again without error.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		"root: /\n",
+		"cloud:\n  sections: [files]\n  files: {deny: [\"/etc/**\"], allow: [], privileged: true}\n",
+		"allowedRoots: [/etc, /srv]\nlog: {level: debug}\n",
+		"cloud: {sysctl: {deny: [a, b]}, sections: []}\n",
+		"cloud:\n  files:\n    deny: [[x]]\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := parse("f.yaml", data, 0o600)
+		if err != nil {
+			return
+		}
+		if err := c.Check(); err != nil {
+			t.Fatalf("accepted, then refused on a second check: %v", err)
+		}
+	})
+}

@@ -199,6 +199,13 @@ func TestInvalid(t *testing.T) {
 	if err := os.Symlink("../../../../../../../../..", filepath.Join(env.Root, "/etc/up")); err != nil {
 		t.Fatal(err)
 	}
+	// A relative link that stays inside the allowed root is refused too:
+	// files follows no link in a path, so the path as written is the one
+	// the cloud scope judged (/etc/sshlink/x would be /etc/ssh/x).
+	os.MkdirAll(filepath.Join(env.Root, "/etc/ssh"), 0o755)
+	if err := os.Symlink("ssh", filepath.Join(env.Root, "/etc/sshlink")); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ name, raw, ptr string }{
 		{"relative", `{"a": {"path": "etc/motd", "content": ""}}`, "/a/path"},
 		{"dotdot", `{"a": {"path": "/etc/../root/x", "content": ""}}`, "/a/path"},
@@ -209,6 +216,7 @@ func TestInvalid(t *testing.T) {
 		{"allowed root itself", `{"a": {"path": "/etc", "kind": "directory"}}`, "/a/path"},
 		{"symlink escape", `{"a": {"path": "/etc/bin/sudo", "content": ""}}`, "/a/path"},
 		{"symlink above the root", `{"a": {"path": "/etc/up/etc/x", "content": ""}}`, "/a/path"},
+		{"symlink inside the allowed root", `{"a": {"path": "/etc/sshlink/sshd_config", "content": ""}}`, "/a/path"},
 		{"no path", `{"a": {"content": ""}}`, "/a/path"},
 		{"both contents", `{"a": {"path": "/etc/x", "content": "", "contentBase64": ""}}`, "/a/contentBase64"},
 		{"no content", `{"a": {"path": "/etc/x"}}`, "/a/content"},
