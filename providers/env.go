@@ -2,7 +2,6 @@ package providers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -24,10 +23,14 @@ var DefaultAllowedRoots = []string{"/etc", "/opt", "/srv", "/usr/local", "/var/l
 // section being reconciled.
 type Env struct {
 	// Root is the directory the provider acts on: "/" on a device, a
-	// temporary directory in tests and sandboxes. Every path a provider
-	// touches is inside it; use Resolve to turn a device path into a host
-	// path.
+	// temporary directory in tests and sandboxes. Every file a provider
+	// touches is inside it and is reached through OpenRoot, never through
+	// a path string.
 	Root string
+	// RootFS, when set, is the open handle of Root that its owner (the
+	// agent) holds for its lifetime and closes; OpenRoot then duplicates
+	// it. When nil, OpenRoot opens Root.
+	RootFS *os.Root
 	// StateDir is the agent's state directory.
 	StateDir string
 	// AllowedRoots are the device paths (not host paths) under which the
@@ -65,82 +68,12 @@ func (e *Env) IsHostRoot() bool {
 	return filepath.Clean(e.Root) == "/"
 }
 
-// ErrOutsideRoot is wrapped by errors from Resolve for paths that are not
-// absolute, contain "..", or leave the root through a symbolic link.
-var ErrOutsideRoot = errors.New("path leaves the root")
-
-// Resolve maps an absolute device path to the host path under Root,
-// following symbolic links as if Root were "/" (an absolute link target is
-// taken relative to Root). It refuses relative paths, ".." components and
-// links whose resolution would leave Root. The final component need not
-// exist; if it is a symbolic link it is not followed, so that callers can
-// see and replace it (use ResolveFollow to follow it).
-func (e *Env) Resolve(p string) (string, error) {
-	return e.resolve(p, false)
-}
-
-// ResolveFollow is Resolve that also follows a final symbolic link.
-func (e *Env) ResolveFollow(p string) (string, error) {
-	return e.resolve(p, true)
-}
-
-func (e *Env) resolve(p string, followLast bool) (string, error) {
-	if !path.IsAbs(p) {
-		return "", fmt.Errorf("%q: not an absolute path: %w", p, ErrOutsideRoot)
-	}
-	for _, c := range strings.Split(p, "/") {
-		if c == ".." {
-			return "", fmt.Errorf("%q: contains \"..\": %w", p, ErrOutsideRoot)
-		}
-	}
-	root := filepath.Clean(e.Root)
-	pending := splitPath(p)
-	var done []string // resolved device path components
-	hops := 0
-	for len(pending) > 0 {
-		c := pending[0]
-		pending = pending[1:]
-		if c == "." || c == "" {
-			continue
-		}
-		if c == ".." { // only from link targets
-			if len(done) == 0 {
-				return "", fmt.Errorf("%q: a link climbs above the root: %w", p, ErrOutsideRoot)
-			}
-			done = done[:len(done)-1]
-			continue
-		}
-		cand := filepath.Join(root, filepath.Join(append(done, c)...))
-		last := len(pending) == 0
-		fi, err := os.Lstat(cand)
-		if err != nil || fi.Mode()&os.ModeSymlink == 0 || (last && !followLast) {
-			done = append(done, c)
-			continue
-		}
-		hops++
-		if hops > 40 {
-			return "", fmt.Errorf("%q: too many levels of symbolic links", p)
-		}
-		target, err := os.Readlink(cand)
-		if err != nil {
-			return "", fmt.Errorf("resolve %q: %w", p, err)
-		}
-		if path.IsAbs(target) {
-			done = nil
-		}
-		pending = append(splitPath(target), pending...)
-	}
-	return filepath.Join(root, filepath.Join(done...)), nil
-}
-
-func splitPath(p string) []string {
-	var out []string
-	for _, c := range strings.Split(p, "/") {
-		if c != "" {
-			out = append(out, c)
-		}
-	}
-	return out
+// HostPath maps a device path to the host path under Root lexically,
+// without looking at the file system. It is for fsnotify watches and
+// messages only: never open, create or change a file through it (use
+// OpenRoot, whose Dir cannot be led outside the root).
+func (e *Env) HostPath(p string) string {
+	return filepath.Join(e.Root, filepath.FromSlash(path.Clean("/"+p)))
 }
 
 // Allowed reports whether the device path p lies under one of AllowedRoots
@@ -162,6 +95,11 @@ func (e *Env) Allowed(p string) bool {
 
 // WriteFileAtomic replaces the host path with data and mode: a crash
 // leaves the old or the new content, never a mix.
+//
+// Deprecated: a host path is resolved again by every system call, so a
+// link swapped into it can lead outside the root. Providers use OpenRoot
+// and Dir.WriteFileAtomic; this stays for test providers that write under
+// a temporary root.
 func (e *Env) WriteFileAtomic(hostPath string, data []byte, mode os.FileMode) error {
 	return atomicfile.Write(hostPath, data, mode)
 }

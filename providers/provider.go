@@ -150,7 +150,7 @@ type Provider interface {
 	// Apply makes one change. It must be idempotent: applying a change
 	// that is already in effect succeeds and changes nothing, so a crash
 	// at any moment followed by a fresh Observe/Plan/Apply converges.
-	// Writes are atomic (see Env.WriteFileAtomic). An *InvalidError is
+	// Writes are atomic (see Dir.WriteFileAtomic). An *InvalidError is
 	// terminal; any other error is transient and is retried with backoff.
 	Apply(ctx context.Context, env *Env, c Change) error
 }

@@ -54,6 +54,10 @@ type Options struct {
 	// OnSection, when set, receives every section result (outside dry
 	// runs) and how long the reconcile took, for metrics.
 	OnSection func(res *SectionResult, took time.Duration)
+	// CloudSections lists the sections the twin may set; nil means every section.
+	CloudSections []string
+	// CloudRules are the cloud scope per section; a section absent here uses its Info.CloudDeny.
+	CloudRules map[string]providers.ScopeRules
 }
 
 type entry struct {

@@ -125,9 +125,6 @@ func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
 		cfg.AllowedRoots = nil
 		for _, r := range strings.Split(c.allowedRoots, ",") {
 			if r = strings.TrimSpace(r); r != "" {
-				if !strings.HasPrefix(r, "/") {
-					return cfg, fmt.Errorf("--allowed-roots: %q is not an absolute device path", r)
-				}
 				cfg.AllowedRoots = append(cfg.AllowedRoots, r)
 			}
 		}
@@ -145,6 +142,9 @@ func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
 		cfg.MetricsAddr = c.metricsAddr
 	}
 	if set["key-file"] {
+		if err := config.CheckFile(c.keyFile, true); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return cfg, fmt.Errorf("--key-file: %w", err)
+		}
 		cfg.Connection = config.Connection{KeyFile: c.keyFile, CAFile: cfg.Connection.CAFile, Port: cfg.Connection.Port}
 	}
 	if set["ca-file"] {
@@ -155,6 +155,13 @@ func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
 	}
 	if c.output != "text" && c.output != "json" {
 		return cfg, fmt.Errorf("--output: %q is not text or json", c.output)
+	}
+	if set["allowed-roots"] {
+		for _, r := range cfg.AllowedRoots {
+			if err := config.CheckAllowedRoot("", r); err != nil {
+				return cfg, fmt.Errorf("--allowed-roots: %w", err)
+			}
+		}
 	}
 	if err := cfg.Check(); err != nil {
 		return cfg, err
@@ -168,7 +175,25 @@ func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
 			*p = abs
 		}
 	}
+	if err := checkAllowedRoots(cfg, set["allowed-roots"]); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// checkAllowedRoots checks the allowed roots against the root they are
+// used under, now that flags have set both: a flag's values are located by
+// the flag, the config's by its file:line.
+func checkAllowedRoots(cfg config.Config, fromFlag bool) error {
+	if !fromFlag {
+		return cfg.CheckAllowedRoots()
+	}
+	for _, r := range cfg.AllowedRoots {
+		if err := config.CheckAllowedRoot(cfg.Root, r); err != nil {
+			return fmt.Errorf("--allowed-roots: %w", err)
+		}
+	}
+	return nil
 }
 
 func logger(cfg config.Config, w io.Writer) *slog.Logger {
@@ -220,6 +245,9 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	opts := reconciler.Options{
 		Root: cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,
 		AllowedRoots: cfg.AllowedRoots, Logger: log,
+		// The cloud scope comes from the local config alone; plan
+		// --twin-desired shows the same Forbidden as run and apply.
+		CloudSections: cfg.Cloud.Sections, CloudRules: cfg.Cloud.Rules,
 	}
 	// The cloud side (run only) hooks into the reconciler's reports.
 	var ag agentRef

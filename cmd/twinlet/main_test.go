@@ -238,3 +238,57 @@ func TestSchemaAndVersion(t *testing.T) {
 		t.Fatalf("bad flag: %d %s", code, errs)
 	}
 }
+
+func TestAllowedRootsRefused(t *testing.T) {
+	s := newSandbox(t)
+	if err := os.Symlink(t.TempDir(), filepath.Join(s.root, "srv")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		flag, want string
+	}{
+		{"/etc,/proc", "--allowed-roots: /proc is refused"},
+		{"/", `--allowed-roots: "/" would let`},
+		{"etc", `--allowed-roots: "etc" is not an absolute device path`},
+		{"/srv/kiosk", "--allowed-roots: /srv/kiosk is refused: it goes through a symbolic link"},
+	} {
+		code, _, errs := twinlet(t, s.args("plan", "--allowed-roots", tt.flag)...)
+		if code != 1 || !strings.Contains(errs, tt.want) {
+			t.Errorf("--allowed-roots %s: exit %d, stderr %q, want %q", tt.flag, code, errs, tt.want)
+		}
+	}
+	// From the config, with its file:line, checked against --root.
+	cfg := filepath.Join(t.TempDir(), "twinlet.yaml")
+	if err := os.WriteFile(cfg, []byte("resync: 5m\nallowedRoots:\n  - /etc\n  - /srv/kiosk\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := append(s.args("plan"), "--config", cfg)
+	if code, _, errs := twinlet(t, args...); code != 1 || !strings.Contains(errs, cfg+":4: allowedRoots[1]: /srv/kiosk is refused") {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+}
+
+func TestUntrustedPolicyAppliesNothing(t *testing.T) {
+	s := newSandbox(t)
+	p := s.write(t, "10-base.yaml", policyDoc("enforce", goodSpec))
+	if err := os.Chmod(p, 0o664); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := twinlet(t, s.args("apply")...)
+	if code == 0 || !strings.Contains(out+errs, p+": refused: mode 0664") {
+		t.Fatalf("exit %d\n%s%s", code, out, errs)
+	}
+	if got := s.file("etc/motd"); got != "<missing>" {
+		t.Fatalf("applied from a refused policy: /etc/motd = %q", got)
+	}
+	// The directory holding it counts as much as the file.
+	os.Chmod(p, 0o644)
+	os.Chmod(s.policy, 0o777)
+	code, out, errs = twinlet(t, s.args("apply")...)
+	if code == 0 || !strings.Contains(out+errs, "directory "+s.policy+": refused: mode 0777") {
+		t.Fatalf("exit %d\n%s%s", code, out, errs)
+	}
+	if got := s.file("etc/motd"); got != "<missing>" {
+		t.Fatalf("applied from a policy in a writable directory: /etc/motd = %q", got)
+	}
+}

@@ -39,6 +39,10 @@ func validate(args []string, stdout, stderr io.Writer) int {
 	if *root != "" {
 		cfg.Root = *root
 	}
+	if err := cfg.CheckAllowedRoots(); err != nil {
+		fmt.Fprintf(stderr, "twinlet validate: config %v\n", err)
+		return 1
+	}
 	var files []string
 	for _, p := range fs.Args() {
 		fi, err := os.Stat(p)

@@ -128,7 +128,7 @@ func LoadDir(dir string, known func(string) bool) (*Set, error) {
 		h.Write(data)
 		if err != nil {
 			set.Failed[path] = true
-			set.Problems = append(set.Problems, Problem{File: path, Pos: path, Message: err.Error()})
+			set.Problems = append(set.Problems, Problem{File: path, Pos: path, Message: strings.TrimPrefix(err.Error(), path+": ")})
 			continue
 		}
 		docs, probs := Parse(path, data, known)
@@ -165,35 +165,6 @@ func HashDir(dir string) string {
 func hashOf(b []byte) string {
 	s := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(s[:])
-}
-
-// ReadSecure reads a policy or configuration file and refuses it, like
-// sshd's StrictModes, when group or others may write it or when it is not
-// a regular file.
-func ReadSecure(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return nil, fmt.Errorf("%s: refused: mode %04o lets group or others write it (chmod go-w %s)", path, fi.Mode().Perm(), path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > MaxFileSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, MaxFileSize)
-	}
-	return data, nil
 }
 
 // Parse parses the documents of one policy file. Documents with problems

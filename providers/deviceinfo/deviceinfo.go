@@ -158,17 +158,28 @@ func unameArch(goarch string) string {
 // osRelease reads os-release from the root.
 func (p *Provider) osRelease(env *providers.Env) map[string]string {
 	for _, dev := range []string{"/etc/os-release", "/usr/lib/os-release"} {
-		host, err := env.ResolveFollow(dev)
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(host)
-		if err != nil {
+		b, err := readRoot(env, dev)
+		if err != nil || b == nil {
 			continue
 		}
 		return parseOSRelease(b)
 	}
 	return map[string]string{}
+}
+
+// readRoot reads a device path through the root handle; a missing file
+// is nil.
+func readRoot(env *providers.Env, p string) ([]byte, error) {
+	rel, err := providers.Rel(p)
+	if err != nil {
+		return nil, err
+	}
+	root, err := env.OpenRoot()
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	return root.ReadFileIfExists(rel)
 }
 
 // parseOSRelease parses os-release(5): KEY=value lines, values optionally
@@ -211,8 +222,9 @@ func (p *Provider) hostname(env *providers.Env) string {
 			return h
 		}
 	}
-	if host, err := env.ResolveFollow("/etc/hostname"); err == nil {
-		if h := firstLine(host); h != "" {
+	if b, err := readRoot(env, "/etc/hostname"); err == nil {
+		line, _, _ := strings.Cut(string(b), "\n")
+		if h := strings.TrimSpace(line); h != "" {
 			return h
 		}
 	}

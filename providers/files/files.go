@@ -31,22 +31,37 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 
-	"github.com/twinlet/twinlet/internal/atomicfile"
 	"github.com/twinlet/twinlet/providers"
 )
 
 // ID is the section id.
 const ID = "files"
 
+// CloudDeny are the paths the twin may not set by default: what would
+// hand out code execution as root or the device's identity (the agent's
+// own config and keys, sudo, ssh, root's home, the account databases,
+// cron, systemd units, the dynamic linker, PAM, login scripts, package
+// sources, kernel parameters and modules, udev rules, root's PATH). The
+// agent config's cloud.files replaces the whole list. Globs as in
+// providers.MatchGlob.
+var CloudDeny = []string{
+	"/etc/twinlet/**", "/etc/sudoers*/**", "/etc/ssh/**", "/root/**",
+	"/etc/passwd*", "/etc/shadow*", "/etc/group*", "/etc/gshadow*", "/etc/subuid*", "/etc/subgid*",
+	"/etc/cron*/**", "/etc/anacrontab", "/etc/systemd/**", "/etc/init.d/**", "/etc/rc*/**",
+	"/etc/ld.so.preload", "/etc/ld.so.conf*/**", "/etc/pam.d/**", "/etc/security/**",
+	"/etc/profile", "/etc/profile.d/**", "/etc/environment", "/etc/bash.bashrc",
+	"/etc/apt/**", "/etc/sysctl.conf", "/etc/sysctl.d/**", "/etc/modprobe.d/**", "/etc/modules-load.d/**",
+	"/etc/udev/**", "/usr/local/bin/**", "/usr/local/sbin/**", "/usr/local/lib/**",
+}
+
 func init() {
-	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New})
+	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New, CloudDeny: CloudDeny})
 }
 
 // New returns the files provider.
@@ -129,8 +144,10 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 	spec := Spec{Items: map[string]Item{}, Prune: col.Prune}
 	names, section := col.Names, col.Items
 	byPath := map[string]string{}
+	w := newWalker(env)
+	defer w.close()
 	for _, name := range names {
-		it, ok := decodeItem(env, name, section[name], errs)
+		it, ok := decodeItem(env, w, name, section[name], errs)
 		if !ok {
 			continue
 		}
@@ -159,7 +176,7 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 	return spec, nil
 }
 
-func decodeItem(env *providers.Env, name string, raw json.RawMessage, errs *providers.InvalidError) (Item, bool) {
+func decodeItem(env *providers.Env, w *walker, name string, raw json.RawMessage, errs *providers.InvalidError) (Item, bool) {
 	if !itemNameRE.MatchString(name) {
 		errs.Add(ptr(name, ""), "item names must not contain '.', '$', spaces or control characters")
 		return Item{}, false
@@ -198,7 +215,7 @@ func decodeItem(env *providers.Env, name string, raw json.RawMessage, errs *prov
 		badKind = true
 		errs.Add(ptr(name, "kind"), "must be file or directory")
 	}
-	if msg := checkPath(env, in.Path); msg != "" {
+	if msg := checkPath(env, w, in.Path); msg != "" {
 		errs.Add(ptr(name, "path"), "%s", msg)
 	}
 	switch {
@@ -243,8 +260,10 @@ func decodeItem(env *providers.Env, name string, raw json.RawMessage, errs *prov
 	return it, len(errs.Errors) == n
 }
 
-// checkPath returns why p cannot be managed, or "".
-func checkPath(env *providers.Env, p string) string {
+// checkPath returns why p cannot be managed, or "". The look at the
+// root (a link in p's path) is an early, friendly report: Observe and
+// Apply check again through the root handle, where it counts.
+func checkPath(env *providers.Env, w *walker, p string) string {
 	switch {
 	case p == "":
 		return "a path is required"
@@ -261,48 +280,82 @@ func checkPath(env *providers.Env, p string) string {
 	case isAllowedRoot(env, p):
 		return fmt.Sprintf("%s is an allowed root itself; name a path inside it", p)
 	}
-	_, msg := confine(env, p)
+	_, _, msg, _ := w.parent(p)
 	return msg
 }
 
-// resolver resolves device paths for one Observe, resolving each parent
-// directory once: Resolve(p) is ResolveFollow(dir(p)) joined with
-// base(p), since Resolve follows every component but the last.
-type resolver struct {
-	env     *providers.Env
-	parents map[string]string // device dir → host dir, or "" when it fails
+// walker opens the parent directories of items for one call, each once,
+// through the root handle and without following any symbolic link
+// (providers.Dir.Walk): an item's path is used as written, so a link in it
+// can neither lead outside the root or the allowed roots nor around a
+// cloud-scope glob. Dirs are closed by close.
+type walker struct {
+	env  *providers.Env
+	root *providers.Dir
+	err  error                 // opening the root failed
+	dirs map[string]*walkedDir // device dir → its Dir or why not
 }
 
-func (r *resolver) confine(p string) (string, string) {
-	dir := path.Dir(p)
-	hostDir, ok := r.parents[dir]
-	if !ok {
-		if h, err := r.env.ResolveFollow(dir); err == nil {
-			hostDir = h
+type walkedDir struct {
+	dir *providers.Dir
+	err error
+}
+
+func newWalker(env *providers.Env) *walker {
+	w := &walker{env: env, dirs: map[string]*walkedDir{}}
+	w.root, w.err = env.OpenRoot()
+	return w
+}
+
+func (w *walker) close() {
+	for _, d := range w.dirs {
+		if d.dir != nil {
+			d.dir.Close()
 		}
-		r.parents[dir] = hostDir
 	}
-	if hostDir == "" {
-		return confine(r.env, p) // for its message
+	if w.root != nil {
+		w.root.Close()
 	}
-	host := filepath.Join(hostDir, path.Base(p))
-	if dev := devicePath(r.env, host); dev != p && (!r.env.Allowed(dev) || isAllowedRoot(r.env, dev)) {
-		return confine(r.env, p)
-	}
-	return host, ""
 }
 
-// confine resolves p to its host path and checks that the resolution
-// stays inside the root and the allowed roots; the message says why not.
-func confine(env *providers.Env, p string) (string, string) {
-	host, err := env.Resolve(p)
-	if err != nil {
-		return "", fmt.Sprintf("%s: %v", p, err)
+// parent returns the open parent directory of the device path p and p's
+// final component. dir is nil when the parent does not exist (or a
+// component of it is not a directory): p is missing. msg says why p cannot
+// be managed (a link in its path); err is any other failure.
+func (w *walker) parent(p string) (dir *providers.Dir, base, msg string, err error) {
+	if w.err != nil {
+		return nil, "", "", w.err
 	}
-	if dev := devicePath(env, host); dev != p && (!env.Allowed(dev) || isAllowedRoot(env, dev)) {
-		return "", fmt.Sprintf("%s leads through a symbolic link to %s, outside the allowed roots", p, dev)
+	d := w.open(path.Dir(p))
+	base = path.Base(p)
+	switch {
+	case d.err == nil:
+		return d.dir, base, "", nil
+	case errors.Is(d.err, fs.ErrNotExist), errors.Is(d.err, syscall.ENOTDIR):
+		return nil, base, "", nil
+	case errors.Is(d.err, providers.ErrSymlink), providers.IsOutsideRoot(d.err):
+		return nil, base, linkMsg(p, d.err), nil
 	}
-	return host, ""
+	return nil, base, "", d.err
+}
+
+func linkMsg(p string, err error) string {
+	return fmt.Sprintf("%s leads through a symbolic link (%v); files never follows links in a path", p, err)
+}
+
+// open walks to the device directory dir from the root.
+func (w *walker) open(dir string) *walkedDir {
+	if d, ok := w.dirs[dir]; ok {
+		return d
+	}
+	d := &walkedDir{}
+	if rel, err := providers.Rel(dir); err != nil {
+		d.err = err
+	} else {
+		d.dir, d.err = w.root.Walk(rel, false, 0)
+	}
+	w.dirs[dir] = d
+	return d
 }
 
 func allowedRoots(env *providers.Env) []string {
@@ -319,15 +372,6 @@ func isAllowedRoot(env *providers.Env, p string) bool {
 		}
 	}
 	return false
-}
-
-// devicePath maps a host path under env.Root back to a device path.
-func devicePath(env *providers.Env, host string) string {
-	rel, err := filepath.Rel(filepath.Clean(env.Root), host)
-	if err != nil {
-		return "/"
-	}
-	return path.Clean("/" + filepath.ToSlash(rel))
 }
 
 func fromUnix(u uint32) os.FileMode {
@@ -363,18 +407,22 @@ const specialBits = os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky
 // Observe implements providers.Provider.
 func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.Spec) (providers.Observed, error) {
 	s := spec.(Spec)
-	users, err := loadDB(env, "/etc/passwd", 2)
+	w := newWalker(env)
+	defer w.close()
+	if w.err != nil {
+		return nil, fmt.Errorf("observe files: %w", w.err)
+	}
+	users, err := loadDB(env, w.root, "/etc/passwd", 2)
 	if err != nil {
 		return nil, fmt.Errorf("observe files: %w", err)
 	}
-	groups, err := loadDB(env, "/etc/group", 2)
+	groups, err := loadDB(env, w.root, "/etc/group", 2)
 	if err != nil {
 		return nil, fmt.Errorf("observe files: %w", err)
 	}
 	o := &Observed{Items: make(map[string]*ItemState, len(s.Items))}
 	buf := make([]byte, 64<<10)
 	desired := make(map[string]bool, len(s.Items))
-	res := &resolver{env: env, parents: map[string]string{}}
 	for name, it := range s.Items {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -390,17 +438,22 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 				return nil, fmt.Errorf("observe files/%s: group %w", name, err)
 			}
 		}
-		host, msg := res.confine(it.Path)
-		if msg != "" {
+		dir, base, msg, err := w.parent(it.Path)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("observe files/%s: %w", name, err)
+		case msg != "":
 			st.invalid = msg
 			continue
+		case dir == nil:
+			continue // missing
 		}
-		if err := stat(st, host, !it.Absent && !it.Directory, buf, users, groups); err != nil {
+		if err := stat(st, dir, base, !it.Absent && !it.Directory, buf, users, groups); err != nil {
 			return nil, fmt.Errorf("observe files/%s: %w", name, err)
 		}
 	}
 	if s.Prune {
-		if err := o.observePrune(env, s, desired, users, groups); err != nil {
+		if err := o.observePrune(env, w, s, desired, users, groups); err != nil {
 			return nil, err
 		}
 	}
@@ -409,7 +462,7 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 
 // observePrune finds what twinlet created, no longer desires and is still
 // there, and marks directories that hold anything else as kept.
-func (o *Observed) observePrune(env *providers.Env, s Spec, desired map[string]bool, users, groups *db) error {
+func (o *Observed) observePrune(env *providers.Env, w *walker, s Spec, desired map[string]bool, users, groups *db) error {
 	var paths []string
 	for key := range env.Managed {
 		if !desired[key] && path.IsAbs(key) && path.Clean(key) == key && env.Allowed(key) && !isAllowedRoot(env, key) {
@@ -424,15 +477,21 @@ func (o *Observed) observePrune(env *providers.Env, s Spec, desired map[string]b
 		}
 	}
 	for _, p := range paths {
-		host, msg := confine(env, p)
+		dir, base, msg, err := w.parent(p)
+		if err != nil {
+			return fmt.Errorf("observe files: prune %s: %w", p, err)
+		}
 		if msg != "" {
 			if env.Logger != nil {
-				env.Logger.Warn("files: not pruning a path that leaves the allowed roots", "path", p, "reason", msg)
+				env.Logger.Warn("files: not pruning a path that goes through a symbolic link", "path", p, "reason", msg)
 			}
 			continue
 		}
+		if dir == nil {
+			continue
+		}
 		st := &ItemState{Path: p, wantUID: -1, wantGID: -1}
-		if err := stat(st, host, false, nil, users, groups); err != nil {
+		if err := stat(st, dir, base, false, nil, users, groups); err != nil {
 			return fmt.Errorf("observe files: prune %s: %w", p, err)
 		}
 		if !st.Exists {
@@ -440,7 +499,12 @@ func (o *Observed) observePrune(env *providers.Env, s Spec, desired map[string]b
 		}
 		pr := pruned{st: st}
 		if st.Kind == "directory" {
-			ents, err := os.ReadDir(host)
+			f, err := dir.OpenNoFollow(base, os.O_RDONLY|syscall.O_DIRECTORY)
+			if err != nil {
+				return fmt.Errorf("observe files: prune %s: %w", p, err)
+			}
+			ents, err := f.ReadDir(-1)
+			f.Close()
 			if err != nil {
 				return fmt.Errorf("observe files: prune %s: %w", p, err)
 			}
@@ -459,10 +523,10 @@ func (o *Observed) observePrune(env *providers.Env, s Spec, desired map[string]b
 	return nil
 }
 
-// stat fills st from the host path; with hash it reads and hashes a
-// regular file.
-func stat(st *ItemState, host string, hash bool, buf []byte, users, groups *db) error {
-	fi, err := os.Lstat(host)
+// stat fills st from the entry base of dir; with hash it reads and hashes
+// a regular file.
+func stat(st *ItemState, dir *providers.Dir, base string, hash bool, buf []byte, users, groups *db) error {
+	fi, err := dir.Lstat(base)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil
 	}
@@ -491,11 +555,21 @@ func stat(st *ItemState, host string, hash bool, buf []byte, users, groups *db) 
 	if !hash || st.Kind != "file" {
 		return nil
 	}
-	f, err := os.OpenFile(host, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	// Open follows a link swapped in since Lstat (inside dir only) and
+	// O_NONBLOCK keeps a swapped-in FIFO from blocking; reading what was
+	// not the entry Lstat saw leaves the hash empty, which plans a write
+	// that Apply checks again.
+	f, err := dir.OpenFile(base, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || providers.IsOutsideRoot(err) || errors.Is(err, syscall.ELOOP) {
+			return nil
+		}
 		return err
 	}
 	defer f.Close()
+	if now, err := f.Stat(); err != nil || !os.SameFile(fi, now) {
+		return err
+	}
 	h := sha256.New()
 	// Hide File.WriteTo so that CopyBuffer uses buf instead of
 	// allocating 32 KiB per file.
@@ -620,21 +694,27 @@ func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 	if !ok {
 		return fmt.Errorf("apply files/%s: not a change of this provider", c.Item)
 	}
-	host, msg := confine(env, d.path)
-	if msg != "" {
-		if d.pruned {
-			return fmt.Errorf("apply files: prune %s", msg)
+	dir, base, err := openParent(env, d)
+	if err != nil {
+		if errors.Is(err, providers.ErrSymlink) || providers.IsOutsideRoot(err) {
+			if d.pruned {
+				return fmt.Errorf("apply files: prune %s", linkMsg(d.path, err))
+			}
+			return providers.Invalid(ptr(d.item, "path"), "%s", linkMsg(d.path, err))
 		}
-		return providers.Invalid(ptr(d.item, "path"), "%s", msg)
+		return fmt.Errorf("apply files/%s: %w", c.Item, err)
 	}
-	var err error
+	if dir == nil {
+		return nil // deleting what is already gone
+	}
+	defer dir.Close()
 	switch {
 	case d.del:
-		err = remove(host)
+		err = remove(dir, base, d)
 	case d.spec.Directory:
-		err = mkdir(host, d)
+		err = mkdir(dir, base, d)
 	default:
-		err = writeFile(env, host, d)
+		err = writeFile(dir, base, d)
 	}
 	if err != nil {
 		return fmt.Errorf("apply files/%s: %w", c.Item, err)
@@ -642,28 +722,54 @@ func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 	return nil
 }
 
-func remove(host string) error {
-	fi, err := os.Lstat(host)
+// openParent opens the parent directory of the change's path from the
+// root without following links, creating missing directories (0755)
+// unless the change deletes. dir is nil when a delete finds no parent.
+func openParent(env *providers.Env, d op) (*providers.Dir, string, error) {
+	if !env.Allowed(d.path) || isAllowedRoot(env, d.path) {
+		return nil, "", fmt.Errorf("%s is outside the allowed roots: %w", d.path, providers.ErrOutsideRoot)
+	}
+	rel, err := providers.Rel(path.Dir(d.path))
+	if err != nil {
+		return nil, "", err
+	}
+	root, err := env.OpenRoot()
+	if err != nil {
+		return nil, "", err
+	}
+	defer root.Close()
+	dir, err := root.Walk(rel, !d.del, 0o755)
+	if d.del && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)) {
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	return dir, path.Base(d.path), nil
+}
+
+func remove(dir *providers.Dir, base string, d op) error {
+	fi, err := dir.Lstat(base)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(host); err != nil {
+	if err := dir.Remove(base); err != nil {
 		if fi.IsDir() && (errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST)) {
-			return fmt.Errorf("directory %s is not empty: it holds entries twinlet does not manage; not deleting it", host)
+			return fmt.Errorf("directory %s is not empty: it holds entries twinlet does not manage; not deleting it", d.path)
 		}
 		return err
 	}
-	return atomicfile.SyncDir(filepath.Dir(host))
+	return dir.Sync()
 }
 
-func mkdir(host string, d op) error {
-	fi, err := os.Lstat(host)
+func mkdir(dir *providers.Dir, base string, d op) error {
+	fi, err := dir.Lstat(base)
 	switch {
 	case err == nil && fi.Mode()&fs.ModeSymlink != 0:
-		if err := os.Remove(host); err != nil {
+		if err := dir.Remove(base); err != nil {
 			return err
 		}
 	case err == nil && !fi.IsDir():
@@ -671,28 +777,25 @@ func mkdir(host string, d op) error {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
+	if err := dir.Mkdir(base, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	if err := os.Mkdir(host, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	return fixMeta(host, d)
+	return fixMeta(dir, base, d)
 }
 
-func writeFile(env *providers.Env, host string, d op) error {
-	fi, err := os.Lstat(host)
+func writeFile(dir *providers.Dir, base string, d op) error {
+	fi, err := dir.Lstat(base)
 	switch {
 	case err == nil && fi.IsDir():
 		return fmt.Errorf("%s is a directory; not replacing it with a file", d.path)
-	case err == nil && fi.Mode().IsRegular() && (d.metaOnly || sameContent(host, d.spec.sum)):
-		return fixMeta(host, d)
+	case err == nil && fi.Mode().IsRegular() && (d.metaOnly || sameContent(dir, base, d.spec.sum)):
+		return fixMeta(dir, base, d)
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return err
 	case err == nil:
 		// Replacing a file: keep the owner and group it had unless
 		// they are managed.
-		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok && fi.Mode().IsRegular() {
 			if d.uid < 0 {
 				d.uid = int(sys.Uid)
 			}
@@ -701,23 +804,22 @@ func writeFile(env *providers.Env, host string, d op) error {
 			}
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
-		return err
-	}
-	// A new file is written with the final mode minus setuid/setgid,
-	// which chown would clear anyway; fixMeta sets them after chown.
-	if err := env.WriteFileAtomic(host, d.spec.Content, d.spec.Mode&os.ModePerm); err != nil {
-		return err
-	}
-	return fixMeta(host, d)
+	// The new file gets its owner and mode before it replaces the old
+	// one, so it never appears with the wrong ones.
+	return dir.WriteFileAtomic(base, d.spec.Content, providers.FileMeta{
+		Mode: d.spec.Mode, SetOwner: d.uid >= 0 || d.gid >= 0, UID: d.uid, GID: d.gid,
+	})
 }
 
-func sameContent(host, sum string) bool {
-	f, err := os.OpenFile(host, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+func sameContent(dir *providers.Dir, base, sum string) bool {
+	f, err := dir.OpenNoFollow(base, os.O_RDONLY|syscall.O_NONBLOCK)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		return false
@@ -725,25 +827,39 @@ func sameContent(host, sum string) bool {
 	return hex.EncodeToString(h.Sum(nil)) == sum
 }
 
-// fixMeta sets owner, group and mode on host (never through a link).
-// chmod comes after chown, which clears setuid and setgid.
-func fixMeta(host string, d op) error {
-	fi, err := os.Lstat(host)
+// fixMeta sets owner, group and mode on the entry base of dir through a
+// descriptor opened without following links (fchown, fchmod), so a link
+// swapped in is refused, never changed through. chmod comes after chown,
+// which clears setuid and setgid.
+func fixMeta(dir *providers.Dir, base string, d op) error {
+	flag := os.O_RDONLY | syscall.O_NONBLOCK
+	if d.spec.Directory {
+		flag |= syscall.O_DIRECTORY
+	}
+	f, err := dir.OpenNoFollow(base, flag)
+	if errors.Is(err, providers.ErrSymlink) {
+		return fmt.Errorf("%s became a symbolic link", d.path)
+	}
 	if err != nil {
 		return err
 	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		return fmt.Errorf("%s became a symbolic link", d.path)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if want := kindOf(d.spec); want == "file" && !fi.Mode().IsRegular() || want == "directory" && !fi.IsDir() {
+		return fmt.Errorf("%s is no longer a %s", d.path, want)
 	}
 	sys, _ := fi.Sys().(*syscall.Stat_t)
 	chown := sys != nil && (d.uid >= 0 && int(sys.Uid) != d.uid || d.gid >= 0 && int(sys.Gid) != d.gid)
 	if chown {
-		if err := os.Lchown(host, d.uid, d.gid); err != nil {
+		if err := f.Chown(d.uid, d.gid); err != nil {
 			return err
 		}
 	}
 	if chown || fi.Mode()&specialBits != d.spec.Mode {
-		if err := os.Chmod(host, d.spec.Mode); err != nil {
+		if err := f.Chmod(d.spec.Mode); err != nil {
 			return err
 		}
 	}
@@ -757,15 +873,15 @@ type db struct {
 	byID   map[int]string
 }
 
-// loadDB parses a colon-separated account file whose id is field idField;
-// a missing file is empty.
-func loadDB(env *providers.Env, p string, idField int) (*db, error) {
-	host, err := env.ResolveFollow(p)
+// loadDB parses a colon-separated account file of the root whose id is
+// field idField; a missing file is empty.
+func loadDB(env *providers.Env, root *providers.Dir, p string, idField int) (*db, error) {
+	rel, err := providers.Rel(p)
 	if err != nil {
 		return nil, err
 	}
-	d := &db{file: host, byName: map[string]int{}, byID: map[int]string{}}
-	f, err := os.Open(host)
+	d := &db{file: env.HostPath(p), byName: map[string]int{}, byID: map[int]string{}}
+	f, err := root.Open(rel)
 	if errors.Is(err, fs.ErrNotExist) {
 		return d, nil
 	}
@@ -815,15 +931,56 @@ func (d *db) name(id int) string {
 	return strconv.Itoa(id)
 }
 
+// CloudScope implements providers.CloudScoper: an item of the twin whose
+// path the rules forbid fails with its path's pointer, and, unless the
+// rules are privileged, so does a setuid or setgid mode (a setuid file
+// hands out its owner's rights). Pure; malformed items are left to
+// validation.
+func (Provider) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
+	var section map[string]json.RawMessage
+	if json.Unmarshal(twin, &section) != nil {
+		return nil
+	}
+	names := make([]string, 0, len(section))
+	for name := range section {
+		if !providers.ReservedKeys[name] {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	var out []providers.FieldError
+	for _, name := range names {
+		var it struct {
+			Path *string `json:"path"`
+			Mode *string `json:"mode"`
+		}
+		if json.Unmarshal(section[name], &it) != nil {
+			continue
+		}
+		if it.Path != nil {
+			for _, p := range []string{*it.Path, path.Clean(*it.Path)} {
+				if why, no := rules.Forbids(p, '/'); no {
+					out = append(out, providers.FieldError{Pointer: ptr(name, "path"), Message: why})
+					break
+				}
+			}
+		}
+		if it.Mode != nil && !rules.Privileged && modeRE.MatchString(*it.Mode) {
+			if u, _ := strconv.ParseUint(*it.Mode, 8, 32); u&0o6000 != 0 {
+				out = append(out, providers.FieldError{Pointer: ptr(name, "mode"), Message: fmt.Sprintf("mode %s sets setuid or setgid: the twin may do that only where the agent config says cloud.files.privileged: true", *it.Mode)})
+			}
+		}
+	}
+	return out
+}
+
 // WatchPaths implements providers.PathWatcher: the host paths of every
-// item.
+// item (for watches only; see providers.Env.HostPath).
 func (Provider) WatchPaths(env *providers.Env, spec providers.Spec) []string {
 	s, _ := spec.(Spec)
 	out := make([]string, 0, len(s.Items))
 	for _, it := range s.Items {
-		if host, err := env.Resolve(it.Path); err == nil {
-			out = append(out, host)
-		}
+		out = append(out, env.HostPath(it.Path))
 	}
 	sort.Strings(out)
 	return out

@@ -7,9 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/providers/providertest"
@@ -196,6 +199,13 @@ func TestInvalid(t *testing.T) {
 	if err := os.Symlink("../../../../../../../../..", filepath.Join(env.Root, "/etc/up")); err != nil {
 		t.Fatal(err)
 	}
+	// A relative link that stays inside the allowed root is refused too:
+	// files follows no link in a path, so the path as written is the one
+	// the cloud scope judged (/etc/sshlink/x would be /etc/ssh/x).
+	os.MkdirAll(filepath.Join(env.Root, "/etc/ssh"), 0o755)
+	if err := os.Symlink("ssh", filepath.Join(env.Root, "/etc/sshlink")); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ name, raw, ptr string }{
 		{"relative", `{"a": {"path": "etc/motd", "content": ""}}`, "/a/path"},
 		{"dotdot", `{"a": {"path": "/etc/../root/x", "content": ""}}`, "/a/path"},
@@ -206,6 +216,7 @@ func TestInvalid(t *testing.T) {
 		{"allowed root itself", `{"a": {"path": "/etc", "kind": "directory"}}`, "/a/path"},
 		{"symlink escape", `{"a": {"path": "/etc/bin/sudo", "content": ""}}`, "/a/path"},
 		{"symlink above the root", `{"a": {"path": "/etc/up/etc/x", "content": ""}}`, "/a/path"},
+		{"symlink inside the allowed root", `{"a": {"path": "/etc/sshlink/sshd_config", "content": ""}}`, "/a/path"},
 		{"no path", `{"a": {"content": ""}}`, "/a/path"},
 		{"both contents", `{"a": {"path": "/etc/x", "content": "", "contentBase64": ""}}`, "/a/contentBase64"},
 		{"no content", `{"a": {"path": "/etc/x"}}`, "/a/content"},
@@ -353,5 +364,174 @@ func TestAllowedRoots(t *testing.T) {
 	_, err := p.Decode(env, json.RawMessage(`{"a": {"path": "/etc/motd", "content": "x"}}`))
 	if got := providertest.Invalid(t, err); !reflect.DeepEqual(got, []string{"/a/path"}) {
 		t.Fatalf("pointers %q", got)
+	}
+}
+
+// TestConfinementUnderSymlinkRace applies files 1,000 times while another
+// goroutine keeps swapping a component of the items' paths between a
+// directory and a symbolic link (absolute, or relative and climbing out)
+// to a directory outside the root. The swap is one atomic
+// renameat2(RENAME_EXCHANGE), so at every instant the component is either
+// the real directory or the link. Whatever the interleaving, nothing may
+// ever be created outside: every operation goes through the root handle
+// and never follows a link in a path.
+func TestConfinementUnderSymlinkRace(t *testing.T) {
+	for _, component := range []string{"/etc/app", "/etc"} {
+		t.Run(strings.TrimPrefix(component, "/"), func(t *testing.T) {
+			p, env := New(), newEnv(t)
+			outside := t.TempDir()
+			host := filepath.Join(env.Root, component)
+			alt := filepath.Join(filepath.Dir(host), ".swap")
+			relOut, err := filepath.Rel(filepath.Dir(host), outside)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(host, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			section := func(content string) json.RawMessage {
+				return json.RawMessage(`{
+					"conf": {"path": "/etc/app/conf", "kind": "directory", "mode": "0750"},
+					"x": {"path": "/etc/app/conf/x", "content": "` + content + `", "mode": "0640"},
+					"y": {"path": "/etc/app/y", "content": "` + content + `"},
+					"gone": {"path": "/etc/app/old", "ensure": "absent"}
+				}`)
+			}
+			specs := []providers.Spec{providertest.Decode(t, p, env, section("a")), providertest.Decode(t, p, env, section("b"))}
+			// Changes planned before the race begins, applied during it.
+			var planned [2][]providers.Change
+			for i, spec := range specs {
+				obs, err := p.Observe(t.Context(), env, spec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if planned[i], err = p.Plan(spec, obs); err != nil || len(planned[i]) != 3 {
+					t.Fatalf("plan %q, %v", providertest.Lines(planned[i]), err)
+				}
+				planned[i] = append(planned[i], providers.Change{Action: providers.Delete, Item: "gone", Data: op{item: "gone", path: "/etc/app/old", del: true}})
+			}
+
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() { // owned by this test: stopped by stop, awaited on done
+				defer close(done)
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if fi, err := os.Lstat(alt); err != nil || fi.Mode()&os.ModeSymlink != 0 {
+						// The directory is in place: pick the next link.
+						os.Remove(alt)
+						target := outside
+						if i%4 == 1 {
+							target = relOut
+						}
+						if err := os.Symlink(target, alt); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+					if err := unix.Renameat2(unix.AT_FDCWD, alt, unix.AT_FDCWD, host, unix.RENAME_EXCHANGE); err != nil {
+						t.Error(err)
+						return
+					}
+					runtime.Gosched()
+				}
+			}()
+			applied, refused := 0, 0
+			for i := range 1000 {
+				var err error
+				spec := specs[i%2]
+				if i%4 < 2 {
+					// The full reconcile path: observe, plan, apply.
+					var changes []providers.Change
+					var obs providers.Observed
+					if obs, err = p.Observe(t.Context(), env, spec); err == nil {
+						changes, err = p.Plan(spec, obs)
+					}
+					for _, c := range changes {
+						if err = p.Apply(t.Context(), env, c); err != nil {
+							break
+						}
+					}
+				} else {
+					for _, c := range planned[i%2] {
+						if err = p.Apply(t.Context(), env, c); err != nil {
+							break
+						}
+					}
+				}
+				if err == nil {
+					applied++
+				} else {
+					refused++
+				}
+			}
+			close(stop)
+			<-done
+			t.Logf("%d passes applied, %d refused", applied, refused)
+			ents, err := os.ReadDir(outside)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ents) != 0 {
+				t.Fatalf("created outside the root: %v", ents)
+			}
+		})
+	}
+}
+
+func TestCloudScope(t *testing.T) {
+	info, _ := providers.Lookup(ID)
+	scoper, ok := info.New().(providers.CloudScoper)
+	if !ok {
+		t.Fatal("files does not implement providers.CloudScoper")
+	}
+	defaults := providers.ScopeRules{Deny: info.CloudDeny}
+	twin := json.RawMessage(`{
+		"prune": true,
+		"motd": {"path": "/etc/motd", "content": "hi"},
+		"keys": {"path": "/etc/ssh/sshd_config.d/10-cloud.conf", "content": "PermitRootLogin yes"},
+		"sshDir": {"path": "/etc/ssh", "kind": "directory"},
+		"sudo": {"path": "/etc/sudoers.d/cloud", "content": "ALL ALL=(ALL) NOPASSWD: ALL"},
+		"sudoers": {"path": "/etc/sudoers", "ensure": "absent"},
+		"self": {"path": "/etc/twinlet/twinlet.yaml", "content": ""},
+		"unclean": {"path": "/etc//ssh/x", "content": ""},
+		"rootHome": {"path": "/root/.ssh/authorized_keys", "content": "ssh-ed25519 AAAA"},
+		"cron": {"path": "/etc/cron.d/x", "content": "* * * * * root sh"},
+		"suid": {"path": "/opt/app/tool", "content": "#!", "mode": "4755"},
+		"sgid": {"path": "/opt/app/tool2", "content": "#!", "mode": "2755"},
+		"plain": {"path": "/opt/app/tool3", "content": "#!", "mode": "0755"},
+		"notAnItem": 7
+	}`)
+	pointers := func(fes []providers.FieldError) []string {
+		var out []string
+		for _, fe := range fes {
+			out = append(out, fe.Pointer)
+		}
+		return out
+	}
+	want := []string{"/cron/path", "/keys/path", "/rootHome/path", "/self/path", "/sgid/mode", "/sshDir/path", "/sudo/path", "/sudoers/path", "/suid/mode", "/unclean/path"}
+	got := scoper.CloudScope(defaults, twin)
+	if !reflect.DeepEqual(pointers(got), want) {
+		t.Fatalf("forbidden %q, want %q", pointers(got), want)
+	}
+	if !strings.Contains(got[1].Message, `"/etc/ssh/**"`) {
+		t.Errorf("message does not name the glob: %s", got[1].Message)
+	}
+	// The config's rules replace the defaults: an operator can open a
+	// path deliberately, and allow narrows what is left.
+	open := providers.ScopeRules{Deny: []string{"/etc/sudoers*/**"}, Allow: []string{"/etc/**", "/opt/app/**"}, Privileged: true}
+	got = scoper.CloudScope(open, twin)
+	if want := []string{"/rootHome/path", "/sudo/path", "/sudoers/path"}; !reflect.DeepEqual(pointers(got), want) {
+		t.Fatalf("forbidden %q, want %q", pointers(got), want)
+	}
+	if !strings.Contains(got[0].Message, "only") {
+		t.Errorf("allow message: %s", got[0].Message)
+	}
+	if got := scoper.CloudScope(providers.ScopeRules{}, json.RawMessage(`not json`)); got != nil {
+		t.Fatalf("malformed twin: %v", got)
 	}
 }

@@ -15,9 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -199,34 +197,40 @@ func quoteOrNone(s string) string {
 	return s
 }
 
-// readFile reads a device path inside the root; a missing file is empty.
+// readFile reads a device path inside the root (through the root
+// handle; relative links inside the root are followed, absolute ones
+// refused); a missing file is empty.
 func readFile(env *providers.Env, p string) ([]byte, error) {
-	host, err := env.ResolveFollow(p)
+	rel, err := providers.Rel(p)
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(host)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+	root, err := env.OpenRoot()
+	if err != nil {
+		return nil, err
 	}
-	return b, err
+	defer root.Close()
+	return root.ReadFileIfExists(rel)
 }
 
 // writeFile atomically replaces a device path inside the root, keeping
-// the mode of the file it replaces (0644 for a new one).
+// the mode of the file it replaces (0644 for a new one). A link at p is
+// replaced, not followed.
 func writeFile(env *providers.Env, p string, data []byte) error {
-	host, err := env.Resolve(p)
+	rel, err := providers.Rel(p)
 	if err != nil {
 		return err
 	}
-	mode := os.FileMode(0o644)
-	if fi, err := os.Stat(host); err == nil && fi.Mode().IsRegular() {
-		mode = fi.Mode().Perm()
-	}
-	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
+	root, err := env.OpenRoot()
+	if err != nil {
 		return err
 	}
-	return env.WriteFileAtomic(host, data, mode)
+	defer root.Close()
+	mode := os.FileMode(0o644)
+	if fi, err := root.Lstat(rel); err == nil && fi.Mode().IsRegular() {
+		mode = fi.Mode().Perm()
+	}
+	return root.WriteFileAtomic(rel, data, providers.FileMeta{Mode: mode})
 }
 
 // names are the host names the 127.0.1.1 line starts with: the name, and
@@ -320,13 +324,7 @@ func rewriteHosts(hosts []byte, name string) []byte {
 }
 
 // WatchPaths implements providers.PathWatcher: the host paths of
-// /etc/hostname and /etc/hosts.
+// /etc/hostname and /etc/hosts (for watches only).
 func (Provider) WatchPaths(env *providers.Env, spec providers.Spec) []string {
-	var out []string
-	for _, p := range []string{"/etc/hostname", "/etc/hosts"} {
-		if host, err := env.Resolve(p); err == nil {
-			out = append(out, host)
-		}
-	}
-	return out
+	return []string{env.HostPath("/etc/hostname"), env.HostPath("/etc/hosts")}
 }

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -38,8 +37,15 @@ const ConfPath = "/etc/sysctl.d/90-twinlet.conf"
 
 const header = "# Managed by twinlet (section \"sysctl\"): edits are overwritten.\n"
 
+// CloudDeny are the keys the twin may not set by default: each names a
+// program the kernel runs as root (a core dump handler, the module loader,
+// the hotplug helper, the poweroff command, binfmt_misc interpreters). The
+// agent config's cloud.sysctl replaces the whole list. Globs as in
+// providers.MatchGlob, with '.' separating components, on canonical keys.
+var CloudDeny = []string{"kernel.core_pattern", "kernel.modprobe", "kernel.hotplug", "kernel.poweroff_cmd", "fs.binfmt_misc.*"}
+
 func init() {
-	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New})
+	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New, CloudDeny: CloudDeny})
 }
 
 // New returns the sysctl provider.
@@ -129,9 +135,10 @@ func components(key string) []string {
 	return parts
 }
 
-// procPath is the device path of a canonical key under /proc/sys.
-func procPath(key string) string {
-	return "/proc/sys/" + strings.Join(components(key), "/")
+// procRel is the name, relative to the root, of a canonical key under
+// /proc/sys.
+func procRel(key string) string {
+	return "proc/sys/" + strings.Join(components(key), "/")
 }
 
 // normalize joins the fields of a value with single spaces, as a
@@ -227,7 +234,12 @@ func scalar(raw json.RawMessage) (string, bool) {
 // Observe implements providers.Provider.
 func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.Spec) (providers.Observed, error) {
 	s := spec.(Spec)
-	file, err := readConf(env)
+	root, err := env.OpenRoot()
+	if err != nil {
+		return nil, fmt.Errorf("observe sysctl: %w", err)
+	}
+	defer root.Close()
+	file, err := readConf(root)
 	if err != nil {
 		return nil, fmt.Errorf("observe sysctl: %w", err)
 	}
@@ -237,7 +249,7 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 		st := &ItemState{Key: it.Key}
 		st.Value, st.inFile = file[it.Key]
 		if env.IsHostRoot() && !it.Absent {
-			rt, err := readRuntime(env, it.Key)
+			rt, err := readRuntime(root, it.Key)
 			if err != nil {
 				return nil, fmt.Errorf("observe sysctl/%s: %w", name, err)
 			}
@@ -259,12 +271,8 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 
 // readRuntime returns the running kernel's value of key, "" when the
 // kernel has no such parameter.
-func readRuntime(env *providers.Env, key string) (string, error) {
-	host, err := env.ResolveFollow(procPath(key))
-	if err != nil {
-		return "", err
-	}
-	b, err := os.ReadFile(host)
+func readRuntime(root *providers.Dir, key string) (string, error) {
+	b, err := root.ReadFile(procRel(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
@@ -326,7 +334,12 @@ func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 }
 
 func apply(env *providers.Env, o op) error {
-	file, err := readConf(env)
+	root, err := env.OpenRoot()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	file, err := readConf(root)
 	if err != nil {
 		return err
 	}
@@ -337,18 +350,14 @@ func apply(env *providers.Env, o op) error {
 		file[o.key] = o.value
 	}
 	if o.del && present || !o.del && cur != o.value {
-		if err := writeConf(env, file); err != nil {
+		if err := root.WriteFileAtomic(strings.TrimPrefix(ConfPath, "/"), render(file), providers.FileMeta{Mode: 0o644}); err != nil {
 			return err
 		}
 	}
 	if o.del || !env.IsHostRoot() {
 		return nil
 	}
-	host, err := env.ResolveFollow(procPath(o.key))
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(host, os.O_WRONLY, 0)
+	f, err := root.OpenFile(procRel(o.key), os.O_WRONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("the running kernel has no parameter %s", o.key)
 	}
@@ -364,13 +373,9 @@ func apply(env *providers.Env, o op) error {
 
 // readConf parses the persisted file into canonical key → value. Blank
 // lines and comments are skipped; keys that are not valid are ignored.
-func readConf(env *providers.Env) (map[string]string, error) {
-	host, err := env.ResolveFollow(ConfPath)
+func readConf(root *providers.Dir) (map[string]string, error) {
+	b, err := root.ReadFileIfExists(strings.TrimPrefix(ConfPath, "/"))
 	if err != nil {
-		return nil, err
-	}
-	b, err := os.ReadFile(host)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
 	out := map[string]string{}
@@ -407,22 +412,43 @@ func render(file map[string]string) []byte {
 	return []byte(b.String())
 }
 
-func writeConf(env *providers.Env, file map[string]string) error {
-	host, err := env.Resolve(ConfPath)
-	if err != nil {
-		return err
+// CloudScope implements providers.CloudScoper: an item of the twin whose
+// key (in canonical form, so "kernel/core_pattern" is kernel.core_pattern)
+// the rules forbid fails with its key's pointer. Pure; keys that are not
+// valid are left to validation.
+func (Provider) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
+	var section map[string]json.RawMessage
+	if json.Unmarshal(twin, &section) != nil {
+		return nil
 	}
-	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
-		return err
+	names := make([]string, 0, len(section))
+	for name := range section {
+		if !providers.ReservedKeys[name] {
+			names = append(names, name)
+		}
 	}
-	return env.WriteFileAtomic(host, render(file), 0o644)
+	sort.Strings(names)
+	var out []providers.FieldError
+	for _, name := range names {
+		var it struct {
+			Key string `json:"key"`
+		}
+		if json.Unmarshal(section[name], &it) != nil {
+			continue
+		}
+		key, err := canonical(it.Key)
+		if err != nil {
+			continue
+		}
+		if why, no := rules.Forbids(key, '.'); no {
+			out = append(out, providers.FieldError{Pointer: ptr(name, "key"), Message: why})
+		}
+	}
+	return out
 }
 
 // WatchPaths implements providers.PathWatcher: the host path of the
-// persisted file.
+// persisted file (for watches only).
 func (Provider) WatchPaths(env *providers.Env, spec providers.Spec) []string {
-	if host, err := env.Resolve(ConfPath); err == nil {
-		return []string{host}
-	}
-	return nil
+	return []string{env.HostPath(ConfPath)}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/twinlet/twinlet/providers"
@@ -155,8 +156,8 @@ func TestCanonical(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("canonical(%q) = %q, %v; want %q", in, got, err, want)
 		}
-		if pp := procPath(got); pp != "/proc/sys/"+joinSlash(components(in)) {
-			t.Errorf("procPath(%q) = %q", got, pp)
+		if pp := "/" + procRel(got); pp != "/proc/sys/"+joinSlash(components(in)) {
+			t.Errorf("procRel(%q) = %q", got, pp)
 		}
 	}
 }
@@ -167,4 +168,42 @@ func joinSlash(c []string) string {
 		s += "/" + x
 	}
 	return s
+}
+
+func TestCloudScope(t *testing.T) {
+	info, _ := providers.Lookup(ID)
+	scoper, ok := info.New().(providers.CloudScoper)
+	if !ok {
+		t.Fatal("sysctl does not implement providers.CloudScoper")
+	}
+	twin := json.RawMessage(`{
+		"prune": false,
+		"fwd": {"key": "net.ipv4.ip_forward", "value": "1"},
+		"core": {"key": "kernel.core_pattern", "value": "|/tmp/x"},
+		"coreSlash": {"key": "kernel/core_pattern", "value": "|/tmp/x"},
+		"modprobe": {"key": "kernel.modprobe", "value": "/tmp/x"},
+		"hotplug": {"key": "kernel.hotplug", "value": "/tmp/x"},
+		"binfmt": {"key": "fs.binfmt_misc.register", "value": ":x:E::x::/tmp/x:"},
+		"bad": {"key": "not a key", "value": "1"}
+	}`)
+	var got []string
+	for _, fe := range scoper.CloudScope(providers.ScopeRules{Deny: info.CloudDeny}, twin) {
+		got = append(got, fe.Pointer)
+		if !strings.Contains(fe.Message, "denied by") {
+			t.Errorf("%s: %s", fe.Pointer, fe.Message)
+		}
+	}
+	if want := []string{"/binfmt/key", "/core/key", "/coreSlash/key", "/hotplug/key", "/modprobe/key"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("forbidden %q, want %q", got, want)
+	}
+	got = nil
+	for _, fe := range scoper.CloudScope(providers.ScopeRules{Allow: []string{"net.**"}}, twin) {
+		got = append(got, fe.Pointer)
+	}
+	if want := []string{"/binfmt/key", "/core/key", "/coreSlash/key", "/hotplug/key", "/modprobe/key"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("with allow: forbidden %q, want %q", got, want)
+	}
+	if got := scoper.CloudScope(providers.ScopeRules{Deny: []string{}}, twin); len(got) != 0 {
+		t.Fatalf("an explicit empty deny list forbids %v", got)
+	}
 }

@@ -15,16 +15,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 	_ "time/tzdata" // the fallback zone database
 
-	"github.com/twinlet/twinlet/internal/atomicfile"
 	"github.com/twinlet/twinlet/providers"
 )
 
@@ -91,58 +89,63 @@ func validate(env *providers.Env, name string) error {
 	if len(name) > 128 || !nameRE.MatchString(name) || name == "Local" {
 		return fmt.Errorf("%q is not a time zone name (like \"Europe/Berlin\" or \"UTC\")", name)
 	}
-	db, err := env.ResolveFollow(ZoneDir)
+	root, err := env.OpenRoot()
 	if err != nil {
 		return fmt.Errorf("zoneinfo database: %v", err)
 	}
-	if fi, err := os.Stat(db); err != nil || !fi.IsDir() {
+	defer root.Close()
+	zoneDir := strings.TrimPrefix(ZoneDir, "/")
+	if fi, err := root.Stat(zoneDir); err != nil || !fi.IsDir() {
+		if providers.IsOutsideRoot(err) {
+			return fmt.Errorf("zoneinfo database: %v", err)
+		}
 		// No database under the root: Go's embedded one decides.
 		if _, err := time.LoadLocation(name); err != nil {
 			return fmt.Errorf("unknown time zone %q", name)
 		}
 		return nil
 	}
-	host, err := env.ResolveFollow(path.Join(ZoneDir, name))
-	if err != nil {
-		return fmt.Errorf("unknown time zone %q: %v", name, err)
-	}
-	if !isTZif(host) {
-		return fmt.Errorf("unknown time zone %q (no TZif file %s in the root)", name, path.Join(ZoneDir, name))
+	if err := isTZif(root, zoneDir+"/"+name); err != nil {
+		return fmt.Errorf("unknown time zone %q (no TZif file %s in the root: %v)", name, path.Join(ZoneDir, name), err)
 	}
 	return nil
 }
 
-// isTZif reports whether host is a regular file that starts with the TZif
-// magic.
-func isTZif(host string) bool {
-	f, err := os.Open(host)
+// isTZif checks that name is a regular file inside the root that starts
+// with the TZif magic. Relative links inside the root are followed (zones
+// such as US/Eastern are links); absolute ones are refused.
+func isTZif(root *providers.Dir, name string) error {
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return false
+		return err
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return false
+		return errors.New("not a regular file")
 	}
 	magic := make([]byte, 4)
-	_, err = io.ReadFull(f, magic)
-	return err == nil && string(magic) == "TZif"
+	if _, err = io.ReadFull(f, magic); err != nil || string(magic) != "TZif" {
+		return errors.New("not a TZif file")
+	}
+	return nil
 }
 
 // Observe implements providers.Provider.
 func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.Spec) (providers.Observed, error) {
 	var o Observed
-	host, err := env.Resolve("/etc/localtime")
+	root, err := env.OpenRoot()
 	if err != nil {
 		return nil, fmt.Errorf("observe timezone: %w", err)
 	}
-	fi, err := os.Lstat(host)
+	defer root.Close()
+	fi, err := root.Lstat("etc/localtime")
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		o.Localtime = "(missing)"
 	case err != nil:
 		return nil, fmt.Errorf("observe timezone: %w", err)
 	case fi.Mode()&fs.ModeSymlink != 0:
-		target, err := os.Readlink(host)
+		target, err := root.Readlink("etc/localtime")
 		if err != nil {
 			return nil, fmt.Errorf("observe timezone: %w", err)
 		}
@@ -153,12 +156,8 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 	default:
 		o.Localtime = "(" + fi.Mode().Type().String() + ")"
 	}
-	tzHost, err := env.ResolveFollow("/etc/timezone")
+	b, err := root.ReadFileIfExists("etc/timezone")
 	if err != nil {
-		return nil, fmt.Errorf("observe timezone: %w", err)
-	}
-	b, err := os.ReadFile(tzHost)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("observe timezone: %w", err)
 	}
 	o.TimezoneFile = strings.TrimSpace(string(b))
@@ -206,11 +205,15 @@ func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 	if !ok {
 		return fmt.Errorf("apply timezone/%s: not a change of this provider", c.Item)
 	}
-	var err error
+	root, err := env.OpenRoot()
+	if err != nil {
+		return fmt.Errorf("apply timezone/%s: %w", c.Item, err)
+	}
+	defer root.Close()
 	if o.localtime {
-		err = link(env, "/etc/localtime", path.Join(ZoneDir, o.name))
+		err = link(root, "etc/localtime", path.Join(ZoneDir, o.name))
 	} else {
-		err = writeFile(env, "/etc/timezone", []byte(o.name+"\n"))
+		err = root.WriteFileAtomic("etc/timezone", []byte(o.name+"\n"), providers.FileMeta{Mode: 0o644})
 	}
 	if err != nil {
 		return fmt.Errorf("apply timezone/%s: %w", c.Item, err)
@@ -218,54 +221,20 @@ func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 	return nil
 }
 
-// link atomically replaces the device path p with a symbolic link to
-// target: a crash leaves the old or the new link.
-func link(env *providers.Env, p, target string) error {
-	host, err := env.Resolve(p)
-	if err != nil {
-		return err
-	}
-	if cur, err := os.Readlink(host); err == nil && cur == target {
+// link atomically replaces name with a symbolic link to target: a crash
+// leaves the old or the new link.
+func link(root *providers.Dir, name, target string) error {
+	if cur, err := root.Readlink(name); err == nil && cur == target {
 		return nil
 	}
-	if fi, err := os.Lstat(host); err == nil && fi.IsDir() {
-		return fmt.Errorf("%s is a directory", p)
+	if fi, err := root.Lstat(name); err == nil && fi.IsDir() {
+		return fmt.Errorf("/%s is a directory", name)
 	}
-	dir := filepath.Dir(host)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	tmp := filepath.Join(dir, fmt.Sprintf(".%s.tmp-%d", filepath.Base(host), rand.Uint64()))
-	if err := os.Symlink(target, tmp); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, host); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return atomicfile.SyncDir(dir)
-}
-
-// writeFile atomically replaces a device path inside the root.
-func writeFile(env *providers.Env, p string, data []byte) error {
-	host, err := env.Resolve(p)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
-		return err
-	}
-	return env.WriteFileAtomic(host, data, 0o644)
+	return root.SymlinkAtomic(target, name)
 }
 
 // WatchPaths implements providers.PathWatcher: the host paths of
-// /etc/localtime and /etc/timezone.
+// /etc/localtime and /etc/timezone (for watches only).
 func (Provider) WatchPaths(env *providers.Env, spec providers.Spec) []string {
-	var out []string
-	for _, p := range []string{"/etc/localtime", "/etc/timezone"} {
-		if host, err := env.Resolve(p); err == nil {
-			out = append(out, host)
-		}
-	}
-	return out
+	return []string{env.HostPath("/etc/localtime"), env.HostPath("/etc/timezone")}
 }
