@@ -87,8 +87,8 @@ func BenchmarkADMReportedPatch10000(b *testing.B) {
 			b.Fatal(err)
 		}
 		if _, err := h.PutConfiguration(Configuration{ID: fmt.Sprintf("arch-%d", i), TargetCondition: fmt.Sprintf("properties.reported.arch = 'a%d'", i), Priority: 6,
-			Content:  ConfigurationContent{DeviceContent: map[string]any{"properties.desired.pkgs": map[string]any{"p": i}}},
-			Metrics:  ConfigurationMetrics{Queries: map[string]string{"ready": "SELECT deviceId FROM devices WHERE properties.reported.pkgs.status = 'Ready'"}},
+			Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.pkgs": map[string]any{"p": i}}},
+			Metrics: ConfigurationMetrics{Queries: map[string]string{"ready": "SELECT deviceId FROM devices WHERE properties.reported.pkgs.status = 'Ready'"}},
 		}, ""); err != nil {
 			b.Fatal(err)
 		}
