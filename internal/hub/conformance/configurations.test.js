@@ -100,6 +100,18 @@ test('configurations: a higher priority wins per path; the other paths stay', { 
   assert.equal(other.configurations[canary], undefined);
 });
 
+test('configurations: twins are queryable by configurations.[[id]].status', { timeout: TIMEOUT }, async () => {
+  const query = registry.createQuery(
+    `SELECT deviceId FROM devices WHERE tags.fleet = '${run}' AND configurations.[[${canary}]].status = 'Applied'`,
+  );
+  const { result } = await query.next();
+  assert.deepEqual(result, [{ deviceId: ids[0] }]);
+  const targeted = registry.createQuery(
+    `SELECT COUNT() AS n FROM devices WHERE tags.fleet = '${run}' AND configurations.[[${base}]].status = 'Applied'`,
+  );
+  assert.deepEqual((await targeted.next()).result, [{ n: 2 }], 'base still applies (motd) where canary holds ntp');
+});
+
 test('configurations: getConfigurations lists both', { timeout: TIMEOUT }, async () => {
   const { responseBody: list } = await registry.getConfigurations();
   const mine = list.map((c) => c.id).filter((id) => id === base || id === canary);
