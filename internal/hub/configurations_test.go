@@ -541,3 +541,88 @@ func TestConfigurationInterval(t *testing.T) {
 	}
 	waitDesired(t, c, "d1", "v", "1")
 }
+
+// Reported patches, tag changes and configuration changes race; once the
+// engine is idle every twin holds exactly its winners' content, statuses
+// and counts.
+func TestConfigurationConcurrentChanges(t *testing.T) {
+	h := startHub(t, Options{})
+	const n = 40
+	for i := 0; i < n; i++ {
+		if _, err := h.CreateDevice(fmt.Sprintf("d%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	errs := make(chan error, 4)
+	go func() {
+		defer close(done)
+		for round := 0; round < 30; round++ {
+			for i := 0; i < n; i++ {
+				key := fmt.Sprintf("d%02d", i)
+				if _, err := h.patchReported(key, map[string]any{"arch": []string{"arm", "x86"}[(i+round)%2]}); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := h.UpdateTwin(key, "", TwinPatch{Tags: map[string]any{"site": fmt.Sprintf("s%d", (i+round)%3)}}, false, ""); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}
+	}()
+	for round := 0; round < 10; round++ {
+		for _, c := range []Configuration{
+			{ID: "arm", TargetCondition: "properties.reported.arch = 'arm'", Priority: 2,
+				Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": "arm"}}},
+			{ID: "site0", TargetCondition: "tags.site = 's0'", Priority: 5,
+				Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": "site0", "properties.desired.w": 1}}},
+			{ID: "all", TargetCondition: "*", Priority: 1,
+				Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": "all"}}},
+		} {
+			if _, err := h.PutConfiguration(c, "*"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if round%3 == 2 {
+			if err := h.DeleteConfiguration("site0", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	<-done
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitIdle(t, h)
+	_, haveSite0 := h.GetConfiguration("site0")
+	counts := map[string]int64{}
+	for i := 0; i < n; i++ {
+		tw, err := h.Twin(fmt.Sprintf("d%02d", i), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		site, arch := tw.Tags["site"], tw.Properties.Reported["arch"]
+		want, wantW := "all", false
+		switch {
+		case site == "s0" && haveSite0 == nil:
+			want, wantW = "site0", true
+		case arch == "arm":
+			want = "arm"
+		}
+		if tw.Properties.Desired["v"] != want || (tw.Properties.Desired["w"] != nil) != wantW {
+			t.Errorf("%s (site %v, arch %v): desired %v, want v=%s w=%v", tw.DeviceID, site, arch, tw.Properties.Desired, want, wantW)
+		}
+		for id, st := range tw.Configurations {
+			if st.Status == ConfigApplied {
+				counts[id]++
+			}
+		}
+	}
+	for _, c := range h.ListConfigurations(0) {
+		if got := c.SystemMetrics.Results["appliedCount"]; got != counts[c.ID] {
+			t.Errorf("%s appliedCount %d, twins say %d", c.ID, got, counts[c.ID])
+		}
+	}
+}
