@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -624,5 +626,74 @@ func TestConfigurationConcurrentChanges(t *testing.T) {
 		if got := c.SystemMetrics.Results["appliedCount"]; got != counts[c.ID] {
 			t.Errorf("%s appliedCount %d, twins say %d", c.ID, got, counts[c.ID])
 		}
+	}
+}
+
+// Only changes that a condition or metric reads schedule an evaluation.
+func TestConfigurationIndexSkipsUnreadChanges(t *testing.T) {
+	h := startHub(t, Options{ADMInterval: time.Hour}) // keeps scheduled twins visible
+	h.CreateDevice("d1")
+	if _, err := h.PutConfiguration(Configuration{ID: "c", TargetCondition: "tags.site = 'a' AND properties.reported.arch = 'arm'", Priority: 1,
+		Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": 1}},
+		Metrics: ConfigurationMetrics{Queries: map[string]string{"ok": "SELECT deviceId FROM devices WHERE properties.reported.health.ok = true"}},
+	}, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, h)
+	for _, step := range []struct {
+		name      string
+		change    func() error
+		scheduled bool
+	}{
+		{"reported counter", func() error { _, err := h.patchReported("d1", map[string]any{"counter": 1.0}); return err }, false},
+		{"tag owner", func() error {
+			_, err := h.UpdateTwin("d1", "", TwinPatch{Tags: map[string]any{"owner": "x"}}, false, "")
+			return err
+		}, false},
+		{"desired", func() error {
+			_, err := h.UpdateTwin("d1", "", TwinPatch{Properties: &struct {
+				Desired map[string]any `json:"desired,omitempty"`
+			}{Desired: map[string]any{"x": 1.0}}}, false, "")
+			return err
+		}, false},
+		{"reported arch", func() error { _, err := h.patchReported("d1", map[string]any{"arch": "arm"}); return err }, true},
+		{"reported health (a metric)", func() error { _, err := h.patchReported("d1", map[string]any{"health": map[string]any{"ok": true}}); return err }, true},
+		{"tag site", func() error {
+			_, err := h.UpdateTwin("d1", "", TwinPatch{Tags: map[string]any{"site": "a"}}, false, "")
+			return err
+		}, true},
+	} {
+		if err := step.change(); err != nil {
+			t.Fatal(err)
+		}
+		if _, pending := h.ADMPasses(); pending != step.scheduled {
+			t.Errorf("%s: scheduled %v, want %v", step.name, pending, step.scheduled)
+		}
+		h.mu.Lock()
+		clear(h.adm.dirty)
+		h.mu.Unlock()
+	}
+}
+
+// A configurations.json that does not load stops New with the file and
+// entry named; nothing is overwritten.
+func TestConfigurationBadFile(t *testing.T) {
+	dir := t.TempDir()
+	h := startHub(t, Options{Dir: dir})
+	if _, err := h.PutConfiguration(Configuration{ID: "c", TargetCondition: "*", Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": 1}}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	path := filepath.Join(dir, "configurations.json")
+	bad := []byte(`[{"id":"c","targetCondition":"tags.x = ","content":{"deviceContent":{"properties.desired.v":1}},"seq":1}]`)
+	if err := os.WriteFile(path, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(Options{Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "entry 0 (c)") {
+		t.Fatalf("New with a bad configurations.json: %v", err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != string(bad) {
+		t.Error("the bad file was rewritten")
 	}
 }
