@@ -657,7 +657,10 @@ func TestConfigurationIndexSkipsUnreadChanges(t *testing.T) {
 			return err
 		}, false},
 		{"reported arch", func() error { _, err := h.patchReported("d1", map[string]any{"arch": "arm"}); return err }, true},
-		{"reported health (a metric)", func() error { _, err := h.patchReported("d1", map[string]any{"health": map[string]any{"ok": true}}); return err }, true},
+		{"reported health (a metric)", func() error {
+			_, err := h.patchReported("d1", map[string]any{"health": map[string]any{"ok": true}})
+			return err
+		}, true},
 		{"tag site", func() error {
 			_, err := h.UpdateTwin("d1", "", TwinPatch{Tags: map[string]any{"site": "a"}}, false, "")
 			return err
