@@ -7,9 +7,13 @@ import (
 	"time"
 )
 
-// admBatch is how many twins one evaluation step handles while holding
-// h.mu; between steps MQTT and REST handlers get the lock.
-const admBatch = 64
+// One evaluation step holds h.mu for at most admBatch twins and about
+// admBatchWork query evaluations (targets and metrics, over all
+// configurations); between steps MQTT and REST handlers get the lock.
+const (
+	admBatch     = 64
+	admBatchWork = 2048
+)
 
 // admState is the configuration engine's state. Fields after crud are
 // guarded by h.mu.
@@ -204,7 +208,7 @@ func (h *Hub) admPass(stop <-chan struct{}) {
 	h.adm.busy = true
 	h.mu.Unlock()
 	sort.Strings(keys)
-	for i := 0; i < len(keys); i += admBatch {
+	for i := 0; i < len(keys); {
 		select {
 		case <-stop:
 			return
@@ -212,11 +216,17 @@ func (h *Hub) admPass(stop <-chan struct{}) {
 		}
 		h.mu.Lock()
 		cfgs := h.admOrderLocked()
+		perTwin := 1
+		for _, s := range cfgs {
+			perTwin += 1 + len(s.metrics)
+		}
+		n := max(1, min(admBatch, admBatchWork/perTwin))
 		now := time.Now()
-		for _, k := range keys[i:min(i+admBatch, len(keys))] {
+		for _, k := range keys[i:min(i+n, len(keys))] {
 			h.admEvalLocked(k, cfgs, now)
 		}
 		h.mu.Unlock()
+		i += n
 	}
 	h.mu.Lock()
 	h.adm.passes++
@@ -384,9 +394,11 @@ func (s *cfgState) forget(key string) {
 }
 
 func setMember(set map[string]struct{}, key string, in bool) {
-	if in {
+	_, was := set[key]
+	switch {
+	case in && !was:
 		set[key] = struct{}{}
-	} else {
+	case !in && was:
 		delete(set, key)
 	}
 }
