@@ -388,7 +388,10 @@ func (h *Hub) PutConfiguration(c Configuration, ifMatch string) (Configuration, 
 		s.seq = h.adm.seq
 	}
 	h.adm.cfgs[c.ID] = s
-	h.admChangedLocked()
+	if old == nil || old.conf.TargetCondition != s.conf.TargetCondition || old.conf.Priority != s.conf.Priority ||
+		!sameOwners(old.conf.Metrics.Queries, s.conf.Metrics.Queries) {
+		h.admChangedLocked(old == nil) // a labels-only update changes no twin
+	}
 	out := s.view()
 	list := h.storedConfigsLocked()
 	h.mu.Unlock()
@@ -454,7 +457,7 @@ func (h *Hub) DeleteConfiguration(id, ifMatch string) error {
 		return fmt.Errorf("configuration %s etag: %w", id, ErrPreconditionFailed)
 	}
 	delete(h.adm.cfgs, id)
-	h.admChangedLocked()
+	h.admChangedLocked(false)
 	list := h.storedConfigsLocked()
 	h.mu.Unlock()
 	return h.saveConfigs(list)

@@ -93,12 +93,16 @@ func (a *admState) signal() {
 	}
 }
 
-// admChangedLocked schedules every twin after a configuration change.
-// Call with h.mu held.
-func (h *Hub) admChangedLocked() {
+// admChangedLocked schedules every twin after a configuration change: at
+// once, or with Options.ADMInterval at the next period unless created (the
+// service evaluates a new configuration shortly after its creation). Call
+// with h.mu held.
+func (h *Hub) admChangedLocked(created bool) {
 	h.adm.all = true
 	h.adm.rebuildIndex()
-	h.adm.signal()
+	if created || h.opts.ADMInterval <= 0 {
+		h.adm.signal()
+	}
 }
 
 // admTouchLocked schedules one twin (created, deleted, or changed where a

@@ -700,3 +700,32 @@ func TestConfigurationBadFile(t *testing.T) {
 		t.Error("the bad file was rewritten")
 	}
 }
+
+// A labels-only update re-evaluates nothing; a priority change does.
+func TestConfigurationLabelsOnlyUpdate(t *testing.T) {
+	h := startHub(t, Options{ADMInterval: time.Hour})
+	h.CreateDevice("d1")
+	c, err := h.PutConfiguration(Configuration{ID: "c", TargetCondition: "*", Priority: 1,
+		Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": 1}}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, h)
+	c.Labels = map[string]string{"rollout": "stage-2"}
+	if c, err = h.PutConfiguration(c, c.Etag); err != nil {
+		t.Fatal(err)
+	}
+	if _, pending := h.ADMPasses(); pending {
+		t.Error("a labels-only update scheduled an evaluation")
+	}
+	if got, _ := h.GetConfiguration("c"); got.Labels["rollout"] != "stage-2" || got.SystemMetrics.Results["appliedCount"] != 1 {
+		t.Errorf("after the update: %+v", got)
+	}
+	c.Priority = 2
+	if _, err := h.PutConfiguration(c, c.Etag); err != nil {
+		t.Fatal(err)
+	}
+	if _, pending := h.ADMPasses(); !pending {
+		t.Error("a priority change scheduled no evaluation")
+	}
+}
