@@ -71,6 +71,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	hubsFile := fs.String("hubs-file", "", "linked hubs of the DPS from a YAML or JSON file (hubs: [{hostname, weight, latency, noAllocation}])")
 	allocation := fs.String("dps-allocation", "hashed", "the DPS's default allocation policy: hashed, geoLatency or static")
 	retryAfter := fs.Duration("dps-retry-after", 0, "the Retry-After the DPS sends while assigning (default 3s, as the service)")
+	admInterval := fs.Duration("adm-interval", 0, "evaluate configurations (automatic device management) on this period, as the service does (about 5m); 0: at once on every change")
 	var f hub.Faults
 	fs.DurationVar(&f.Delay, "fault-delay", 0, "fault injection: delay every twin reply and REST response")
 	fs.Float64Var(&f.ThrottleTwinGet, "fault-throttle-twin-get", 0, "fault injection: share (0..1) of twin GETs answered 429")
@@ -95,7 +96,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	h, err := hub.New(hub.Options{Dir: *dir, Hostname: *hostname, MQTTAddr: *mqttAddr, HTTPSAddr: *httpsAddr, Logger: log, Faults: f,
-		DPSHostname: *dpsHost, LinkedHubs: linked, DPSAllocationPolicy: *allocation, DPSRetryAfter: *retryAfter})
+		DPSHostname: *dpsHost, LinkedHubs: linked, DPSAllocationPolicy: *allocation, DPSRetryAfter: *retryAfter, ADMInterval: *admInterval})
 	if err != nil {
 		return err
 	}

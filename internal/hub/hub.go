@@ -83,6 +83,10 @@ type Options struct {
 	TPMActivation func(ekPub, srkPub, key []byte) ([]byte, error)
 
 	parentPKI *pki // a linked hub shares its parent's CA and certificate
+	// ADMInterval, when positive, evaluates configurations on that period
+	// (the service: about 5 minutes) instead of at once on every change; a
+	// configuration's creation is still evaluated at once.
+	ADMInterval time.Duration
 }
 
 // Hub is a running (or ready to run) emulated IoT hub.
@@ -109,6 +113,7 @@ type Hub struct {
 
 	events *eventRing
 	faults faultState
+	adm    admState // configurations (configurations*.go)
 
 	mqtt      *mqtt.Server
 	mqttLn    *sniListener
@@ -185,6 +190,9 @@ func New(o Options) (*Hub, error) {
 	if err := h.initDPS(); err != nil {
 		return nil, err
 	}
+	if err := h.loadConfigs(); err != nil {
+		return nil, err
+	}
 	return h, nil
 }
 
@@ -217,7 +225,7 @@ func (h *Hub) start(ctx context.Context) error {
 		InlineClient:             true,
 		Capabilities:             caps,
 		ClientNetWriteBufferSize: 2048,
-		ClientNetReadBufferSize:  2048,
+		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   1 << 30,
 	})
 	if err := h.mqtt.AddHook(&deviceHook{h: h}, nil); err != nil {
@@ -259,6 +267,12 @@ func (h *Hub) start(ctx context.Context) error {
 	if err := h.startLinked(); err != nil {
 		return err
 	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		h.admLoop(h.flushDone)
+	}()
+	h.adm.signal()
 	if ctx != nil && ctx.Done() != nil {
 		go func() {
 			select {
