@@ -72,6 +72,7 @@ func (h *Hub) putIdentity(in Identity, ifMatch string) (Identity, error) {
 		r = &record{Identity: id, Twin: newTwinState(now)}
 		h.records[key] = r
 		h.markDirty(key)
+		h.admTouchLocked(key)
 		return r.Identity, nil
 	}
 	if ifMatch == "" {
@@ -178,6 +179,7 @@ func (h *Hub) deleteIdentity(deviceID, moduleID, ifMatch string) error {
 	}
 	for k, r := range h.records {
 		if k == key || (moduleID == "" && r.Identity.DeviceID == deviceID) {
+			h.admTouchLocked(k) // before the delete: it may carry configuration state
 			delete(h.records, k)
 			h.markDirty(k)
 		}

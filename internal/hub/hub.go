@@ -57,6 +57,10 @@ type Options struct {
 	// EventBuffer is how many device-to-cloud messages the hub keeps;
 	// default 10000.
 	EventBuffer int
+	// ADMInterval, when positive, evaluates configurations on that period
+	// (the service: about 5 minutes) instead of at once on every change; a
+	// configuration's creation is still evaluated at once.
+	ADMInterval time.Duration
 }
 
 // Hub is a running (or ready to run) emulated IoT hub.
@@ -83,6 +87,7 @@ type Hub struct {
 
 	events *eventRing
 	faults faultState
+	adm    admState // configurations (configurations*.go)
 
 	mqtt      *mqtt.Server
 	mqttLn    *listeners.TCP
@@ -147,6 +152,9 @@ func New(o Options) (*Hub, error) {
 	for _, r := range recs {
 		r.Identity.ConnectionState = "Disconnected"
 		h.records[r.key()] = r
+	}
+	if err := h.loadConfigs(); err != nil {
+		return nil, err
 	}
 	return h, nil
 }
@@ -216,6 +224,12 @@ func (h *Hub) start(ctx context.Context) error {
 		defer h.wg.Done()
 		h.flushLoop()
 	}()
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		h.admLoop(h.flushDone)
+	}()
+	h.adm.signal()
 	if ctx != nil && ctx.Done() != nil {
 		go func() {
 			select {

@@ -150,6 +150,7 @@ func (h *Hub) restHandler() http.Handler {
 	handle("GET /statistics/devices", read, h.restDeviceStats)
 	handle("GET /statistics/service", svc, h.restServiceStats)
 	h.adminRoutes(mux)
+	h.configurationRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(404, "NotFound", 404000, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -34,6 +34,11 @@ type twinState struct {
 	// Version counts every change of the twin document; the etag derives
 	// from it.
 	Version int64 `json:"version"`
+	// Configs is the status of each configuration that targets the twin;
+	// CfgOwners the configuration whose content each desired path
+	// ("properties.desired.a.b") holds. Both nil when none.
+	Configs   map[string]string `json:"configurations,omitempty"`
+	CfgOwners map[string]string `json:"configurationOwners,omitempty"`
 }
 
 func newTwinState(now time.Time) twinState {

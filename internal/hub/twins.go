@@ -25,6 +25,9 @@ type Twin struct {
 	Tags                      map[string]any `json:"tags"`
 	Properties                TwinProperties `json:"properties"`
 	Capabilities              *Capabilities  `json:"capabilities,omitempty"`
+	// Configurations holds the status of each configuration targeting the
+	// twin (configurations.[[id]].status in queries).
+	Configurations map[string]ConfigStatus `json:"configurations,omitempty"`
 }
 
 // TwinProperties holds the desired and reported sections, each with its
@@ -45,8 +48,16 @@ type TwinPatch struct {
 
 func (r *record) twin() Twin {
 	id := &r.Identity
+	var cs map[string]ConfigStatus
+	if len(r.Twin.Configs) > 0 {
+		cs = make(map[string]ConfigStatus, len(r.Twin.Configs))
+		for k, v := range r.Twin.Configs {
+			cs[k] = ConfigStatus{v}
+		}
+	}
 	return Twin{
-		DeviceID: id.DeviceID, ModuleID: id.ModuleID,
+		Configurations: cs,
+		DeviceID:       id.DeviceID, ModuleID: id.ModuleID,
 		Etag: r.Twin.etag(), DeviceEtag: id.Etag,
 		Status: id.Status, StatusReason: id.StatusReason, StatusUpdateTime: id.StatusUpdatedTime,
 		ConnectionState: id.ConnectionState, LastActivityTime: id.LastActivityTime,
@@ -154,6 +165,7 @@ func (h *Hub) UpdateTwin(deviceID, moduleID string, p TwinPatch, replace bool, i
 	if newTags != nil || newDesired != nil {
 		t.Version++
 		h.markDirty(key)
+		h.admTouchTwinLocked(key, tags, desired, replace)
 	}
 	return r.twin(), nil
 }
@@ -183,6 +195,7 @@ func (h *Hub) patchReported(key string, patch map[string]any) (int64, error) {
 	t.Version++
 	r.Identity.LastActivityTime = now.UTC()
 	h.markDirty(key)
+	h.admTouchReportedLocked(key, patch)
 	return t.ReportedVersion, nil
 }
 
