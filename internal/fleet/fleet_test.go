@@ -197,18 +197,18 @@ spec:
 	if got := c.Render(1).TargetCondition; got != "tags.fleet='kiosks'" {
 		t.Errorf("stage 1 target %q", got)
 	}
-	if cfg.BaseTarget() != "tags.fleet='kiosks'" {
-		t.Errorf("base target %q", cfg.BaseTarget())
+	if fleet.BaseTarget(cfg) != "tags.fleet='kiosks'" {
+		t.Errorf("base target %q", fleet.BaseTarget(cfg))
 	}
 	var sec map[string]any
-	json.Unmarshal(cfg.Content.DeviceContent["properties.desired.timezone"], &sec)
+	json.Unmarshal(cfg.Content.DeviceContent["properties.desired.timezone"].(json.RawMessage), &sec)
 	if sec["name"] != "Etc/UTC" || sec["__meta"].(map[string]any)["deploymentId"] != cfg.ID {
 		t.Errorf("content %v", sec)
 	}
-	if !cfg.Managed() || cfg.Name() != "app" || cfg.Labels["team"] != "ops" || cfg.Labels[fleet.LabelHash] != c.Hash() {
+	if !fleet.Managed(cfg) || fleet.Name(cfg) != "app" || cfg.Labels["team"] != "ops" || cfg.Labels[fleet.LabelHash] != c.Hash() {
 		t.Errorf("labels %v", cfg.Labels)
 	}
-	plan, stage, err := cfg.RolloutPlan()
+	plan, stage, err := fleet.RolloutPlan(cfg)
 	if err != nil || stage != 0 || len(plan.Stages) != 2 || plan.Stages[1].MinReady != 90 || plan.Stages[0].MinReady != 100 || plan.MaxFailed.Count != 2 {
 		t.Errorf("plan %+v stage %d err %v", plan, stage, err)
 	}

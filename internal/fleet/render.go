@@ -9,34 +9,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/twinlet/twinlet/internal/iothub"
 )
-
-// Configuration is an IoT Hub automatic device management configuration
-// as the service REST API carries it.
-type Configuration struct {
-	ID              string            `json:"id"`
-	SchemaVersion   string            `json:"schemaVersion,omitempty"`
-	Labels          map[string]string `json:"labels,omitempty"`
-	Content         Content           `json:"content"`
-	TargetCondition string            `json:"targetCondition"`
-	Priority        int               `json:"priority"`
-	CreatedTimeUTC  string            `json:"createdTimeUtc,omitempty"`
-	Metrics         *Metrics          `json:"metrics,omitempty"`
-	SystemMetrics   *Metrics          `json:"systemMetrics,omitempty"`
-	ETag            string            `json:"etag,omitempty"`
-}
-
-// Content is a configuration's content: twin paths under
-// properties.desired and their values.
-type Content struct {
-	DeviceContent map[string]json.RawMessage `json:"deviceContent,omitempty"`
-}
-
-// Metrics are metric queries and, from the hub, their results.
-type Metrics struct {
-	Queries map[string]string `json:"queries,omitempty"`
-	Results map[string]int64  `json:"results,omitempty"`
-}
 
 // Labels twinctl keeps on the configurations it manages. Everything a
 // rollout needs is in them, so that `twinctl rollout run` resumes from any
@@ -117,9 +92,9 @@ func canonical(raw json.RawMessage) any {
 // without a rollout). Each section carries __meta.deploymentId = the
 // configuration id, which the agent echoes in the section's reported
 // status; the metric queries count on it.
-func (c *Config) Render(stage int) *Configuration {
+func (c *Config) Render(stage int) *iothub.Configuration {
 	id := c.ID()
-	content := make(map[string]json.RawMessage, len(c.Sections))
+	content := make(map[string]any, len(c.Sections))
 	for sec, raw := range c.Sections {
 		var m map[string]any
 		dec := json.NewDecoder(bytes.NewReader(raw))
@@ -132,7 +107,7 @@ func (c *Config) Render(stage int) *Configuration {
 		meta["deploymentId"] = id
 		m["__meta"] = meta
 		b, _ := json.Marshal(m)
-		content["properties.desired."+sec] = b
+		content["properties.desired."+sec] = json.RawMessage(b)
 	}
 	labels := map[string]string{}
 	for k, v := range c.Labels {
@@ -157,14 +132,14 @@ func (c *Config) Render(stage int) *Configuration {
 	for k, v := range c.Metrics {
 		queries[k] = v
 	}
-	return &Configuration{
+	return &iothub.Configuration{
 		ID:              id,
 		SchemaVersion:   "1.0",
 		Labels:          labels,
-		Content:         Content{DeviceContent: content},
+		Content:         iothub.ConfigurationContent{DeviceContent: content},
 		TargetCondition: target,
 		Priority:        c.Priority,
-		Metrics:         &Metrics{Queries: queries},
+		Metrics:         iothub.ConfigurationMetrics{Queries: queries},
 	}
 }
 
@@ -200,7 +175,7 @@ func StageTarget(base string, stages []Stage, stage int) string {
 }
 
 // Sections returns the section ids of a configuration's content.
-func (c *Configuration) Sections() []string {
+func Sections(c *iothub.Configuration) []string {
 	var out []string
 	for k := range c.Content.DeviceContent {
 		if s, ok := strings.CutPrefix(k, "properties.desired."); ok && !strings.Contains(s, ".") {
@@ -212,10 +187,10 @@ func (c *Configuration) Sections() []string {
 }
 
 // Managed reports whether twinctl manages the configuration.
-func (c *Configuration) Managed() bool { return c.Labels[LabelManagedBy] == ManagedBy }
+func Managed(c *iothub.Configuration) bool { return c.Labels[LabelManagedBy] == ManagedBy }
 
 // Name returns the FleetConfig name of a managed configuration.
-func (c *Configuration) Name() string {
+func Name(c *iothub.Configuration) string {
 	if n := c.Labels[LabelName]; n != "" {
 		return n
 	}
@@ -283,10 +258,7 @@ func DefaultMetrics(id string, sections []string, target string) map[string]stri
 // BaseTarget returns the target condition of the whole FleetConfig, kept in
 // the eligible metric (it outlives rollout stages and is longer than a
 // label may be).
-func (c *Configuration) BaseTarget() string {
-	if c.Metrics == nil {
-		return c.TargetCondition
-	}
+func BaseTarget(c *iothub.Configuration) string {
 	q, ok := c.Metrics.Queries[MetricEligible]
 	if !ok {
 		return c.TargetCondition
@@ -302,7 +274,7 @@ func (c *Configuration) BaseTarget() string {
 
 // RolloutPlan reads the rollout plan and state from a configuration's
 // labels; nil when it has no rollout.
-func (c *Configuration) RolloutPlan() (*Rollout, int, error) {
+func RolloutPlan(c *iothub.Configuration) (*Rollout, int, error) {
 	n, err := strconv.Atoi(c.Labels[LabelStages])
 	if c.Labels[LabelStages] == "" {
 		return nil, 0, nil
