@@ -234,21 +234,27 @@ spec:
 func TestConditions(t *testing.T) {
 	id := "app--0123456789"
 	cond := fleet.ConditionsFor(id, []string{"timezone", "files"})
-	twin := func(status string, tz, files [2]string) map[string]any {
-		rep := map[string]any{}
-		for sec, s := range map[string][2]string{"timezone": tz, "files": files} {
-			if s[0] == "" {
-				continue
+	// sec is one section of a twin: who set its desired, and the
+	// deploymentId and state the agent reports for it.
+	type sec struct{ desired, reported, state string }
+	twin := func(status string, tz, files sec) map[string]any {
+		des, rep := map[string]any{}, map[string]any{}
+		for name, s := range map[string]sec{"timezone": tz, "files": files} {
+			if s.desired != "" {
+				des[name] = map[string]any{"__meta": map[string]any{"deploymentId": s.desired}}
 			}
-			rep[sec] = map[string]any{"__status": map[string]any{"deploymentId": s[0], "state": s[1]}}
+			if s.reported != "" {
+				rep[name] = map[string]any{"__status": map[string]any{"deploymentId": s.reported, "state": s.state}}
+			}
 		}
-		t := map[string]any{"deviceId": "d", "properties": map[string]any{"reported": rep}}
+		t := map[string]any{"deviceId": "d", "properties": map[string]any{"desired": des, "reported": rep}}
 		if status != "" {
 			t["configurations"] = map[string]any{id: map[string]any{"status": status}}
 		}
 		return t
 	}
-	ready := [2]string{id, "Ready"}
+	ready := sec{id, id, "Ready"}
+	other := "site--0000000000"
 	for _, tc := range []struct {
 		name                           string
 		doc                            map[string]any
@@ -256,13 +262,15 @@ func TestConditions(t *testing.T) {
 		pending                        bool
 	}{
 		{"not targeted", twin("", ready, ready), false, false, false, false, false},
-		{"targeted only", twin("Targeted", ready, ready), true, false, false, false, false},
-		{"nothing reported", twin("Applied", [2]string{}, [2]string{}), true, true, false, false, true},
-		{"old content", twin("Applied", [2]string{"app--ffffffffff", "Ready"}, ready), true, true, false, false, true},
-		{"reconciling", twin("Applied", [2]string{id, "Reconciling"}, ready), true, true, false, false, true},
+		{"targeted only", twin("Targeted", sec{other, other, "Ready"}, sec{other, other, "Ready"}), true, false, false, false, false},
+		{"nothing reported", twin("Applied", sec{id, "", ""}, sec{id, "", ""}), true, true, false, false, true},
+		{"old content still reported", twin("Applied", sec{id, "app--ffffffffff", "Ready"}, ready), true, true, false, false, true},
+		{"another configuration's state still reported", twin("Applied", sec{id, other, "Ready"}, ready), true, true, false, false, true},
+		{"reconciling", twin("Applied", sec{id, id, "Reconciling"}, ready), true, true, false, false, true},
 		{"ready", twin("Applied", ready, ready), true, true, true, false, false},
-		{"other config won a section", twin("Applied", [2]string{"site--0000000000", "Ready"}, ready), true, true, true, false, false},
-		{"failed", twin("Applied", ready, [2]string{id, "Failed"}), true, true, false, true, false},
+		{"other config won a section", twin("Applied", sec{other, other, "Failed"}, ready), true, true, true, false, false},
+		{"failed", twin("Applied", ready, sec{id, id, "Failed"}), true, true, false, true, false},
+		{"failed for older content", twin("Applied", ready, sec{id, "app--ffffffffff", "Failed"}), true, true, false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, c := range []struct {

@@ -203,25 +203,26 @@ type Conditions struct {
 }
 
 // ConditionsFor returns the conditions that count the devices of
-// configuration id (of FleetConfig name) over its sections.
+// configuration id over its sections.
 //
-// A section of a device counts for this configuration when its reported
-// __status.deploymentId is the id: Ready when its state is Ready, Failed
-// when Failed. A section another configuration (or a device's own patch)
-// won on that device says so by its deploymentId and does not hold this
-// one back; an older content of the same FleetConfig does. A device is
-// Ready when the configuration is Applied and every section is Ready (or
-// someone else's), Failed when a section failed, and pending otherwise.
+// A section of a device belongs to this configuration when its desired
+// __meta.deploymentId is the id (the hub wrote this configuration's
+// content there); a section another configuration won on that device does
+// not hold this one back. A section that belongs to it is Ready (or
+// Failed) when the agent reports that state for the same deploymentId in
+// the section's __status, so an older content still reported never counts.
+// A device is Ready when the configuration is Applied and every section
+// that belongs to it is Ready, Failed when one failed, pending otherwise.
+// Every clause is true or false, never undefined, so NOT is safe.
 func ConditionsFor(id string, sections []string) Conditions {
-	name := NameOf(id)
 	status := "configurations.[[" + id + "]].status"
 	var ready, failed []string
 	for _, s := range sections {
+		mine := fmt.Sprintf("IS_DEFINED(properties.desired.%s.__meta.deploymentId) AND properties.desired.%s.__meta.deploymentId = %s", s, s, quote(id))
 		p := "properties.reported." + s + ".__status"
-		dep := p + ".deploymentId"
-		ready = append(ready, fmt.Sprintf("(IS_DEFINED(%s) AND ((%s = %s AND %s.state = 'Ready') OR NOT STARTSWITH(%s, %s)))",
-			dep, dep, quote(id), p, dep, quote(name+IDSeparator)))
-		failed = append(failed, fmt.Sprintf("(IS_DEFINED(%s) AND %s = %s AND %s.state = 'Failed')", dep, dep, quote(id), p))
+		rep := fmt.Sprintf("IS_DEFINED(%s.deploymentId) AND %s.deploymentId = %s", p, p, quote(id))
+		ready = append(ready, fmt.Sprintf("(NOT (%s) OR (%s AND %s.state = 'Ready'))", mine, rep, p))
+		failed = append(failed, fmt.Sprintf("(%s AND %s AND %s.state = 'Failed')", mine, rep, p))
 	}
 	applied := status + " = 'Applied'"
 	allReady, anyFailed := "IS_DEFINED(deviceId)", "NOT IS_DEFINED(deviceId)"
