@@ -329,3 +329,34 @@ spec:
 		t.Errorf("diff after the rollout: exit %d\n%s", r.code, r.stdout)
 	}
 }
+
+func TestFleetUsage(t *testing.T) {
+	e := &env{t: t, vars: map[string]string{}}
+	e.fails(2, "apply: -f DIR (the fleet repository) is required", "apply")
+	e.fails(2, "diff: -f DIR (the fleet repository) is required", "diff")
+	e.fails(2, "usage: twinctl rollout status NAME", "rollout", "status")
+	e.fails(2, "rollout: missing subcommand", "rollout")
+	e.fails(2, `unknown command "get frobs"`, "get", "frobs")
+	e.fails(2, "--max-failed: threshold", "rollout", "status", "x", "--max-failed", "lots")
+	// A repository error is exit 1 for diff too, before any hub is needed.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a.yaml"), []byte("kind: Nope\n"), 0o644)
+	e.fails(1, `a.yaml:1:7: /kind: unknown kind "Nope"`, "diff", "-f", dir)
+	e.fails(1, "no *.yaml files", "diff", "-f", t.TempDir())
+}
+
+func TestProgressBar(t *testing.T) {
+	for _, tc := range []struct {
+		p    progress
+		want string
+	}{
+		{progress{Expected: 10, Applied: 10, Ready: 5}, "[#####.....]"},
+		{progress{Expected: 10, Applied: 10, Ready: 9, Failed: 1}, "[#########x]"},
+		{progress{Expected: 1000, Applied: 1000, Ready: 10, Failed: 1}, "[x.........]"},
+		{progress{}, "[..........]"},
+	} {
+		if got := tc.p.bar(10); got != tc.want {
+			t.Errorf("%+v: %s, want %s", tc.p, got, tc.want)
+		}
+	}
+}
