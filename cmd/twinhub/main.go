@@ -60,6 +60,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	mqttAddr := fs.String("mqtt-addr", ":8883", "device endpoint: MQTT over TLS")
 	httpsAddr := fs.String("https-addr", ":443", "service endpoint: REST over HTTPS")
 	verbose := fs.Bool("v", false, "debug logs")
+	admInterval := fs.Duration("adm-interval", 0, "evaluate configurations (automatic device management) on this period, as the service does (about 5m); 0: at once on every change")
 	var f hub.Faults
 	fs.DurationVar(&f.Delay, "fault-delay", 0, "fault injection: delay every twin reply and REST response")
 	fs.Float64Var(&f.ThrottleTwinGet, "fault-throttle-twin-get", 0, "fault injection: share (0..1) of twin GETs answered 429")
@@ -79,7 +80,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	h, err := hub.New(hub.Options{Dir: *dir, Hostname: *hostname, MQTTAddr: *mqttAddr, HTTPSAddr: *httpsAddr, Logger: log, Faults: f})
+	h, err := hub.New(hub.Options{Dir: *dir, Hostname: *hostname, MQTTAddr: *mqttAddr, HTTPSAddr: *httpsAddr, Logger: log, Faults: f, ADMInterval: *admInterval})
 	if err != nil {
 		return err
 	}

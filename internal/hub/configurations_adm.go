@@ -344,6 +344,11 @@ func (h *Hub) admEvalLocked(key string, cfgs []*cfgState, now time.Time) {
 	if len(sets) > 0 || len(dels) > 0 {
 		h.writeDesiredPathsLocked(r, dels, sets, vals, now)
 		changed = true
+		if n := size(t.Desired); n > maxSectionBytes {
+			// Each content fits; their sum on one twin may not. The
+			// twin keeps it (a device patch would be refused instead).
+			h.log.Warn("configurations make desired properties larger than the service allows", "twin", key, "bytes", n, "limit", maxSectionBytes)
+		}
 	}
 	if !sameOwners(t.CfgOwners, owners) {
 		t.CfgOwners = owners

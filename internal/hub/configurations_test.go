@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -540,4 +542,161 @@ func TestConfigurationInterval(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDesired(t, c, "d1", "v", "1")
+}
+
+// Reported patches, tag changes and configuration changes race; once the
+// engine is idle every twin holds exactly its winners' content, statuses
+// and counts.
+func TestConfigurationConcurrentChanges(t *testing.T) {
+	h := startHub(t, Options{})
+	const n = 40
+	for i := 0; i < n; i++ {
+		if _, err := h.CreateDevice(fmt.Sprintf("d%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	errs := make(chan error, 4)
+	go func() {
+		defer close(done)
+		for round := 0; round < 30; round++ {
+			for i := 0; i < n; i++ {
+				key := fmt.Sprintf("d%02d", i)
+				if _, err := h.patchReported(key, map[string]any{"arch": []string{"arm", "x86"}[(i+round)%2]}); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := h.UpdateTwin(key, "", TwinPatch{Tags: map[string]any{"site": fmt.Sprintf("s%d", (i+round)%3)}}, false, ""); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}
+	}()
+	for round := 0; round < 10; round++ {
+		for _, c := range []Configuration{
+			{ID: "arm", TargetCondition: "properties.reported.arch = 'arm'", Priority: 2,
+				Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": "arm"}}},
+			{ID: "site0", TargetCondition: "tags.site = 's0'", Priority: 5,
+				Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": "site0", "properties.desired.w": 1}}},
+			{ID: "all", TargetCondition: "*", Priority: 1,
+				Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": "all"}}},
+		} {
+			if _, err := h.PutConfiguration(c, "*"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if round%3 == 2 {
+			if err := h.DeleteConfiguration("site0", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	<-done
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitIdle(t, h)
+	_, haveSite0 := h.GetConfiguration("site0")
+	counts := map[string]int64{}
+	for i := 0; i < n; i++ {
+		tw, err := h.Twin(fmt.Sprintf("d%02d", i), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		site, arch := tw.Tags["site"], tw.Properties.Reported["arch"]
+		want, wantW := "all", false
+		switch {
+		case site == "s0" && haveSite0 == nil:
+			want, wantW = "site0", true
+		case arch == "arm":
+			want = "arm"
+		}
+		if tw.Properties.Desired["v"] != want || (tw.Properties.Desired["w"] != nil) != wantW {
+			t.Errorf("%s (site %v, arch %v): desired %v, want v=%s w=%v", tw.DeviceID, site, arch, tw.Properties.Desired, want, wantW)
+		}
+		for id, st := range tw.Configurations {
+			if st.Status == ConfigApplied {
+				counts[id]++
+			}
+		}
+	}
+	for _, c := range h.ListConfigurations(0) {
+		if got := c.SystemMetrics.Results["appliedCount"]; got != counts[c.ID] {
+			t.Errorf("%s appliedCount %d, twins say %d", c.ID, got, counts[c.ID])
+		}
+	}
+}
+
+// Only changes that a condition or metric reads schedule an evaluation.
+func TestConfigurationIndexSkipsUnreadChanges(t *testing.T) {
+	h := startHub(t, Options{ADMInterval: time.Hour}) // keeps scheduled twins visible
+	h.CreateDevice("d1")
+	if _, err := h.PutConfiguration(Configuration{ID: "c", TargetCondition: "tags.site = 'a' AND properties.reported.arch = 'arm'", Priority: 1,
+		Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": 1}},
+		Metrics: ConfigurationMetrics{Queries: map[string]string{"ok": "SELECT deviceId FROM devices WHERE properties.reported.health.ok = true"}},
+	}, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, h)
+	for _, step := range []struct {
+		name      string
+		change    func() error
+		scheduled bool
+	}{
+		{"reported counter", func() error { _, err := h.patchReported("d1", map[string]any{"counter": 1.0}); return err }, false},
+		{"tag owner", func() error {
+			_, err := h.UpdateTwin("d1", "", TwinPatch{Tags: map[string]any{"owner": "x"}}, false, "")
+			return err
+		}, false},
+		{"desired", func() error {
+			_, err := h.UpdateTwin("d1", "", TwinPatch{Properties: &struct {
+				Desired map[string]any `json:"desired,omitempty"`
+			}{Desired: map[string]any{"x": 1.0}}}, false, "")
+			return err
+		}, false},
+		{"reported arch", func() error { _, err := h.patchReported("d1", map[string]any{"arch": "arm"}); return err }, true},
+		{"reported health (a metric)", func() error {
+			_, err := h.patchReported("d1", map[string]any{"health": map[string]any{"ok": true}})
+			return err
+		}, true},
+		{"tag site", func() error {
+			_, err := h.UpdateTwin("d1", "", TwinPatch{Tags: map[string]any{"site": "a"}}, false, "")
+			return err
+		}, true},
+	} {
+		if err := step.change(); err != nil {
+			t.Fatal(err)
+		}
+		if _, pending := h.ADMPasses(); pending != step.scheduled {
+			t.Errorf("%s: scheduled %v, want %v", step.name, pending, step.scheduled)
+		}
+		h.mu.Lock()
+		clear(h.adm.dirty)
+		h.mu.Unlock()
+	}
+}
+
+// A configurations.json that does not load stops New with the file and
+// entry named; nothing is overwritten.
+func TestConfigurationBadFile(t *testing.T) {
+	dir := t.TempDir()
+	h := startHub(t, Options{Dir: dir})
+	if _, err := h.PutConfiguration(Configuration{ID: "c", TargetCondition: "*", Content: ConfigurationContent{DeviceContent: map[string]any{"properties.desired.v": 1}}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	path := filepath.Join(dir, "configurations.json")
+	bad := []byte(`[{"id":"c","targetCondition":"tags.x = ","content":{"deviceContent":{"properties.desired.v":1}},"seq":1}]`)
+	if err := os.WriteFile(path, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(Options{Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "entry 0 (c)") {
+		t.Fatalf("New with a bad configurations.json: %v", err)
+	}
+	if got, _ := os.ReadFile(path); string(got) != string(bad) {
+		t.Error("the bad file was rewritten")
+	}
 }

@@ -186,7 +186,7 @@ func (h *Hub) start(ctx context.Context) error {
 		InlineClient:             true,
 		Capabilities:             caps,
 		ClientNetWriteBufferSize: 2048,
-		ClientNetReadBufferSize:  2048,
+		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   1 << 30,
 	})
 	if err := h.mqtt.AddHook(&deviceHook{h: h}, nil); err != nil {
