@@ -127,11 +127,17 @@ func statusOf(ctx context.Context, sc *iothub.ServiceClient, cfg *iothub.Configu
 		p.Stage, p.Stages, p.StageName = stage+1, len(plan.Stages), plan.Stages[stage].Name
 		p.State, p.Reason = cfg.Labels[fleet.LabelRollout], cfg.Labels[fleet.LabelReason]
 	}
-	n, err := count(ctx, sc, cfg.TargetCondition)
-	if err != nil {
-		return nil, err
+	// The eligible metric counts the whole target; only a rollout stage
+	// narrower than it needs a query of its own (a scan of every twin).
+	if v, ok := cfg.Metrics.Results[fleet.MetricEligible]; ok && strings.TrimSpace(fleet.BaseTarget(cfg)) == strings.TrimSpace(cfg.TargetCondition) {
+		p.Expected = int(v)
+	} else {
+		n, err := count(ctx, sc, cfg.TargetCondition)
+		if err != nil {
+			return nil, err
+		}
+		p.Expected = n
 	}
-	p.Expected = n
 	p.Targeted = cfg.SystemMetrics.Results["targetedCount"]
 	p.Applied = cfg.SystemMetrics.Results["appliedCount"]
 	p.Ready = cfg.Metrics.Results[fleet.MetricReady]
