@@ -49,6 +49,23 @@ Commands:
   completion bash|zsh|fish        print a shell completion script
   man                             print the man page (roff)
 
+GitOps (a fleet repository of FleetConfig and DeviceConfig YAML files):
+  apply -f DIR [--prune] [--dry-run] [--wait 5m]
+                                  create, update and replace configurations
+                                  and patch devices; new content replaces old
+                                  only once it reaches the same devices
+  diff -f DIR                     exit 0 when the hub matches, 2 when it
+                                  differs, 1 on error
+  get configs [--target COND]     configurations with their device counts
+  get devices [--target COND]     devices with their state and configurations
+  rollout status NAME [--watch] [--max-failed N|P%]
+                                  targeted, applied, Ready, Failed, pending;
+                                  exit 3 when failures cross the threshold
+  rollout run NAME [--timeout 30m]
+                                  widen a staged rollout stage by stage; stops
+                                  (exit 3) when failures cross maxFailed,
+                                  resumes where it stopped
+
 Global flags (also accepted after the command):
   --hub CONNSTR      hub policy connection string (env TWINCTL_HUB)
   --ca FILE          PEM CA to trust, e.g. twinhub's (env TWINCTL_CA)
@@ -62,7 +79,8 @@ DPS commands (enroll, enrollments, registrations) take, after the command:
   --dps-addr H:P     connect to this address instead of HostName:443
                      (env TWINCTL_DPS_ADDR); --ca applies too
 
-Exit codes: 0 ok, 1 error, 2 usage.
+Exit codes: 0 ok, 1 error, 2 usage (diff: the hub differs), 3 rollout failures
+over the threshold.
 `
 
 // cli is one invocation's environment; tests build it with buffers.
@@ -83,6 +101,13 @@ type globals struct {
 	hub, ca, addr, output string
 }
 
+// exitCoder is an error with its own exit code (diff: 2 when the hub
+// differs; rollout: 3 when failures cross the threshold).
+type exitCoder interface {
+	error
+	ExitCode() int
+}
+
 // usageError is a mistake in the command line: exit code 2.
 type usageError struct{ msg string }
 
@@ -96,12 +121,18 @@ func usagef(format string, args ...any) error {
 func (c *cli) run(ctx context.Context, args []string) int {
 	err := c.dispatch(ctx, args)
 	var ue *usageError
+	var ec exitCoder
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(c.stdout, usageText)
 		return exitOK
+	case errors.As(err, &ec):
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintf(c.stderr, "twinctl: %s\n", msg)
+		}
+		return ec.ExitCode()
 	case errors.As(err, &ue):
 		fmt.Fprintf(c.stderr, "twinctl: %s\nRun 'twinctl help' for usage.\n", ue.msg)
 		return exitUsage
@@ -169,7 +200,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 }
 
 // groups are commands with subcommands.
-var groups = map[string]bool{"devices": true, "twin": true}
+var groups = map[string]bool{"devices": true, "twin": true, "get": true, "rollout": true}
 
 var commands = map[string]*command{}
 

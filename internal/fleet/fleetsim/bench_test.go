@@ -1,0 +1,203 @@
+package fleetsim_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twinlet/twinlet/internal/fleet/fleetsim"
+	"github.com/twinlet/twinlet/internal/hub"
+	"github.com/twinlet/twinlet/internal/iothub"
+	_ "github.com/twinlet/twinlet/providers/standard"
+)
+
+// BenchmarkApplyToReady measures, for a fleet of N simulated devices (real
+// device clients and reconcilers with the files provider, each on its own
+// root under a temp dir, all in this process, against an embedded hub on
+// loopback), the time from `twinctl apply` of a FleetConfig for every
+// device to `twinctl rollout status --watch` seeing every device Ready.
+// Both are the real twinctl binary, built before the clock starts.
+//
+// N is TWINLET_FLEET_DEVICES (default 200, so that `make bench` stays
+// short; the figures in the README are for 1000 and 10000). Connecting the
+// fleet is not timed. Above 4000 devices (or with
+// TWINLET_FLEET_HUB_PROCESS set) twinhub runs as its own process, and its
+// resident memory per connected device is reported too.
+func BenchmarkApplyToReady(b *testing.B) {
+	n := 200
+	if v, err := strconv.Atoi(os.Getenv("TWINLET_FLEET_DEVICES")); err == nil && v > 0 {
+		n = v
+	}
+	// Each device holds a socket on each end. Past a few thousand devices
+	// one process would need more open files than the limit allows, so
+	// twinhub runs as its own process (the real binary) on the registry
+	// this process creates in its directory.
+	separate := n > 4000 || os.Getenv("TWINLET_FLEET_HUB_PROCESS") != ""
+	if separate {
+		raiseFileLimit(b, n+1024)
+	} else {
+		raiseFileLimit(b, 2*n+1024)
+	}
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "twinctl")
+	if out, err := exec.Command("go", "build", "-o", dir+"/", "../../../cmd/twinctl", "../../../cmd/twinhub").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	hubDir := filepath.Join(dir, "hub")
+	if !separate {
+		hubDir = ""
+	}
+	h, err := hub.New(hub.Options{Dir: hubDir, MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { h.Close() })
+	css := make([]iothub.ConnectionString, n)
+	for i := range css {
+		id := fmt.Sprintf("sim-%05d", i)
+		if css[i], err = h.CreateDevice(id); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := h.UpdateTwin(id, "", hub.TwinPatch{Tags: map[string]any{"fleet": "sim"}}, false, ""); err != nil {
+			b.Fatal(err)
+		}
+	}
+	mqttAddr, httpsAddr, owner, caPEM := h.MQTTAddr(), h.HTTPSAddr(), h.OwnerConnectionString(), h.CAPEM()
+	var hubProc *exec.Cmd
+	if separate {
+		if err := h.Close(); err != nil {
+			b.Fatal(err)
+		}
+		mqttAddr, httpsAddr = freeAddr(b), freeAddr(b)
+		hubProc = exec.Command(filepath.Join(dir, "twinhub"), "serve", "--dir", hubDir, "--mqtt-addr", mqttAddr, "--https-addr", httpsAddr)
+		hubProc.Stdout, hubProc.Stderr = io.Discard, io.Discard
+		if err := hubProc.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { hubProc.Process.Signal(syscall.SIGTERM); hubProc.Wait() })
+		deadline := time.Now().Add(time.Minute)
+		for {
+			c, err := net.Dial("tcp", httpsAddr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("twinhub did not listen on %s", httpsAddr)
+			}
+			time.Sleep(50 * time.Millisecond) // waiting for a child process to listen: nothing to poll but the port
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	connectStart := time.Now()
+	f, err := fleetsim.Start(ctx, css, fleetsim.Options{Dir: filepath.Join(dir, "fleet"), Addr: mqttAddr, CAPEM: caPEM, Sections: []string{"files"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Stop()
+	connect := time.Since(connectStart)
+	ca := filepath.Join(dir, "ca.pem")
+	os.WriteFile(ca, caPEM, 0o600)
+	env := append(os.Environ(), "TWINCTL_HUB="+owner, "TWINCTL_CA="+ca, "TWINCTL_HUB_ADDR="+httpsAddr)
+	twinctl := func(args ...string) {
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("twinctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	repo := filepath.Join(dir, "repo")
+	os.MkdirAll(repo, 0o755)
+	var ms runtime.MemStats
+	round := 0
+	for b.Loop() {
+		round++
+		doc := fmt.Sprintf(`apiVersion: twinlet.dev/v1
+kind: FleetConfig
+metadata: {name: bench}
+spec:
+  targetCondition: "tags.fleet='sim'"
+  sections:
+    files:
+      motd: {path: /etc/motd, content: "round %d\n"}
+`, round)
+		if err := os.WriteFile(filepath.Join(repo, "bench.yaml"), []byte(doc), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		twinctl("apply", "-f", repo, "--prune", "--interval", "100ms", "--wait", "10m")
+		twinctl("rollout", "status", "bench", "--watch", "--interval", "100ms")
+	}
+	b.StopTimer()
+	for i := 0; i < n; i += max(1, n/10) {
+		if data, err := os.ReadFile(filepath.Join(f.Root(i), "etc/motd")); err != nil || string(data) != fmt.Sprintf("round %d\n", round) {
+			b.Fatalf("device %d: /etc/motd %q %v", i, data, err)
+		}
+	}
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(n), "devices")
+	b.ReportMetric(connect.Seconds(), "connect-s")
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N)/1000, "apply-to-ready-s")
+	b.ReportMetric(float64(ms.HeapInuse)/float64(n)/1024, "heap-KiB/device")
+	if hubProc != nil {
+		b.ReportMetric(float64(rssKiB(b, hubProc.Process.Pid))/float64(n), "hub-rss-KiB/device")
+		b.ReportMetric(float64(rssKiB(b, os.Getpid()))/float64(n), "sim-rss-KiB/device")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// rssKiB reads a process's resident set size from /proc.
+func rssKiB(b *testing.B, pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			return n
+		}
+	}
+	return 0
+}
+
+func freeAddr(b *testing.B) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// raiseFileLimit lifts the soft (and, as root, the hard) limit on open
+// files: every simulated device holds a socket on each end.
+func raiseFileLimit(b *testing.B, want int) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatal(err)
+	}
+	if lim.Cur >= uint64(want) {
+		return
+	}
+	lim.Cur = uint64(want)
+	if lim.Max < lim.Cur {
+		lim.Max = lim.Cur
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Skipf("the fleet needs %d open files: %v", want, err)
+	}
+}
