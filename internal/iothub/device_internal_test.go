@@ -28,7 +28,10 @@ func TestTwinReplyRacingDisconnect(t *testing.T) {
 		c.mu.Unlock()
 		var wg sync.WaitGroup
 		wg.Add(2)
-		go func() { defer wg.Done(); c.onMessage(nil, message{topic: "$iothub/twin/res/200/?$rid=" + rid, payload: []byte("{}")}) }()
+		go func() {
+			defer wg.Done()
+			c.onMessage(nil, message{topic: "$iothub/twin/res/200/?$rid=" + rid, payload: []byte("{}")})
+		}()
 		go func() { defer wg.Done(); c.disconnect() }()
 		wg.Wait()
 	}
