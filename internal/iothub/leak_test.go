@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,5 +192,52 @@ func TestReadKeyFileReadsWholeFile(t *testing.T) {
 	os.Mkdir(sub, 0o700)
 	if _, err := iothub.ReadKeyFile(sub); err == nil || !strings.Contains(err.Error(), "directory") {
 		t.Fatalf("directory: err = %v", err)
+	}
+}
+
+// TestCallbacksInOrderAcrossDrops: through a burst of desired changes and
+// dropped connections, the callbacks never overlap and the versions they
+// see never go back, and the last change arrives.
+func TestCallbacksInOrderAcrossDrops(t *testing.T) {
+	h := iothubtest.StartHub(t)
+	var mu sync.Mutex
+	var inFlight atomic.Int32
+	var seen []int64
+	var problems []string
+	check := func(kind string, v int64) {
+		if inFlight.Add(1) != 1 {
+			mu.Lock()
+			problems = append(problems, kind+" callback overlapping another")
+			mu.Unlock()
+		}
+		mu.Lock()
+		if n := len(seen); n > 0 && v < seen[n-1] {
+			problems = append(problems, fmt.Sprintf("%s version %d after %d", kind, v, seen[n-1]))
+		}
+		seen = append(seen, v)
+		mu.Unlock()
+		inFlight.Add(-1)
+	}
+	startDevice(t, h, "d1", func(cfg *iothub.DeviceConfig) {
+		cfg.OnTwin = func(_ map[string]json.RawMessage, v int64, _ map[string]json.RawMessage) { check("twin", v) }
+		cfg.OnDesired = func(_ map[string]json.RawMessage, v int64) { check("patch", v) }
+	})
+	for i := 1; i <= 300; i++ {
+		patchDesired(t, h, "d1", map[string]any{"n": i})
+		if i%50 == 0 {
+			h.DropConnections("d1")
+		}
+	}
+	tw, _ := h.Twin("d1", "")
+	want := tw.Properties.Desired["$version"].(int64)
+	testutil.Eventually(t, "the last desired version", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) > 0 && seen[len(seen)-1] == want
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(problems) > 0 {
+		t.Fatalf("%d problems, first: %v", len(problems), problems[:min(5, len(problems))])
 	}
 }
