@@ -210,6 +210,9 @@ func TestCallbacksInOrderAcrossDrops(t *testing.T) {
 			problems = append(problems, kind+" callback overlapping another")
 			mu.Unlock()
 		}
+		// A callback takes time (the agent's used to write the state
+		// directory): a window in which another delivery would overlap.
+		time.Sleep(100 * time.Microsecond)
 		mu.Lock()
 		if n := len(seen); n > 0 && v < seen[n-1] {
 			problems = append(problems, fmt.Sprintf("%s version %d after %d", kind, v, seen[n-1]))
@@ -222,9 +225,12 @@ func TestCallbacksInOrderAcrossDrops(t *testing.T) {
 		cfg.OnTwin = func(_ map[string]json.RawMessage, v int64, _ map[string]json.RawMessage) { check("twin", v) }
 		cfg.OnDesired = func(_ map[string]json.RawMessage, v int64) { check("patch", v) }
 	})
-	for i := 1; i <= 300; i++ {
+	// Twin reads answered late: patches keep arriving while the client
+	// reads the twin after each reconnect.
+	h.SetFaults(hub.Faults{Delay: 5 * time.Millisecond})
+	for i := 1; i <= 3000; i++ {
 		patchDesired(t, h, "d1", map[string]any{"n": i})
-		if i%50 == 0 {
+		if i%300 == 0 {
 			h.DropConnections("d1")
 		}
 	}
