@@ -268,18 +268,8 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	// run
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	reload := make(chan struct{}, 1)
-	go func() {
-		for range hup {
-			select {
-			case reload <- struct{}{}:
-			default:
-			}
-		}
-	}()
+	reload, hupDone := forwardHUP(ctx)
+	defer func() { stop(); <-hupDone }()
 	runCloud, err := cloud(cfg, r, &ag, metrics, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
@@ -296,6 +286,31 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	}
 	log.Info("twinlet stopped")
 	return 0
+}
+
+// forwardHUP turns SIGHUP into reload requests (coalesced) until ctx
+// ends; done is closed when its goroutine has stopped.
+func forwardHUP(ctx context.Context) (reload <-chan struct{}, done <-chan struct{}) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	out := make(chan struct{}, 1)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out, stopped
 }
 
 func set(fs *flag.FlagSet, name string) bool {
