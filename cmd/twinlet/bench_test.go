@@ -25,7 +25,7 @@ func BenchmarkApplyNoop(b *testing.B) {
 	sb.WriteString("  hostname: { name: bench-host }\n  timezone: { name: Europe/Berlin }\n")
 	sb.WriteString("  sysctl:\n    swappiness: { key: vm.swappiness, value: \"10\" }\n  files:\n")
 	for i := 0; i < 100; i++ {
-		fmt.Fprintf(&sb, "    f%03d: { path: /opt/bench/f%03d.conf, mode: \"0644\", content: %q }\n", i, i, strings.Repeat(fmt.Sprintf("line %d of a managed file\n", i), 40))
+		fmt.Fprintf(&sb, "    f%03d: { path: /opt/bench/f%03d.conf, mode: \"0644\", content: %q }\n", i, i, fmt.Sprintf("managed file %d\n", i))
 	}
 	os.WriteFile(filepath.Join(policy, "bench.yaml"), []byte(sb.String()), 0o644)
 	args := []string{"apply", "--once", "--config", "", "--root", root, "--state-dir", state, "--policy", policy}

@@ -13,8 +13,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -215,11 +217,14 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	var ag *agent.Agent
 	var metrics *agent.Metrics
 	var rr *reconciler.Reconciler
+	var reported sync.Once
+	firstReport := make(chan struct{})
 	if cmd == "run" {
 		opts.OnReport = func(doc []byte) {
 			if ag != nil {
 				ag.Notify(doc)
 			}
+			reported.Do(func() { close(firstReport) })
 		}
 		if cfg.MetricsAddr != "" {
 			metrics = agent.NewMetrics(func() int { return rr.QueueLen() })
@@ -278,14 +283,37 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	log.Info("twinlet running", "version", version.Version, "root", cfg.Root, "policy", cfg.PolicyDir, "state", cfg.StateDir)
 	cloudDone := make(chan struct{})
 	go func() { defer close(cloudDone); runCloud(ctx) }()
+	trimmed := make(chan struct{})
+	go func() { defer close(trimmed); trimAfterStart(ctx, firstReport) }()
 	err = r.Run(ctx, reconciler.RunOptions{Resync: cfg.Resync, Reload: reload})
 	<-cloudDone
+	<-trimmed
 	if err != nil {
 		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
 		return 1
 	}
 	log.Info("twinlet stopped")
 	return 0
+}
+
+// idleGCPercent is the agent's GOGC unless the environment sets one: the
+// agent idles far more than it works, so a smaller heap is worth a few
+// more collections while it works.
+const idleGCPercent = 50
+
+// trimAfterStart lowers the GC target of the long-running agent and, once
+// the first full reconcile is reported, returns the memory that start-up
+// needed (schema compilation, the first full observation) to the system:
+// the idle agent's resident size is what a device pays for all day.
+func trimAfterStart(ctx context.Context, first <-chan struct{}) {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(idleGCPercent)
+	}
+	select {
+	case <-ctx.Done():
+	case <-first:
+		debug.FreeOSMemory()
+	}
 }
 
 // forwardHUP turns SIGHUP into reload requests (coalesced) until ctx

@@ -50,7 +50,7 @@ func run(bin, dir string, runs int) error {
 	b.WriteString("  hostname: { name: bench-host }\n  timezone: { name: Europe/Berlin }\n")
 	b.WriteString("  sysctl:\n    swappiness: { key: vm.swappiness, value: \"10\" }\n  files:\n")
 	for i := 0; i < 100; i++ {
-		fmt.Fprintf(&b, "    f%03d: { path: /opt/bench/f%03d.conf, mode: \"0644\", content: %q }\n", i, i, strings.Repeat(fmt.Sprintf("line %d of a managed file\n", i), 40))
+		fmt.Fprintf(&b, "    f%03d: { path: /opt/bench/f%03d.conf, mode: \"0644\", content: %q }\n", i, i, fmt.Sprintf("managed file %d\n", i))
 	}
 	if err := os.WriteFile(filepath.Join(policy, "bench.yaml"), []byte(b.String()), 0o644); err != nil {
 		return err
