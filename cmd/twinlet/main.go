@@ -1,5 +1,10 @@
 // Command twinlet is the device agent: it reconciles the device against
 // local policy files and the device twin, and reports the result.
+//
+// The runtime does not re-read the cgroup CPU limit every second to update
+// GOMAXPROCS (updatemaxprocs): an idle agent must not wake up for it.
+//
+//go:debug updatemaxprocs=0
 package main
 
 import (
