@@ -315,7 +315,7 @@ func (a *Agent) report(ctx context.Context) {
 		case <-a.wake:
 		default:
 		}
-		lastSend = time.Now()
+		flushStart, attemptsBefore := time.Now(), a.Attempts()
 		latest := normalize(a.r.Document())
 		a.mu.Lock()
 		if latest != nil {
@@ -323,6 +323,11 @@ func (a *Agent) report(ctx context.Context) {
 		}
 		a.mu.Unlock()
 		res, err := a.flush(ctx, latest, &rejected)
+		if a.Attempts() != attemptsBefore {
+			// Only a patch sent opens a window; a document that changed
+			// nothing the hub holds must not delay the next change.
+			lastSend = flushStart
+		}
 		a.mu.Lock()
 		if serr := a.out.save(); serr != nil {
 			a.log.Error("reported patches not saved", "err", serr)
