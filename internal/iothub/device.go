@@ -376,10 +376,14 @@ func (c *DeviceClient) connect(ctx context.Context, lost chan<- error) (time.Tim
 		renewAt = time.Now().Add(24 * 365 * time.Hour) // certificates need no renewal
 	}
 	client := paho.NewClient(opts)
-	if err := wait(ctx, client.Connect(), c.cfg.RequestTimeout); err != nil {
+	tok := client.Connect()
+	if err := wait(ctx, tok, c.cfg.RequestTimeout); err != nil {
 		// Given up on: paho may still complete this connect later, so
-		// disconnect it (paho aborts a connect in progress).
+		// disconnect it (paho aborts a connect in progress) and wait for
+		// paho to let go (within its connect timeout), so that no connect
+		// outlives Run.
 		client.Disconnect(0)
+		tok.WaitTimeout(c.cfg.RequestTimeout)
 		return time.Time{}, fmt.Errorf("connect %s: %w", c.cfg.Addr, err)
 	}
 	c.mu.Lock()

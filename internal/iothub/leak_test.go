@@ -123,7 +123,8 @@ func newHoldingProxy(t *testing.T, upstream string) *holdingProxy {
 
 // TestAbandonedConnectIsDisconnected: a connect given up (here: the
 // client stops while the hub has not answered yet) must not leave a paho
-// client behind that completes the connect later and stays connected.
+// client behind that completes the connect later and stays connected, and
+// Run returns only once paho let go of it.
 func TestAbandonedConnectIsDisconnected(t *testing.T) {
 	h := iothubtest.StartHub(t)
 	cs, err := h.CreateDevice("d1")
@@ -144,8 +145,9 @@ func TestAbandonedConnectIsDisconnected(t *testing.T) {
 	go func() { defer close(done); c.Run(ctx) }()
 	<-p.accepted
 	cancel()
-	<-done
+	// The hub answers only now, while the client stops.
 	close(p.release)
+	<-done
 	select {
 	case <-p.done:
 	case <-time.After(15 * time.Second):
