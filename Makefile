@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench fuzz lint clean demo tpm-tools deb deb-tools release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools release
 
 all: build
 
@@ -56,8 +56,9 @@ run: build
 
 test: lint unit conformance
 
+# Every Go test under the race detector.
 unit: tpm-tools deb-tools
-	$(GO) test -count=1 -timeout 12m $(PKGS)
+	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -65,6 +66,20 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
+
+# A whole-process no-op `twinlet apply --once` of 100 files, hostname,
+# timezone and one sysctl item against a floor program that only stats,
+# reads and hashes the same files, in one hyperfine run (Debian package
+# hyperfine, installed here as root when missing).
+bench-cli:
+	@command -v hyperfine >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing hyperfine (Debian package) for bench-cli"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null; }; \
+	  else echo "make bench-cli needs hyperfine: apt-get install hyperfine" >&2; exit 1; fi; }
+	$(GO) build -trimpath -o $(BIN)/ ./cmd/twinlet ./internal/tools/clifloor
+	$(GO) run ./internal/tools/benchcli -bin $(BIN) -dir $(RUN_DIR)/bench-cli
 
 FUZZTIME ?= 10s
 # Every Fuzz* target of the module, each for $(FUZZTIME).

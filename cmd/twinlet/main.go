@@ -1,5 +1,10 @@
 // Command twinlet is the device agent: it reconciles the device against
 // local policy files and the device twin, and reports the result.
+//
+// The runtime does not re-read the cgroup CPU limit every second to update
+// GOMAXPROCS (updatemaxprocs): an idle agent must not wake up for it.
+//
+//go:debug updatemaxprocs=0
 package main
 
 import (
@@ -13,8 +18,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -253,8 +260,13 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	var ag agentRef
 	var metrics *agent.Metrics
 	var rr *reconciler.Reconciler
+	var reported sync.Once
+	firstReport := make(chan struct{})
 	if cmd == "run" {
-		opts.OnReport = ag.Notify
+		opts.OnReport = func(doc []byte) {
+			ag.Notify(doc)
+			reported.Do(func() { close(firstReport) })
+		}
 		if cfg.MetricsAddr != "" {
 			metrics = agent.NewMetrics(func() int { return rr.QueueLen() })
 			opts.OnSection = metrics.ObserveSection
@@ -302,18 +314,8 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	// run
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	reload := make(chan struct{}, 1)
-	go func() {
-		for range hup {
-			select {
-			case reload <- struct{}{}:
-			default:
-			}
-		}
-	}()
+	reload, hupDone := forwardHUP(ctx)
+	defer func() { stop(); <-hupDone }()
 	runCloud, err := cloud(cfg, r, &ag, metrics, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
@@ -322,14 +324,62 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	log.Info("twinlet running", "version", version.Version, "root", cfg.Root, "policy", cfg.PolicyDir, "state", cfg.StateDir)
 	cloudDone := make(chan struct{})
 	go func() { defer close(cloudDone); runCloud(ctx) }()
+	trimmed := make(chan struct{})
+	go func() { defer close(trimmed); trimAfterStart(ctx, firstReport) }()
 	err = r.Run(ctx, reconciler.RunOptions{Resync: cfg.Resync, Reload: reload})
 	<-cloudDone
+	<-trimmed
 	if err != nil {
 		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
 		return 1
 	}
 	log.Info("twinlet stopped")
 	return 0
+}
+
+// idleGCPercent is the agent's GOGC unless the environment sets one: the
+// agent idles far more than it works, so a smaller heap is worth a few
+// more collections while it works.
+const idleGCPercent = 50
+
+// trimAfterStart lowers the GC target of the long-running agent and, once
+// the first full reconcile is reported, returns the memory that start-up
+// needed (schema compilation, the first full observation) to the system:
+// the idle agent's resident size is what a device pays for all day.
+func trimAfterStart(ctx context.Context, first <-chan struct{}) {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(idleGCPercent)
+	}
+	select {
+	case <-ctx.Done():
+	case <-first:
+		debug.FreeOSMemory()
+	}
+}
+
+// forwardHUP turns SIGHUP into reload requests (coalesced) until ctx
+// ends; done is closed when its goroutine has stopped.
+func forwardHUP(ctx context.Context) (reload <-chan struct{}, done <-chan struct{}) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	out := make(chan struct{}, 1)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out, stopped
 }
 
 func set(fs *flag.FlagSet, name string) bool {

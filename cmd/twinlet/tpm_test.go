@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/twinlet/twinlet/internal/config"
-	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/sas"
 	"github.com/twinlet/twinlet/internal/tpm"
 	"github.com/twinlet/twinlet/internal/tpm/tpmtest"
 )
@@ -60,15 +60,15 @@ func TestTPMCommands(t *testing.T) {
 	}
 
 	tok := strings.TrimSpace(must("", "slot-token", "2", "--ttl", "10m"))
-	head, sas, ok := strings.Cut(tok, ";SharedAccessSignature=")
+	head, sig, ok := strings.Cut(tok, ";SharedAccessSignature=")
 	if !ok || head != "HostName=hub.example;DeviceId=kiosk-17" {
 		t.Fatalf("token connection string %q", tok)
 	}
-	st, err := iothub.ParseSASToken(sas)
+	st, err := sas.Parse(sig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := iothub.VerifySAS(st, k, "hub.example/devices/kiosk-17", time.Now()); err != nil {
+	if err := sas.Verify(st, k, "hub.example/devices/kiosk-17", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Until(st.Expiry); d > 10*time.Minute+time.Second || d < 9*time.Minute {

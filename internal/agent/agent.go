@@ -22,8 +22,9 @@ import (
 
 // Options tune an Agent; the zero value is sensible.
 type Options struct {
-	// Coalesce waits this long after a new reported document for more
-	// before sending one patch (default 100ms).
+	// Coalesce is the reporter's window: the first new reported document
+	// after a quiet period is sent at once, later ones at most once per
+	// window, as one patch with the latest document (default 100ms).
 	Coalesce time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay of reported patches
 	// that were throttled or failed (defaults 1s, 2m).
@@ -52,8 +53,14 @@ type Agent struct {
 	wake   chan struct{}
 	twinMu sync.Mutex
 	// desired is the full desired document (sections only) as last
-	// handed to the reconciler.
-	desired map[string]json.RawMessage
+	// received, and desiredVersion its $version; twinDirty says the
+	// reconciler has not been handed them yet (twinWake wakes the
+	// goroutine that does, so no callback of the device client waits for
+	// the state directory's fsync).
+	desired        map[string]json.RawMessage
+	desiredVersion int64
+	twinDirty      bool
+	twinWake       chan struct{}
 
 	mu sync.Mutex
 	// acked is what the hub holds of the keys twinlet owns; nil until a
@@ -80,7 +87,8 @@ func New(r *reconciler.Reconciler, cfg iothub.DeviceConfig, opts Options) (*Agen
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{r: r, opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), owned: map[string]bool{"__summary": true}}
+	a := &Agent{r: r, opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), twinWake: make(chan struct{}, 1),
+		owned: map[string]bool{"__summary": true}}
 	out, err := loadOutbox(opts.StateDir)
 	if err != nil {
 		a.log.Error("reported patches of the previous run lost; the latest state will still be reported", "err", err)
@@ -133,17 +141,58 @@ func (a *Agent) Attempts() int {
 	return a.attempts
 }
 
-// Run keeps the connection and the reporter going until ctx ends.
+// Run keeps the connection, the reporter and the twin layer going until
+// ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		a.report(ctx)
 	}()
+	go func() {
+		defer wg.Done()
+		a.applyDesired(ctx)
+	}()
 	err := a.c.Run(ctx)
 	wg.Wait()
 	return err
+}
+
+// applyDesired hands the newest desired document to the reconciler
+// whenever one arrived: a burst of patches costs one write of the state
+// directory, not one per patch, and the twin layer's version only ever
+// increases (one goroutine, the newest document). What arrived before a
+// stop is still written.
+func (a *Agent) applyDesired(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			a.flushDesired(false)
+			return
+		case <-a.twinWake:
+			a.flushDesired(true)
+		}
+	}
+}
+
+func (a *Agent) flushDesired(enqueue bool) {
+	a.twinMu.Lock()
+	if !a.twinDirty {
+		a.twinMu.Unlock()
+		return
+	}
+	doc, version := a.desired, a.desiredVersion
+	a.twinDirty = false
+	a.twinMu.Unlock()
+	changed, err := a.r.SetTwinDesired(doc, version)
+	if err != nil {
+		a.log.Error("persist twin desired", "err", err)
+	}
+	if len(changed) > 0 && enqueue {
+		a.log.Info("twin desired changed", "version", version, "sections", changed)
+		a.r.Enqueue(changed...)
+	}
 }
 
 func (a *Agent) onConnection(up bool) {
@@ -160,11 +209,12 @@ func (a *Agent) onConnection(up bool) {
 // onTwin takes the full twin read after a connect: the desired document
 // replaces the twin layer, and the reported one is what the hub holds.
 func (a *Agent) onTwin(desired map[string]json.RawMessage, version int64, reported map[string]json.RawMessage) {
-	sections, _, _ := reconciler.SplitDesired(desired)
-	a.twinMu.Lock()
-	a.desired = sections
-	a.twinMu.Unlock()
-	a.setDesired(sections, version)
+	if sections, _, err := reconciler.SplitDesired(desired); err != nil {
+		// The twin layer in force stays; the next twin read tries again.
+		a.log.Error("twin desired document not used", "version", version, "err", err)
+	} else {
+		a.setDesired(sections, version)
+	}
 	acked := map[string]json.RawMessage{}
 	for k, v := range reported {
 		if a.owned[k] {
@@ -187,20 +237,19 @@ func (a *Agent) onDesired(patch map[string]json.RawMessage, version int64) {
 		}
 	}
 	a.twinMu.Lock()
-	a.desired = jsonx.MergePatch(a.desired, patch)
-	doc := a.desired
+	doc := jsonx.MergePatch(a.desired, patch)
 	a.twinMu.Unlock()
 	a.setDesired(doc, version)
 }
 
+// setDesired records the newest desired document for applyDesired.
 func (a *Agent) setDesired(sections map[string]json.RawMessage, version int64) {
-	changed, err := a.r.SetTwinDesired(sections, version)
-	if err != nil {
-		a.log.Error("persist twin desired", "err", err)
-	}
-	if len(changed) > 0 {
-		a.log.Info("twin desired changed", "version", version, "sections", changed)
-		a.r.Enqueue(changed...)
+	a.twinMu.Lock()
+	a.desired, a.desiredVersion, a.twinDirty = sections, version, true
+	a.twinMu.Unlock()
+	select {
+	case a.twinWake <- struct{}{}:
+	default:
 	}
 }
 
@@ -235,6 +284,7 @@ func (a *Agent) report(ctx context.Context) {
 	failures := 0
 	var retry <-chan time.Time
 	var rejected []byte // a patch against the hub's copy that the hub refused (400)
+	var lastSend time.Time
 	for {
 		// While backing off, new documents wait for the retry: a hub that
 		// throttles must not see more attempts because we had more news.
@@ -252,15 +302,20 @@ func (a *Agent) report(ctx context.Context) {
 			}
 		}
 		retry = nil
-		// Coalesce a burst into one patch: the latest document is read
-		// after the pause, and the signals meanwhile are spent.
-		if !backoff.Sleep(ctx, a.opts.Coalesce) {
-			return
+		// Leading edge, then coalescing: the first document of a quiet
+		// period goes out at once; within Coalesce of the last send the
+		// rest of the window is waited out and the latest document read
+		// then, so a burst costs one patch per window.
+		if d := a.opts.Coalesce - time.Since(lastSend); d > 0 {
+			if !backoff.Sleep(ctx, d) {
+				return
+			}
 		}
 		select {
 		case <-a.wake:
 		default:
 		}
+		flushStart, attemptsBefore := time.Now(), a.Attempts()
 		latest := normalize(a.r.Document())
 		a.mu.Lock()
 		if latest != nil {
@@ -268,6 +323,11 @@ func (a *Agent) report(ctx context.Context) {
 		}
 		a.mu.Unlock()
 		res, err := a.flush(ctx, latest, &rejected)
+		if a.Attempts() != attemptsBefore {
+			// Only a patch sent opens a window; a document that changed
+			// nothing the hub holds must not delay the next change.
+			lastSend = flushStart
+		}
 		a.mu.Lock()
 		if serr := a.out.save(); serr != nil {
 			a.log.Error("reported patches not saved", "err", serr)

@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/sas"
 	"github.com/twinlet/twinlet/internal/tpm/tpmblob"
 )
 
@@ -96,7 +96,7 @@ var validRegistrationID = regexp.MustCompile(`^[A-Za-z0-9\-._:]{0,127}[A-Za-z0-9
 // deviceAuth is what a device presented: its Authorization header and
 // its TLS client certificate chain.
 type deviceAuth struct {
-	sas   *iothub.SAS
+	sas   *sas.Token
 	certs []*x509.Certificate
 }
 
@@ -160,7 +160,7 @@ func (d *dps) handleDevice(w http.ResponseWriter, r *http.Request, segs []string
 		auth.certs = r.TLS.PeerCertificates
 	}
 	if raw := r.Header.Get("Authorization"); raw != "" {
-		tok, err := iothub.ParseSASToken(raw)
+		tok, err := sas.Parse(raw)
 		if err != nil {
 			d.writeError(w, dpsErr(401, dpsUnauthorized, "Authorization: %v", err))
 			return
@@ -330,16 +330,16 @@ func (d *dps) attest(regID string, body *deviceRegistration, auth deviceAuth, ch
 	}
 	target := d.idScope() + "/registrations/" + regID
 	verifyKeys := func(keys []string) error {
-		var last error = iothub.ErrSASSignature
+		var last error = sas.ErrSignature
 		for _, k := range keys {
 			raw, err := base64.StdEncoding.DecodeString(k)
 			if err != nil || len(raw) == 0 {
 				continue
 			}
-			if last = iothub.VerifySAS(*auth.sas, raw, target, time.Now()); last == nil {
+			if last = sas.Verify(*auth.sas, raw, target, time.Now()); last == nil {
 				return nil
 			}
-			if errors.Is(last, iothub.ErrSASExpired) || errors.Is(last, iothub.ErrSASScope) {
+			if errors.Is(last, sas.ErrExpired) || errors.Is(last, sas.ErrScope) {
 				return last
 			}
 		}
@@ -384,7 +384,7 @@ func (d *dps) attest(regID string, body *deviceRegistration, auth deviceAuth, ch
 		a.reg.SymmetricKey = &RegSymmetric{EnrollmentGroupID: g.EnrollmentGroupID}
 		return a, nil
 	}
-	if last != nil && (errors.Is(last, iothub.ErrSASExpired) || errors.Is(last, iothub.ErrSASScope)) {
+	if last != nil && (errors.Is(last, sas.ErrExpired) || errors.Is(last, sas.ErrScope)) {
 		return nil, unauthorized("%v", last)
 	}
 	return nil, unauthorized("no enrollment or enrollment group matches registration %s and its key", regID)
@@ -394,13 +394,13 @@ func verifySASAuth(p deviceAuth, target string, keys []string) error {
 	if p.sas == nil {
 		return errors.New("no Authorization header")
 	}
-	var last error = iothub.ErrSASSignature
+	var last error = sas.ErrSignature
 	for _, k := range keys {
 		raw, err := base64.StdEncoding.DecodeString(k)
 		if err != nil || len(raw) == 0 {
 			continue
 		}
-		if last = iothub.VerifySAS(*p.sas, raw, target, time.Now()); last == nil {
+		if last = sas.Verify(*p.sas, raw, target, time.Now()); last == nil {
 			return nil
 		}
 	}

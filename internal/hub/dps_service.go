@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/sas"
 )
 
 func randRead(b []byte) (int, error)     { return rand.Read(b) }
@@ -130,7 +130,7 @@ func (d *dps) authorizeService(r *http.Request) error {
 	if raw == "" {
 		return dpsErr(401, dpsUnauthorized, "missing Authorization header")
 	}
-	tok, err := iothub.ParseSASToken(raw)
+	tok, err := sas.Parse(raw)
 	if err != nil {
 		return dpsErr(401, dpsUnauthorized, "%v", err)
 	}
@@ -143,7 +143,7 @@ func (d *dps) authorizeService(r *http.Request) error {
 	var verr error
 	for _, k := range keys {
 		key, _ := base64.StdEncoding.DecodeString(k)
-		if verr = iothub.VerifySAS(tok, key, d.hostname, time.Now()); verr == nil {
+		if verr = sas.Verify(tok, key, d.hostname, time.Now()); verr == nil {
 			return nil
 		}
 	}

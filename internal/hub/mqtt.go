@@ -20,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/sas"
 )
 
 // Reasons a connection is closed by the hub.
@@ -363,7 +364,7 @@ func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) (authResult, erro
 			return authResult{}, fmt.Errorf("%s authenticates with X.509 but sent no client certificate", key)
 		}
 	}
-	tok, err := iothub.ParseSASToken(string(pk.Connect.Password))
+	tok, err := sas.Parse(string(pk.Connect.Password))
 	if err != nil {
 		return authResult{}, err
 	}
@@ -387,16 +388,16 @@ func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) (authResult, erro
 		if err != nil || len(raw) == 0 {
 			continue
 		}
-		if lastErr = iothub.VerifySAS(tok, raw, target, time.Now()); lastErr == nil {
+		if lastErr = sas.Verify(tok, raw, target, time.Now()); lastErr == nil {
 			res.expiry = tok.Expiry
 			return res, nil
 		}
-		if errors.Is(lastErr, iothub.ErrSASExpired) || errors.Is(lastErr, iothub.ErrSASScope) {
+		if errors.Is(lastErr, sas.ErrExpired) || errors.Is(lastErr, sas.ErrScope) {
 			break
 		}
 	}
 	if lastErr == nil {
-		lastErr = iothub.ErrSASSignature
+		lastErr = sas.ErrSignature
 	}
 	return authResult{}, lastErr
 }

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/twinlet/twinlet/internal/hub/query"
-	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/sas"
 )
 
 // maxBody bounds request bodies (a twin is at most ~50 KB, a method
@@ -187,7 +187,7 @@ func (h *Hub) authorize(r *http.Request, rights []string) error {
 	if raw == "" {
 		return apiErr(401, "IotHubUnauthorizedAccess", 401002, "missing Authorization header")
 	}
-	tok, err := iothub.ParseSASToken(raw)
+	tok, err := sas.Parse(raw)
 	if err != nil {
 		return apiErr(401, "IotHubUnauthorizedAccess", 401002, "%v", err)
 	}
@@ -201,7 +201,7 @@ func (h *Hub) authorize(r *http.Request, rights []string) error {
 	var verr error
 	for _, k := range []string{p.PrimaryKey, p.SecondaryKey} {
 		key, _ := base64.StdEncoding.DecodeString(k)
-		if verr = iothub.VerifySAS(tok, key, h.hostname, time.Now()); verr == nil {
+		if verr = sas.Verify(tok, key, h.hostname, time.Now()); verr == nil {
 			break
 		}
 	}

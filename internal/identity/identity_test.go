@@ -20,6 +20,7 @@ import (
 
 	"github.com/twinlet/twinlet/internal/identity"
 	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/sas"
 	"github.com/twinlet/twinlet/internal/testutil"
 	"github.com/twinlet/twinlet/internal/tpm"
 	"github.com/twinlet/twinlet/internal/tpm/tpmtest"
@@ -145,11 +146,11 @@ func TestSocketServesOnlyMappedUIDs(t *testing.T) {
 	if r.Name != "telemetry" || r.HostName != "hub.example" || r.DeviceID != "kiosk-17" || r.ModuleID != "telemetry" {
 		t.Fatalf("response %+v", r)
 	}
-	sas, err := iothub.ParseSASToken(r.SASToken)
+	tok1, err := sas.Parse(r.SASToken)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := iothub.VerifySAS(sas, key, "hub.example/devices/kiosk-17/modules/telemetry", time.Now()); err != nil {
+	if err := sas.Verify(tok1, key, "hub.example/devices/kiosk-17/modules/telemetry", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasSuffix(r.ConnectionString, ";SharedAccessSignature="+r.SASToken) || !strings.HasPrefix(r.ConnectionString, "HostName=hub.example;DeviceId=kiosk-17;ModuleId=telemetry;") {
@@ -217,8 +218,8 @@ func TestSocketTokenSignedInTPM(t *testing.T) {
 	}
 	var r identity.Response
 	json.Unmarshal([]byte(body), &r)
-	sas, _ := iothub.ParseSASToken(r.SASToken)
-	if err := iothub.VerifySAS(sas, key, "hub.example/devices/kiosk-17/modules/collector", time.Now()); err != nil {
+	tok1, _ := sas.Parse(r.SASToken)
+	if err := sas.Verify(tok1, key, "hub.example/devices/kiosk-17/modules/collector", time.Now()); err != nil {
 		t.Fatal(err)
 	}
 }

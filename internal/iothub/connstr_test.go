@@ -7,7 +7,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twinlet/twinlet/internal/sas"
 )
+
+var testKey = []byte("0123456789abcdef0123456789abcdef")
 
 func TestParseConnectionString(t *testing.T) {
 	key := base64.StdEncoding.EncodeToString(testKey)
@@ -79,13 +83,13 @@ func TestConnectionStringToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := VerifySASToken(tok, testKey, "h/devices/d1/modules/m", now)
+	s, err := sas.VerifyString(tok, testKey, "h/devices/d1/modules/m", now)
 	if err != nil || s.KeyName != "" {
 		t.Fatalf("%v %+v", err, s)
 	}
 	pol := ConnectionString{HostName: "h", SharedAccessKeyName: "service", SharedAccessKey: testKey}
 	tok, _ = pol.SASToken(exp)
-	s, err = VerifySASToken(tok, testKey, "h", now)
+	s, err = sas.VerifyString(tok, testKey, "h", now)
 	if err != nil || s.KeyName != "service" {
 		t.Fatalf("%v %+v", err, s)
 	}

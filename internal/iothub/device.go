@@ -99,12 +99,42 @@ var ErrNotConnected = errors.New("iothub: not connected")
 type twinReply struct {
 	status  int
 	version int64
+	err     error
 	body    []byte
+}
+
+// maxQueuedPatches bounds the desired patches waiting for the dispatcher;
+// beyond it they are replaced by one full twin read, which supersedes them.
+const maxQueuedPatches = 1000
+
+type evKind int
+
+const (
+	// evConnection reports a connection change (up).
+	evConnection evKind = iota
+	// evSync asks for a full twin read, after a connect or a gap.
+	evSync
+	// evPatch is a desired patch.
+	evPatch
+)
+
+// event is what paho's goroutine hands to the dispatcher.
+type event struct {
+	kind  evKind
+	up    bool
+	patch desiredPatch
 }
 
 // DeviceClient is an IoT Hub device (or module) client over MQTT 3.1.1 and
 // TLS. Run keeps it connected; requests fail fast with ErrNotConnected
 // while it is offline.
+//
+// Every callback but OnMethod runs on one dispatcher goroutine that Run
+// owns, never on paho's: paho's goroutine only queues what arrives, so the
+// callbacks see connection changes, twin reads and desired patches in the
+// order they happened, and desired versions only ever increase between two
+// twin reads. Direct methods run on goroutines of their own (a method may
+// take long), each with a context that Run cancels and waits for.
 type DeviceClient struct {
 	cfg DeviceConfig
 	log *slog.Logger
@@ -116,13 +146,24 @@ type DeviceClient struct {
 	pubMu   sync.RWMutex
 	client  paho.Client
 	pending map[string]chan twinReply
-	// lastVersion is the newest desired $version handed to the callbacks.
+	// lost is the current connection's loss channel; the dispatcher reports
+	// a failed twin read on it, which makes Run reconnect.
+	lost chan<- error
+	// methodCtx is cancelled when Run stops; methods counts the direct
+	// method handlers running (Add only under mu while methodCtx is live).
+	methodCtx context.Context
+	methods   sync.WaitGroup
+
+	// The dispatcher's queue: paho's goroutine appends, the dispatcher
+	// takes. qwake has room for one signal.
+	qmu     sync.Mutex
+	queue   []event
+	patches int
+	qwake   chan struct{}
+
+	// lastVersion is the newest desired $version handed to the callbacks;
+	// the dispatcher's alone.
 	lastVersion int64
-	// syncing buffers desired patches that arrive while the full twin is
-	// being read after a connect.
-	syncing  bool
-	buffered []desiredPatch
-	resync   chan struct{}
 
 	rid       atomic.Uint64
 	connected atomic.Bool
@@ -169,7 +210,7 @@ func NewDeviceClient(cfg DeviceConfig) (*DeviceClient, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &DeviceClient{cfg: cfg, log: log, pending: map[string]chan twinReply{}, resync: make(chan struct{}, 1)}, nil
+	return &DeviceClient{cfg: cfg, log: log, pending: map[string]chan twinReply{}, qwake: make(chan struct{}, 1)}, nil
 }
 
 // Connected reports whether the client is connected now.
@@ -190,8 +231,25 @@ func (c *DeviceClient) username() string {
 // reconnects with exponential backoff and jitter after a loss, and with a
 // fresh token at 80% of the token's lifetime. After every connect it
 // subscribes, reads the full twin (OnTwin) and then delivers desired
-// patches newer than the twin it read (OnDesired).
+// patches newer than the twin it read (OnDesired). When Run returns, every
+// goroutine it started (the dispatcher, method handlers, paho's) is gone.
 func (c *DeviceClient) Run(ctx context.Context) error {
+	methodCtx, cancelMethods := context.WithCancel(ctx)
+	c.mu.Lock()
+	c.methodCtx = methodCtx
+	c.mu.Unlock()
+	dispCtx, stopDispatch := context.WithCancel(context.Background())
+	dispatched := make(chan struct{})
+	go func() { defer close(dispatched); c.dispatch(ctx, dispCtx) }()
+	defer func() {
+		c.mu.Lock()
+		cancelMethods()
+		c.mu.Unlock()
+		c.waitMethods()
+		c.disconnect()
+		stopDispatch()
+		<-dispatched
+	}()
 	failures := 0
 	for {
 		lost := make(chan error, 1)
@@ -214,30 +272,22 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 		connectedAt := time.Now()
 		renew := time.NewTimer(time.Until(renewAt))
 		reason := ""
-	serve:
-		for {
-			select {
-			case <-ctx.Done():
-				reason = "stop"
-			case err := <-lost:
-				reason = "lost"
-				c.log.Warn("iothub connection lost", "err", err)
-			case <-renew.C:
-				reason = "renew"
-				c.log.Info("iothub token renewal: reconnecting")
-			case <-c.resync:
-				if err := c.syncTwin(ctx); err != nil {
-					c.log.Warn("twin re-read failed", "err", err)
-				}
-				continue serve
-			}
-			break
+		select {
+		case <-ctx.Done():
+			reason = "stop"
+		case err := <-lost:
+			reason = "lost"
+			c.log.Warn("iothub connection lost", "err", err)
+		case <-renew.C:
+			reason = "renew"
+			c.log.Info("iothub token renewal: reconnecting")
 		}
 		renew.Stop()
+		if reason == "stop" {
+			return nil
+		}
 		c.disconnect()
 		switch reason {
-		case "stop":
-			return nil
 		case "renew":
 			c.Renewals.Add(1)
 			failures = 0
@@ -253,6 +303,21 @@ func (c *DeviceClient) Run(ctx context.Context) error {
 				return nil
 			}
 		}
+	}
+}
+
+// waitMethods waits for the method handlers, which were cancelled, for
+// at most RequestTimeout: a handler that ignores its context is reported,
+// not waited for forever.
+func (c *DeviceClient) waitMethods() {
+	done := make(chan struct{})
+	go func() { defer close(done); c.methods.Wait() }()
+	t := time.NewTimer(c.cfg.RequestTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		c.log.Error("direct method handlers still running after shutdown; not waiting for them")
 	}
 }
 
@@ -318,13 +383,19 @@ func (c *DeviceClient) connect(ctx context.Context, lost chan<- error) (time.Tim
 		renewAt = time.Now().Add(24 * 365 * time.Hour) // certificates need no renewal
 	}
 	client := paho.NewClient(opts)
-	if err := wait(ctx, client.Connect(), c.cfg.RequestTimeout); err != nil {
+	tok := client.Connect()
+	if err := wait(ctx, tok, c.cfg.RequestTimeout); err != nil {
+		// Given up on: paho may still complete this connect later, so
+		// disconnect it (paho aborts a connect in progress) and wait for
+		// paho to let go (within its connect timeout), so that no connect
+		// outlives Run.
+		client.Disconnect(0)
+		tok.WaitTimeout(c.cfg.RequestTimeout)
 		return time.Time{}, fmt.Errorf("connect %s: %w", c.cfg.Addr, err)
 	}
 	c.mu.Lock()
 	c.client = client
-	c.syncing = true
-	c.buffered = nil
+	c.lost = lost
 	c.mu.Unlock()
 	subs := map[string]byte{
 		"$iothub/twin/res/#":                      1,
@@ -339,29 +410,27 @@ func (c *DeviceClient) connect(ctx context.Context, lost chan<- error) (time.Tim
 	}
 	c.setConnected(true)
 	c.Reconnects.Add(1)
-	if err := c.syncTwin(ctx); err != nil {
-		c.disconnect()
-		return time.Time{}, err
-	}
+	// The dispatcher reads the twin; a failure there is a lost connection.
+	c.push(event{kind: evSync})
 	return renewAt, nil
 }
 
 func (c *DeviceClient) setConnected(v bool) {
 	if c.connected.Swap(v) != v && c.cfg.OnConnection != nil {
-		c.cfg.OnConnection(v)
+		c.push(event{kind: evConnection, up: v})
 	}
 }
 
 func (c *DeviceClient) disconnect() {
 	c.mu.Lock()
 	client := c.client
-	c.client = nil
+	c.client, c.lost = nil, nil
 	for rid, ch := range c.pending {
 		close(ch)
 		delete(c.pending, rid)
 	}
 	c.mu.Unlock()
-	if client != nil && client.IsConnected() {
+	if client != nil {
 		c.pubMu.Lock()
 		client.Disconnect(250)
 		c.pubMu.Unlock()
@@ -387,37 +456,51 @@ func wait(ctx context.Context, tok paho.Token, timeout time.Duration) error {
 	}
 }
 
-// syncTwin reads the full twin, hands the desired document to OnTwin, then
-// delivers the patches buffered meanwhile that are newer.
-func (c *DeviceClient) syncTwin(ctx context.Context) error {
-	c.mu.Lock()
-	c.syncing = true
-	c.mu.Unlock()
-	body, err := c.GetTwin(ctx)
-	if err != nil {
-		return fmt.Errorf("get twin: %w", err)
-	}
+// parseTwin decodes a twin document ({"desired":…,"reported":…}); the
+// desired $version must be a positive integer, since every patch after it
+// is ordered by it.
+func parseTwin(body []byte) (desired, reported map[string]json.RawMessage, version int64, err error) {
 	var twin struct {
 		Desired  map[string]json.RawMessage `json:"desired"`
 		Reported map[string]json.RawMessage `json:"reported"`
 	}
 	if err := json.Unmarshal(body, &twin); err != nil {
+		return nil, nil, 0, fmt.Errorf("get twin: %w", err)
+	}
+	v, ok := twin.Desired["$version"]
+	if !ok {
+		return nil, nil, 0, errors.New("get twin: desired has no $version")
+	}
+	if err := json.Unmarshal(v, &version); err != nil || version < 1 {
+		return nil, nil, 0, fmt.Errorf("get twin: desired $version %s is not a positive integer", v)
+	}
+	return twin.Desired, twin.Reported, version, nil
+}
+
+// topicVersion is the $version of a desired patch notification.
+func topicVersion(topic string) (int64, error) {
+	raw := topicQuery(topic).Get("$version")
+	v, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || v < 1 {
+		return 0, fmt.Errorf("desired patch: $version %q is not a positive integer", raw)
+	}
+	return v, nil
+}
+
+// syncTwin reads the full twin and hands the desired document to OnTwin;
+// the dispatcher's alone.
+func (c *DeviceClient) syncTwin(ctx context.Context) error {
+	body, err := c.GetTwin(ctx)
+	if err != nil {
 		return fmt.Errorf("get twin: %w", err)
 	}
-	var version int64
-	if v, ok := twin.Desired["$version"]; ok {
-		_ = json.Unmarshal(v, &version)
+	desired, reported, version, err := parseTwin(body)
+	if err != nil {
+		return err
 	}
-	if c.cfg.OnTwin != nil {
-		c.cfg.OnTwin(twin.Desired, version, twin.Reported)
-	}
-	c.mu.Lock()
 	c.lastVersion = version
-	buffered := c.buffered
-	c.buffered, c.syncing = nil, false
-	c.mu.Unlock()
-	for _, p := range buffered {
-		c.deliverDesired(p)
+	if c.cfg.OnTwin != nil {
+		c.cfg.OnTwin(desired, version, reported)
 	}
 	return nil
 }
@@ -477,7 +560,7 @@ func (c *DeviceClient) request(ctx context.Context, topicPrefix string, body []b
 		if !ok {
 			return twinReply{}, ErrNotConnected
 		}
-		return r, nil
+		return r, r.err
 	case <-ctx.Done():
 		return twinReply{}, ctx.Err()
 	case <-t.C:
@@ -495,34 +578,44 @@ func topicQuery(topic string) url.Values {
 	return v
 }
 
+// onMessage runs on paho's goroutine: it routes a twin reply to its
+// request and queues everything else for the dispatcher or a method
+// goroutine; it never blocks and never calls a callback.
 func (c *DeviceClient) onMessage(_ paho.Client, m paho.Message) {
 	topic := m.Topic()
 	switch {
 	case strings.HasPrefix(topic, "$iothub/twin/res/"):
 		rest := strings.TrimPrefix(topic, "$iothub/twin/res/")
-		status, _ := strconv.Atoi(rest[:strings.IndexAny(rest+"/", "/")])
+		r := twinReply{body: m.Payload()}
+		var err error
+		if r.status, err = strconv.Atoi(rest[:strings.IndexAny(rest+"/", "/")]); err != nil {
+			r.err = fmt.Errorf("twin reply %q: bad status", topic)
+		}
 		q := topicQuery(topic)
-		ver, _ := strconv.ParseInt(q.Get("$version"), 10, 64)
+		if raw := q.Get("$version"); raw != "" && r.err == nil {
+			if r.version, err = strconv.ParseInt(raw, 10, 64); err != nil {
+				r.err = fmt.Errorf("twin reply: $version %q is not an integer", raw)
+			}
+		}
+		// Under mu: disconnect closes these channels under mu too, so a
+		// reply never meets a closed channel. The send never blocks.
 		c.mu.Lock()
-		ch := c.pending[q.Get("$rid")]
-		c.mu.Unlock()
-		if ch != nil {
+		if ch := c.pending[q.Get("$rid")]; ch != nil {
 			select {
-			case ch <- twinReply{status: status, version: ver, body: m.Payload()}:
+			case ch <- r:
 			default:
 			}
 		}
+		c.mu.Unlock()
 	case strings.HasPrefix(topic, "$iothub/twin/PATCH/properties/desired/"):
-		ver, _ := strconv.ParseInt(topicQuery(topic).Get("$version"), 10, 64)
-		p := desiredPatch{version: ver, body: m.Payload()}
-		c.mu.Lock()
-		if c.syncing {
-			c.buffered = append(c.buffered, p)
-			c.mu.Unlock()
+		ver, err := topicVersion(topic)
+		if err != nil {
+			// It cannot be ordered: read the whole twin instead.
+			c.log.Warn("desired patch ignored; re-reading the twin", "err", err)
+			c.push(event{kind: evSync})
 			return
 		}
-		c.mu.Unlock()
-		c.deliverDesired(p)
+		c.push(event{kind: evPatch, patch: desiredPatch{version: ver, body: m.Payload()}})
 	case strings.HasPrefix(topic, "$iothub/methods/POST/"):
 		name := strings.TrimPrefix(topic, "$iothub/methods/POST/")
 		if i := strings.Index(name, "/"); i >= 0 {
@@ -530,46 +623,146 @@ func (c *DeviceClient) onMessage(_ paho.Client, m paho.Message) {
 		}
 		rid := topicQuery(topic).Get("$rid")
 		payload := m.Payload()
-		go c.answerMethod(name, rid, payload)
+		c.mu.Lock()
+		ctx := c.methodCtx
+		if ctx == nil || ctx.Err() != nil {
+			c.mu.Unlock()
+			return // stopping: the hub times the call out
+		}
+		c.methods.Add(1)
+		c.mu.Unlock()
+		go func() {
+			defer c.methods.Done()
+			c.answerMethod(ctx, name, rid, payload)
+		}()
+	}
+}
+
+// push queues an event for the dispatcher. Past maxQueuedPatches queued
+// patches, they are all replaced by one twin read.
+func (c *DeviceClient) push(e event) {
+	c.qmu.Lock()
+	if e.kind == evPatch {
+		c.patches++
+		if c.patches > maxQueuedPatches {
+			kept := c.queue[:0]
+			for _, q := range c.queue {
+				if q.kind == evConnection {
+					kept = append(kept, q)
+				}
+			}
+			c.queue, c.patches = kept, 0
+			e = event{kind: evSync}
+		}
+	}
+	c.queue = append(c.queue, e)
+	c.qmu.Unlock()
+	select {
+	case c.qwake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the oldest queued event, or false once stop ends.
+func (c *DeviceClient) take(stop context.Context) (event, bool) {
+	for {
+		c.qmu.Lock()
+		if len(c.queue) > 0 {
+			e := c.queue[0]
+			c.queue[0] = event{}
+			c.queue = c.queue[1:]
+			if e.kind == evPatch {
+				c.patches--
+			}
+			if len(c.queue) == 0 {
+				c.queue = nil // let the backing array go
+			}
+			c.qmu.Unlock()
+			return e, true
+		}
+		c.qmu.Unlock()
+		select {
+		case <-c.qwake:
+		case <-stop.Done():
+			return event{}, false
+		}
+	}
+}
+
+// dispatch delivers queued events to the callbacks, in order, until stop
+// ends; once ctx (Run's) ends it delivers connection changes only.
+func (c *DeviceClient) dispatch(ctx, stop context.Context) {
+	for {
+		e, ok := c.take(stop)
+		if !ok {
+			return
+		}
+		switch e.kind {
+		case evConnection:
+			c.cfg.OnConnection(e.up)
+		case evSync:
+			if ctx.Err() == nil {
+				c.resync(ctx)
+			}
+		case evPatch:
+			if ctx.Err() == nil {
+				c.deliverDesired(ctx, e.patch)
+			}
+		}
+	}
+}
+
+// resync reads the whole twin; a failure is the connection's loss, so Run
+// reconnects (with backoff) and the connect reads the twin again.
+func (c *DeviceClient) resync(ctx context.Context) {
+	err := c.syncTwin(ctx)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	c.log.Warn("twin read failed; reconnecting", "err", err)
+	c.mu.Lock()
+	lost := c.lost
+	c.mu.Unlock()
+	if lost != nil {
+		select {
+		case lost <- err:
+		default:
+		}
 	}
 }
 
 // deliverDesired hands a patch to OnDesired when it is the next version;
 // an older one is ignored, and a gap means a patch was missed, so the
 // whole twin is read again.
-func (c *DeviceClient) deliverDesired(p desiredPatch) {
-	c.mu.Lock()
+func (c *DeviceClient) deliverDesired(ctx context.Context, p desiredPatch) {
 	last := c.lastVersion
 	switch {
-	case p.version != 0 && p.version <= last:
-		c.mu.Unlock()
+	case last == 0:
+		return // before the first twin read, which every connect queues and which holds it
+	case p.version <= last:
 		return
-	case p.version > last+1 && last != 0:
-		c.mu.Unlock()
+	case p.version > last+1:
 		c.log.Info("desired version gap; re-reading the twin", "last", last, "got", p.version)
-		select {
-		case c.resync <- struct{}{}:
-		default:
-		}
+		c.resync(ctx)
+		return
+	}
+	var patch map[string]json.RawMessage
+	if err := json.Unmarshal(p.body, &patch); err != nil || patch == nil {
+		c.log.Warn("desired patch is not a JSON object; re-reading the twin", "version", p.version)
+		c.resync(ctx)
 		return
 	}
 	c.lastVersion = p.version
-	c.mu.Unlock()
-	var patch map[string]json.RawMessage
-	if err := json.Unmarshal(p.body, &patch); err != nil {
-		c.log.Warn("desired patch is not a JSON object", "version", p.version)
-		return
-	}
 	if c.cfg.OnDesired != nil {
 		c.cfg.OnDesired(patch, p.version)
 	}
 }
 
-func (c *DeviceClient) answerMethod(name, rid string, payload []byte) {
+func (c *DeviceClient) answerMethod(ctx context.Context, name, rid string, payload []byte) {
 	status, body := 501, []byte(`{"error":"no method handler"}`)
 	if c.cfg.OnMethod != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
-		status, body = c.cfg.OnMethod(ctx, name, payload)
+		mctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		status, body = c.cfg.OnMethod(mctx, name, payload)
 		cancel()
 	}
 	c.mu.Lock()

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twinlet/twinlet/internal/sas"
 )
 
 func TestParseServiceError(t *testing.T) {
@@ -118,12 +120,12 @@ func TestServiceClientTokenRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sas, err := VerifySASToken(first, testKey, "hub.example/devices/d1", now)
+	tok, err := sas.VerifyString(first, testKey, "hub.example/devices/d1", now)
 	if err != nil {
 		t.Fatalf("token does not verify: %v", err)
 	}
-	if sas.KeyName != "iothubowner" || sas.Resource != "hub.example" {
-		t.Errorf("token scope %v", sas)
+	if tok.KeyName != "iothubowner" || tok.Resource != "hub.example" {
+		t.Errorf("token scope %v", tok)
 	}
 	now = now.Add(50 * time.Minute)
 	if again, _ := c.authToken(); again != first {
@@ -134,7 +136,7 @@ func TestServiceClientTokenRenewal(t *testing.T) {
 	if renewed == first {
 		t.Error("token not renewed 4 minutes before expiry")
 	}
-	if _, err := VerifySASToken(renewed, testKey, "hub.example", now); err != nil {
+	if _, err := sas.VerifyString(renewed, testKey, "hub.example", now); err != nil {
 		t.Errorf("renewed token: %v", err)
 	}
 }

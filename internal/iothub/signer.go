@@ -3,6 +3,7 @@ package iothub
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -32,6 +33,16 @@ func (s KeySigner) Sign(_ context.Context, resourceURI string, expiry time.Time)
 	return NewSASToken(resourceURI, s.Key, s.KeyName, expiry), nil
 }
 
+// maxKeyFile bounds a key file: a connection string is a few hundred bytes.
+const maxKeyFile = 64 << 10
+
+func describeMode(m os.FileMode) string {
+	if m.IsDir() {
+		return "a directory"
+	}
+	return m.Type().String()
+}
+
 // ReadKeyFile reads a device connection string from a file that must not
 // be readable or writable by group or others (mode 0600 or stricter),
 // since it holds a key.
@@ -48,9 +59,17 @@ func ReadKeyFile(path string) (ConnectionString, error) {
 	if fi.Mode().Perm()&0o077 != 0 {
 		return ConnectionString{}, fmt.Errorf("key file %s: refused: mode %04o lets group or others read it (chmod 600 %s)", path, fi.Mode().Perm(), path)
 	}
-	buf := make([]byte, 4096)
-	n, _ := f.Read(buf)
-	cs, err := ParseConnectionString(strings.TrimSpace(string(buf[:n])))
+	if !fi.Mode().IsRegular() {
+		return ConnectionString{}, fmt.Errorf("key file %s: not a regular file (%s)", path, describeMode(fi.Mode()))
+	}
+	buf, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return ConnectionString{}, fmt.Errorf("key file: %w", err)
+	}
+	if len(buf) > maxKeyFile {
+		return ConnectionString{}, fmt.Errorf("key file %s: too large (more than %d bytes) for a connection string", path, maxKeyFile)
+	}
+	cs, err := ParseConnectionString(strings.TrimSpace(string(buf)))
 	if err != nil {
 		return ConnectionString{}, fmt.Errorf("key file %s: %w", path, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/internal/sas"
 	"github.com/twinlet/twinlet/internal/tpm"
 	"github.com/twinlet/twinlet/internal/tpm/tpmblob"
 	"github.com/twinlet/twinlet/internal/tpm/tpmtest"
@@ -108,14 +109,14 @@ func TestSlotKeySignsTokensTheKeyVerifies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sas, err := iothub.ParseSASToken(tok)
+		tok1, err := sas.Parse(tok)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := iothub.VerifySAS(sas, k, res, now); err != nil {
+		if err := sas.Verify(tok1, k, res, now); err != nil {
 			t.Fatalf("token signed in the TPM does not verify with the imported key: %v", err)
 		}
-		if err := iothub.VerifySAS(sas, key(t, 32), res, now); !errors.Is(err, iothub.ErrSASSignature) {
+		if err := sas.Verify(tok1, key(t, 32), res, now); !errors.Is(err, sas.ErrSignature) {
 			t.Fatalf("another key verifies it: %v", err)
 		}
 		// Past 1,024 bytes the TPM signs with an HMAC sequence.
@@ -190,8 +191,8 @@ func TestSlotURIsAndClear(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sas, _ := iothub.ParseSASToken(tok)
-		if err := iothub.VerifySAS(sas, cs.SharedAccessKey, "hub.example/devices/kiosk-17/modules/agent", time.Now()); err != nil {
+		tok1, _ := sas.Parse(tok)
+		if err := sas.Verify(tok1, cs.SharedAccessKey, "hub.example/devices/kiosk-17/modules/agent", time.Now()); err != nil {
 			t.Fatal(err)
 		}
 		if err := tp.ClearSlot(1); err != nil {
@@ -284,8 +285,8 @@ func TestActivationBlobRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sas, _ := iothub.ParseSASToken(tok)
-			if err := iothub.VerifySAS(sas, k, res, now); err != nil {
+			tok1, _ := sas.Parse(tok)
+			if err := sas.Verify(tok1, k, res, now); err != nil {
 				t.Fatalf("%d-byte key: token from the activated key does not verify: %v", n, err)
 			}
 		}

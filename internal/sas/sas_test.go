@@ -1,4 +1,4 @@
-package iothub
+package sas
 
 import (
 	"encoding/base64"
@@ -15,18 +15,18 @@ var testKey = []byte("0123456789abcdef0123456789abcdef")
 func TestSASRoundTrip(t *testing.T) {
 	exp := time.Unix(2_000_000_000, 0)
 	now := exp.Add(-time.Hour)
-	tok := NewSASToken("hub.example/devices/d1", testKey, "", exp)
+	tok := New("hub.example/devices/d1", testKey, "", exp)
 	if !strings.HasPrefix(tok, "SharedAccessSignature sr=hub.example%2Fdevices%2Fd1&sig=") {
 		t.Fatalf("token shape: %s", tok)
 	}
-	s, err := ParseSASToken(tok)
+	s, err := Parse(tok)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.Resource != "hub.example/devices/d1" || s.KeyName != "" || !s.Expiry.Equal(exp) {
 		t.Fatalf("parsed %+v", s)
 	}
-	if err := VerifySAS(s, testKey, "hub.example/devices/d1", now); err != nil {
+	if err := Verify(s, testKey, "hub.example/devices/d1", now); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(s.String(), s.Signature) {
@@ -40,7 +40,7 @@ func handToken(rawSR string, key []byte, se int64, extra string) string {
 	return "SharedAccessSignature " + extra + "sig=" + url.QueryEscape(sign(key, rawSR, ses)) + "&se=" + ses + "&sr=" + rawSR
 }
 
-func TestVerifySAS(t *testing.T) {
+func TestVerify(t *testing.T) {
 	exp := int64(2_000_000_000)
 	now := time.Unix(exp-60, 0)
 	other := []byte("another key, another key, 123456")
@@ -61,20 +61,20 @@ func TestVerifySAS(t *testing.T) {
 		{"case-insensitive scope", handToken("H%2FDEVICES%2FD1", testKey, exp, ""), testKey, "h/devices/d1", now, nil},
 		{"with skn", handToken("h", testKey, exp, "skn=iothubowner&"), testKey, "h", now, nil},
 		{"scheme in sr", handToken(url.QueryEscape("https://h/devices/d1"), testKey, exp, ""), testKey, "h/devices/d1", now, nil},
-		{"not a segment prefix", handToken("h%2Fdevices%2Fd", testKey, exp, ""), testKey, "h/devices/d1", now, ErrSASScope},
-		{"other device", handToken("h%2Fdevices%2Fd2", testKey, exp, ""), testKey, "h/devices/d1", now, ErrSASScope},
-		{"wrong key", handToken("h%2Fdevices%2Fd1", other, exp, ""), testKey, "h/devices/d1", now, ErrSASSignature},
-		{"expired", handToken("h%2Fdevices%2Fd1", testKey, exp, ""), testKey, "h/devices/d1", time.Unix(exp, 0), ErrSASExpired},
-		{"tampered se", strings.Replace(handToken("h%2Fdevices%2Fd1", testKey, exp, ""), "se=2000000000", "se=2000000001", 1), testKey, "h/devices/d1", now, ErrSASSignature},
-		{"no prefix", "sr=h&sig=x&se=1", testKey, "h", now, ErrSASMalformed},
-		{"missing sig", "SharedAccessSignature sr=h&se=1", testKey, "h", now, ErrSASMalformed},
-		{"bad se", "SharedAccessSignature sr=h&sig=x&se=soon", testKey, "h", now, ErrSASMalformed},
-		{"duplicate sr", "SharedAccessSignature sr=h&sr=h2&sig=x&se=1", testKey, "h", now, ErrSASMalformed},
-		{"sig not base64", "SharedAccessSignature sr=h&sig=%21%21&se=2000000000", testKey, "h", now, ErrSASSignature},
+		{"not a segment prefix", handToken("h%2Fdevices%2Fd", testKey, exp, ""), testKey, "h/devices/d1", now, ErrScope},
+		{"other device", handToken("h%2Fdevices%2Fd2", testKey, exp, ""), testKey, "h/devices/d1", now, ErrScope},
+		{"wrong key", handToken("h%2Fdevices%2Fd1", other, exp, ""), testKey, "h/devices/d1", now, ErrSignature},
+		{"expired", handToken("h%2Fdevices%2Fd1", testKey, exp, ""), testKey, "h/devices/d1", time.Unix(exp, 0), ErrExpired},
+		{"tampered se", strings.Replace(handToken("h%2Fdevices%2Fd1", testKey, exp, ""), "se=2000000000", "se=2000000001", 1), testKey, "h/devices/d1", now, ErrSignature},
+		{"no prefix", "sr=h&sig=x&se=1", testKey, "h", now, ErrMalformed},
+		{"missing sig", "SharedAccessSignature sr=h&se=1", testKey, "h", now, ErrMalformed},
+		{"bad se", "SharedAccessSignature sr=h&sig=x&se=soon", testKey, "h", now, ErrMalformed},
+		{"duplicate sr", "SharedAccessSignature sr=h&sr=h2&sig=x&se=1", testKey, "h", now, ErrMalformed},
+		{"sig not base64", "SharedAccessSignature sr=h&sig=%21%21&se=2000000000", testKey, "h", now, ErrSignature},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := VerifySASToken(c.tok, c.key, c.target, c.now)
+			_, err := VerifyString(c.tok, c.key, c.target, c.now)
 			if c.want == nil && err != nil {
 				t.Fatalf("want ok, got %v", err)
 			}
@@ -88,8 +88,8 @@ func TestVerifySAS(t *testing.T) {
 	}
 }
 
-func TestVerifySASRequiresParsedToken(t *testing.T) {
-	if err := VerifySAS(SAS{Resource: "h", Signature: "x", Expiry: time.Now().Add(time.Hour)}, testKey, "h", time.Now()); !errors.Is(err, ErrSASMalformed) {
+func TestVerifyRequiresParsedToken(t *testing.T) {
+	if err := Verify(Token{Resource: "h", Signature: "x", Expiry: time.Now().Add(time.Hour)}, testKey, "h", time.Now()); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -111,21 +111,21 @@ func TestSegmentPrefix(t *testing.T) {
 	}
 }
 
-func FuzzParseSASToken(f *testing.F) {
-	f.Add(NewSASToken("h/devices/d1", testKey, "", time.Unix(2e9, 0)))
+func FuzzParse(f *testing.F) {
+	f.Add(New("h/devices/d1", testKey, "", time.Unix(2e9, 0)))
 	f.Add("SharedAccessSignature sr=h&sig=a%2Fb&se=1&skn=service")
 	f.Add("SharedAccessSignature sr=%zz&sig=&se=-1")
 	f.Fuzz(func(t *testing.T, s string) {
-		tok, err := ParseSASToken(s)
+		tok, err := Parse(s)
 		if err != nil {
-			if !errors.Is(err, ErrSASMalformed) {
-				t.Fatalf("error does not wrap ErrSASMalformed: %v", err)
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error does not wrap ErrMalformed: %v", err)
 			}
 			return
 		}
 		if tok.Resource == "" {
 			t.Fatal("parsed token without resource")
 		}
-		_ = VerifySAS(tok, testKey, tok.Resource, tok.Expiry.Add(-time.Second))
+		_ = Verify(tok, testKey, tok.Resource, tok.Expiry.Add(-time.Second))
 	})
 }
