@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -56,7 +57,10 @@ func (r *Reconciler) QueueLen() int {
 // Run reconciles every section, then keeps reconciling on policy changes
 // (fsnotify plus a periodic hash re-read), on drift (the resync timer and
 // provider path watches), and on reloads, until ctx ends. Sources only
-// enqueue section keys; one worker reconciles.
+// enqueue section keys; Options.Workers workers reconcile them side by
+// side, one section on one worker at a time, dependencies first. Run
+// returns once every worker stopped: a provider call in progress is
+// cancelled through its context.
 func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 	if ro.Resync <= 0 {
 		ro.Resync = 5 * time.Minute
@@ -71,13 +75,11 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 	r.mu.Lock()
 	r.q = q
 	r.mu.Unlock()
-	rank := map[string]int{}
-	for i, id := range r.order {
-		rank[id] = i
-	}
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Direct methods end with the loop.
+	stopMethods := context.AfterFunc(ctx, r.stop)
+	defer stopMethods()
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		r.log.Warn("fsnotify unavailable; relying on polling", "err", err)
@@ -112,45 +114,18 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 		}
 	}
 
-	// The worker.
-	done := make(chan struct{})
+	// The workers: each takes a section that no other worker holds.
+	var wg sync.WaitGroup
 	watched := map[string]bool{}
-	go func() {
-		defer close(done)
-		for {
-			id, ok := q.Get(ctx, rank)
-			if !ok {
-				return
-			}
-			before := r.stateOf(id)
-			res := r.ReconcileSection(ctx, id, false)
-			if ctx.Err() != nil {
-				return
-			}
-			if res.Retry {
-				r.mu.Lock()
-				n := r.failures[id]
-				r.mu.Unlock()
-				d := ro.Backoff.Delay(n)
-				r.log.Info("retry later", "section", id, "in", d.Round(time.Millisecond).String())
-				q.AddAfter(id, d)
-			}
-			if res.Status.State == StateReady && before != StateReady {
-				// Sections waiting on this one may go on.
-				for _, other := range r.order {
-					for _, d := range r.provs[other].info.DependsOn {
-						if d == id {
-							q.Add(other)
-						}
-					}
-				}
-			}
-			r.Publish()
-			if w != nil {
-				r.watchPaths(w, id, watched)
-			}
-		}
-	}()
+	for range r.opts.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.work(ctx, q, ro.Backoff, w, watched)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
 
 	q.Add(r.order...)
 	r.mu.Lock()
@@ -173,8 +148,8 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 		case ev := <-events:
 			if r.isSourceEvent(ev.Name) {
 				debounce.Reset(100 * time.Millisecond)
-			} else if id := r.pathOwner(ev.Name, watched); id != "" {
-				q.Add(id)
+			} else if ids := r.pathOwners(ev.Name, watched); len(ids) > 0 {
+				q.Add(ids...)
 			}
 		case err := <-werrs:
 			r.log.Warn("fsnotify", "err", err)
@@ -215,13 +190,42 @@ func (r *Reconciler) currentHash() string {
 	return r.pol.Hash
 }
 
-func (r *Reconciler) stateOf(id string) string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if res := r.results[id]; res != nil {
-		return res.Status.State
+// work is one worker of the pool.
+func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.Watcher, watched map[string]bool) {
+	for {
+		id, ok := q.Get(ctx, r.rank)
+		if !ok {
+			return
+		}
+		res := r.ReconcileSection(ctx, id, false)
+		q.Done(id)
+		if ctx.Err() != nil {
+			return
+		}
+		c := r.ctrls[id]
+		if res.Retry {
+			c.mu.Lock()
+			n := c.failures
+			c.mu.Unlock()
+			d := b.Delay(n)
+			r.log.Info("retry later", "section", id, "in", d.Round(time.Millisecond).String())
+			q.AddAfter(id, d)
+		}
+		if res.Status.State == StateReady {
+			// Sections that wait on this one may go on: those not Ready,
+			// and those running now, which may have looked before this
+			// result was in.
+			for _, other := range r.deps[id] {
+				if or := r.ctrls[other].lastResult(); q.Active(other) || or == nil || or.Status.State != StateReady {
+					q.Add(other)
+				}
+			}
+		}
+		r.Publish()
+		if w != nil {
+			r.watchPaths(w, id, watched)
+		}
 	}
-	return ""
 }
 
 func jitter(d time.Duration) time.Duration {
@@ -254,18 +258,18 @@ func (r *Reconciler) isSourceEvent(name string) bool {
 // current spec. Watches are only added: a stale watch at most enqueues a
 // harmless reconcile.
 func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[string]bool) {
-	e := r.provs[id]
-	pw, ok := e.p.(providers.PathWatcher)
+	c := r.ctrls[id]
+	pw, ok := c.p.(providers.PathWatcher)
 	if !ok {
 		return
 	}
-	r.mu.Lock()
+	r.stMu.Lock()
 	sec := r.st.Sections[id]
 	var lastGood []byte
 	if sec != nil {
 		lastGood = sec.LastGood
 	}
-	r.mu.Unlock()
+	r.stMu.Unlock()
 	if lastGood == nil {
 		return
 	}
@@ -273,8 +277,13 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[stri
 	if json.Unmarshal(lastGood, &lg) != nil {
 		return
 	}
-	env := r.env(id, nil, r.log)
-	spec, err := e.p.Decode(env, stripReserved(lg))
+	env := r.env(id, nil, nil, r.log)
+	var spec providers.Spec
+	err := c.guard(context.Background(), "decode", func(context.Context) error {
+		var err error
+		spec, err = c.p.Decode(env, stripReserved(lg))
+		return err
+	})
 	if err != nil {
 		return
 	}
@@ -297,19 +306,27 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[stri
 	}
 }
 
-// pathOwner finds the section that watches the path's directory.
-func (r *Reconciler) pathOwner(name string, watched map[string]bool) string {
+// pathOwners finds every section that watches the path or its
+// directory, in dependency order.
+func (r *Reconciler) pathOwners(name string, watched map[string]bool) []string {
 	r.watchMu.Lock()
 	defer r.watchMu.Unlock()
+	seen := map[string]bool{}
 	for _, cand := range []string{name, filepath.Dir(name)} {
 		for key := range watched {
 			id, p, _ := cutNul(key)
 			if p == cand {
-				return id
+				seen[id] = true
 			}
 		}
 	}
-	return ""
+	var out []string
+	for _, id := range r.order {
+		if seen[id] {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 func cutNul(s string) (string, string, bool) {

@@ -145,10 +145,15 @@ func sortedKeys(m map[string]string) []string {
 // waiter depends on notes.
 type waiter struct{ note }
 
+// noteSchema is the test sections' schema: an object of strings and a
+// prune flag.
+var noteSchema = json.RawMessage(`{"type":"object","properties":{"prune":{"type":"boolean"}},
+  "additionalProperties":{"type":["string","boolean"]}}`)
+
 func testProviders() []providers.Info {
 	return []providers.Info{
-		{ID: "notes", Kind: providers.Collection, New: func() providers.Provider { return note{} }},
-		{ID: "later", Kind: providers.Collection, DependsOn: []string{"notes"}, New: func() providers.Provider { return waiter{} }},
+		{ID: "notes", Kind: providers.Collection, Schema: noteSchema, New: func() providers.Provider { return note{} }},
+		{ID: "later", Kind: providers.Collection, Schema: noteSchema, DependsOn: []string{"notes"}, New: func() providers.Provider { return waiter{} }},
 	}
 }
 
@@ -419,8 +424,8 @@ func TestCorruptStateIsAFreshStart(t *testing.T) {
 
 func TestDependencyCycle(t *testing.T) {
 	_, err := New(Options{Root: t.TempDir(), StateDir: t.TempDir(), Providers: []providers.Info{
-		{ID: "a", DependsOn: []string{"b"}, New: func() providers.Provider { return note{} }},
-		{ID: "b", DependsOn: []string{"a"}, New: func() providers.Provider { return note{} }},
+		{ID: "a", Schema: noteSchema, DependsOn: []string{"b"}, New: func() providers.Provider { return note{} }},
+		{ID: "b", Schema: noteSchema, DependsOn: []string{"a"}, New: func() providers.Provider { return note{} }},
 	}})
 	if err == nil || !strings.Contains(err.Error(), "cycle") {
 		t.Fatalf("err = %v", err)

@@ -160,7 +160,12 @@ func (a *Agent) onConnection(up bool) {
 // onTwin takes the full twin read after a connect: the desired document
 // replaces the twin layer, and the reported one is what the hub holds.
 func (a *Agent) onTwin(desired map[string]json.RawMessage, version int64, reported map[string]json.RawMessage) {
-	sections, _, _ := reconciler.SplitDesired(desired)
+	sections, _, err := reconciler.SplitDesired(desired)
+	if err != nil {
+		// A bad $version says nothing about the sections: they still
+		// replace the twin layer (the version is the client's).
+		a.log.Warn("twin desired", "err", err)
+	}
 	a.twinMu.Lock()
 	a.desired = sections
 	a.twinMu.Unlock()
