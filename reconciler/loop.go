@@ -116,12 +116,14 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 
 	// The workers: each takes a section that no other worker holds.
 	var wg sync.WaitGroup
-	watched := map[string]bool{}
+	r.watchMu.Lock()
+	r.watched = map[string]bool{}
+	r.watchMu.Unlock()
 	for range r.opts.Workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.work(ctx, q, ro.Backoff, w, watched)
+			r.work(ctx, q, ro.Backoff, w)
 		}()
 	}
 	done := make(chan struct{})
@@ -148,7 +150,7 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 		case ev := <-events:
 			if r.isSourceEvent(ev.Name) {
 				debounce.Reset(100 * time.Millisecond)
-			} else if ids := r.pathOwners(ev.Name, watched); len(ids) > 0 {
+			} else if ids := r.pathOwners(ev.Name); len(ids) > 0 {
 				q.Add(ids...)
 			}
 		case err := <-werrs:
@@ -191,7 +193,7 @@ func (r *Reconciler) currentHash() string {
 }
 
 // work is one worker of the pool.
-func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.Watcher, watched map[string]bool) {
+func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.Watcher) {
 	for {
 		id, ok := q.Get(ctx, r.rank)
 		if !ok {
@@ -223,7 +225,7 @@ func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.
 		}
 		r.Publish()
 		if w != nil {
-			r.watchPaths(w, id, watched)
+			r.watchPaths(w, id)
 		}
 	}
 }
@@ -257,7 +259,7 @@ func (r *Reconciler) isSourceEvent(name string) bool {
 // watchPaths adds the host paths a PathWatcher provider names for its
 // current spec. Watches are only added: a stale watch at most enqueues a
 // harmless reconcile.
-func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[string]bool) {
+func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string) {
 	c := r.ctrls[id]
 	pw, ok := c.p.(providers.PathWatcher)
 	if !ok {
@@ -293,14 +295,14 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[stri
 		p = filepath.Dir(p)
 		key := id + "\x00" + p
 		r.watchMu.Lock()
-		seen := watched[key]
+		seen := r.watched[key]
 		r.watchMu.Unlock()
 		if seen {
 			continue
 		}
 		if err := w.Add(p); err == nil {
 			r.watchMu.Lock()
-			watched[key] = true
+			r.watched[key] = true
 			r.watchMu.Unlock()
 		}
 	}
@@ -308,12 +310,16 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[stri
 
 // pathOwners finds every section that watches the path or its
 // directory, in dependency order.
-func (r *Reconciler) pathOwners(name string, watched map[string]bool) []string {
+func (r *Reconciler) pathOwners(name string) []string {
 	r.watchMu.Lock()
 	defer r.watchMu.Unlock()
+	return r.pathOwnersLocked(name)
+}
+
+func (r *Reconciler) pathOwnersLocked(name string) []string {
 	seen := map[string]bool{}
 	for _, cand := range []string{name, filepath.Dir(name)} {
-		for key := range watched {
+		for key := range r.watched {
 			id, p, _ := cutNul(key)
 			if p == cand {
 				seen[id] = true

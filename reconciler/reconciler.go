@@ -137,7 +137,9 @@ type Reconciler struct {
 	repMu      sync.Mutex // what follows
 	reported   []byte
 	lastChange string
-	watchMu    sync.Mutex
+
+	watchMu sync.Mutex
+	watched map[string]bool // "<section>\x00<dir>" watched by Run
 }
 
 // New builds a Reconciler: it checks every registration (a section or a

@@ -22,7 +22,7 @@ import (
 // notes as files under <root>/etc/notes/, so that the loop's mechanics
 // (layers, validation, prune records, retries) are tested on a real
 // directory. Its value "panic" panics, "slow" blocks until the call's
-// deadline, and "bad…" is invalid.
+// deadline, "bad…" is invalid, and "reboot" asks for a reboot.
 type note struct{}
 
 type noteSpec struct {
@@ -96,9 +96,11 @@ func (note) Plan(spec providers.Spec, obs providers.Observed) ([]providers.Chang
 		cur, ok := o.Items[k]
 		switch {
 		case !ok:
-			out = append(out, providers.Change{Action: providers.Create, Item: k, Key: k, After: s.items[k], Data: s.items[k]})
+			out = append(out, providers.Change{Action: providers.Create, Item: k, Key: k, After: s.items[k], Data: s.items[k],
+				RebootRequired: s.items[k] == "reboot"})
 		case cur != s.items[k]:
-			out = append(out, providers.Change{Action: providers.Update, Item: k, Before: cur, After: s.items[k], Data: s.items[k]})
+			out = append(out, providers.Change{Action: providers.Update, Item: k, Before: cur, After: s.items[k], Data: s.items[k],
+				RebootRequired: s.items[k] == "reboot"})
 		}
 	}
 	if s.prune {
