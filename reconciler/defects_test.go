@@ -2,10 +2,12 @@ package reconciler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,5 +94,18 @@ func TestVerifyReportsItsPlanError(t *testing.T) {
 	s := section(r.ReconcileAll(context.Background(), false), "notes")
 	if s.Status.State != StateFailed || s.Status.Reason != ReasonProviderBug || s.Status.Message != "verify: plan: cannot compare" || !s.Retry {
 		t.Fatalf("status: %+v", s.Status)
+	}
+}
+
+// A $version that is not an integer is reported, and the sections are
+// kept: the agent's twin read used to replace the twin layer by nothing.
+func TestSplitDesiredKeepsSectionsOnABadVersion(t *testing.T) {
+	doc := map[string]json.RawMessage{"$version": json.RawMessage(`"7"`), "notes": json.RawMessage(`{"a":"b"}`)}
+	sections, ver, err := SplitDesired(doc)
+	if err == nil || !strings.Contains(err.Error(), "$version") {
+		t.Fatalf("err = %v", err)
+	}
+	if ver != 0 || string(sections["notes"]) != `{"a":"b"}` {
+		t.Fatalf("sections %v version %d", sections, ver)
 	}
 }
