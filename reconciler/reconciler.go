@@ -1,9 +1,20 @@
-// Package reconciler is twinlet's control loop: it merges the layers of
-// desired state (local enforce policy, twin desired, local default policy),
-// validates each section against its schema and its provider, observes,
-// plans, applies, verifies, and aggregates the results into the reported
-// document. Sources only enqueue section keys; one worker reconciles them,
-// in dependency order, with per-section backoff for transient failures.
+// Package reconciler is twinlet's control loop. Desired state comes from an
+// ordered list of sources (local enforce policy, the twin, local default
+// policy, then Options.Sources); sources only enqueue section keys. Each
+// section has its own controller (its result, backoff and caches; no lock
+// spans two sections), and Run reconciles sections side by side on a
+// bounded pool of workers, one section on one worker at a time. A section
+// whose dependencies are not Ready for the same desired input is Waiting
+// and is enqueued again by their next Ready result.
+//
+// One reconcile of a section is a list of named steps (see pass): gather
+// the sources → cloud scope (the twin's part alone) → merge → validate
+// (schema, then the provider) → Observe → Plan → Apply each change →
+// Observe and Plan again to verify → record. Every provider call runs under
+// the provider's timeout (Info.Timeout) with panic recovery. Long applies
+// report progress, rate limited; changes that must run once are recorded in
+// state/ while they run, so that a crash never runs them twice; a reboot
+// asked for by a change is latched in state/ until the boot id changes.
 package reconciler
 
 import (

@@ -213,3 +213,28 @@ func TestCloudScope(t *testing.T) {
 		t.Fatalf("every section allowed: %+v", s.Status)
 	}
 }
+
+// staticSource is a further desired-state source (a fleet source, later).
+type staticSource map[string]json.RawMessage
+
+func (s staticSource) Inputs(id string) []Input {
+	v, ok := s[id]
+	if !ok {
+		return nil
+	}
+	return []Input{{Layer: LayerEnforce, Source: "fleet", Value: v}}
+}
+
+// A source plugs in through Options.Sources; its inputs merge by layer
+// with the built-in ones.
+func TestSourcesPlugIn(t *testing.T) {
+	f := newFixture(t)
+	f.policy(t, "base.yaml", basePolicy)
+	r := f.new(t, func(o *Options) {
+		o.Sources = []Source{staticSource{"notes": json.RawMessage(`{"color":"fleet-green"}`)}}
+	})
+	s := section(r.ReconcileAll(context.Background(), false), "notes")
+	if f.read(t, "color") != "fleet-green" || f.read(t, "greeting") != "hello" || s.Status.State != StateReady {
+		t.Fatalf("color=%s greeting=%s %+v", f.read(t, "color"), f.read(t, "greeting"), s.Status)
+	}
+}

@@ -209,7 +209,7 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	}
 	opts := reconciler.Options{
 		Root: cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,
-		AllowedRoots: cfg.AllowedRoots, Logger: log,
+		AllowedRoots: cfg.AllowedRoots, Logger: log, Workers: cfg.Workers,
 	}
 	// The cloud side (run only) hooks into the reconciler's reports.
 	var ag *agent.Agent

@@ -28,6 +28,8 @@ func TestLoad(t *testing.T) {
 		{"empty", "", 0o600, ""},
 		{"unknown key", "root: /\nresyncc: 5m\n", 0o644, "line 2: field resyncc not found"},
 		{"bad level", "log: {level: loud}\n", 0o644, "log.level"},
+		{"workers", "workers: 8\n", 0o644, ""},
+		{"too many workers", "workers: 1000\n", 0o644, "workers: 1000 is not between 1 and 64"},
 		{"two credentials", "connection: {connectionString: x, keyFile: /k}\n", 0o644, "only one"},
 		{"writable by others", "root: /\n", 0o666, "group or others"},
 	}
