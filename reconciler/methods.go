@@ -43,6 +43,9 @@ func (r *Reconciler) CallMethod(ctx context.Context, section, name string, paylo
 			known = append(known, section+"."+n)
 		}
 		sort.Strings(known)
+		if len(known) == 0 {
+			return nil, &providers.MethodError{Status: 404, Message: fmt.Sprintf("section %s has no direct methods", section)}
+		}
 		return nil, &providers.MethodError{Status: 404, Message: fmt.Sprintf("section %s has no method %q (known: %s)", section, name, strings.Join(known, ", "))}
 	}
 	if len(strings.TrimSpace(string(payload))) == 0 {
