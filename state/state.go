@@ -1,7 +1,8 @@
 // Package state persists what the agent must remember across restarts: the
 // last good desired section, the items twinlet created (so that prune never
-// deletes what it did not create), the last reported document and the
-// hashes and versions it saw. Every write is atomic (temp file, fsync,
+// deletes what it did not create), the changes that must run once while
+// they run (so that a crash never runs them twice), the reboot-required
+// latch, the last reported document and the hashes and versions it saw. Every write is atomic (temp file, fsync,
 // rename, fsync dir), so a kill at any moment leaves the old or the new
 // state, never a torn one.
 package state
