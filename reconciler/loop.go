@@ -1,6 +1,7 @@
 package reconciler
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"math/rand/v2"
@@ -200,10 +201,14 @@ func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.
 			return
 		}
 		res := r.ReconcileSection(ctx, id, false)
-		q.Done(id)
 		if ctx.Err() != nil {
+			q.Done(id)
 			return
 		}
+		if w != nil {
+			r.watchPaths(w, id) // still holding the section: its provider is ours
+		}
+		q.Done(id)
 		c := r.ctrls[id]
 		if res.Retry {
 			c.mu.Lock()
@@ -224,9 +229,6 @@ func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.
 			}
 		}
 		r.Publish()
-		if w != nil {
-			r.watchPaths(w, id)
-		}
 	}
 }
 
@@ -280,16 +282,28 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string) {
 		return
 	}
 	env := r.env(id, nil, nil, r.log)
-	var spec providers.Spec
-	err := c.guard(context.Background(), "decode", func(context.Context) error {
-		var err error
-		spec, err = c.p.Decode(env, stripReserved(lg))
-		return err
+	c.mu.Lock()
+	v := c.valid
+	c.mu.Unlock()
+	var paths []string
+	err := c.guard(context.Background(), "watch paths", func(context.Context) error {
+		var spec providers.Spec
+		if v != nil && bytes.Equal(v.raw, lastGood) {
+			spec = v.spec // what the reconcile just decoded
+		} else {
+			var err error
+			if spec, err = c.p.Decode(env, stripReserved(lg)); err != nil {
+				return err
+			}
+		}
+		paths = pw.WatchPaths(env, spec)
+		return nil
 	})
 	if err != nil {
+		r.log.Debug("watch paths", "section", id, "err", err)
 		return
 	}
-	for _, p := range pw.WatchPaths(env, spec) {
+	for _, p := range paths {
 		// Watch the directory: files are replaced by rename, which would
 		// end a watch on the file itself, and may not exist yet.
 		p = filepath.Dir(p)

@@ -260,3 +260,25 @@ func TestDryRunKeepsTheChangeSignal(t *testing.T) {
 		t.Fatalf("changed after a dry run = %v, want notes", changed)
 	}
 }
+
+// Ready is not enough: the dependency must be Ready for its current
+// desired input.
+func TestDependencyMustBeReadyForTheSameInput(t *testing.T) {
+	f := newFixture(t)
+	f.policy(t, "p.yaml", "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: { name: p }\nspec:\n  notes: { a: one }\n  later: { b: two }\n")
+	r := f.new(t)
+	if rep := r.ReconcileAll(context.Background(), false); !rep.AllReady() {
+		t.Fatalf("first pass: %+v", rep.Summary)
+	}
+	f.policy(t, "p.yaml", "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: { name: p }\nspec:\n  notes: { a: uno }\n  later: { b: dos }\n")
+	if _, err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.ReconcileSection(context.Background(), "later", false); s.Status.State != StateWaiting || f.read(t, "b") != "two" {
+		t.Fatalf("later ran before notes took its new input: %+v", s.Status)
+	}
+	r.ReconcileSection(context.Background(), "notes", false)
+	if s := r.ReconcileSection(context.Background(), "later", false); s.Status.State != StateReady || f.read(t, "b") != "dos" {
+		t.Fatalf("later after notes: %+v", s.Status)
+	}
+}
