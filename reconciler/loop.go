@@ -300,7 +300,7 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string) {
 		return nil
 	})
 	if err != nil {
-		r.log.Debug("watch paths", "section", id, "err", err)
+		r.log.Warn("watch paths", "section", id, "err", err)
 		return
 	}
 	for _, p := range paths {

@@ -30,7 +30,7 @@ func (r *Reconciler) checkBoot() {
 	if id := r.opts.BootID(); id != l.BootID {
 		r.log.Info("rebooted since a reboot was required; cleared", "by", strings.Join(l.By, ","))
 		r.st.Reboot = nil
-		if err := r.store.Save(r.st); err != nil {
+		if err := r.store.Save(r.st); err != nil { // New: nothing else runs yet
 			r.log.Error("save state", "err", err)
 		}
 	}
@@ -38,15 +38,15 @@ func (r *Reconciler) checkBoot() {
 
 // latchReboot records that a change of the section asks for a reboot.
 func (r *Reconciler) latchReboot(id string) {
-	r.stMu.Lock()
-	defer r.stMu.Unlock()
-	if r.st.Reboot == nil {
-		r.st.Reboot = &state.RebootLatch{BootID: r.opts.BootID()}
-	}
-	if state.AddKey(&r.st.Reboot.By, id) {
-		r.log.Info("reboot required", "section", id)
-	}
-	if err := r.store.Save(r.st); err != nil {
+	boot := r.opts.BootID()
+	if err := r.persist(func(st *state.State) {
+		if st.Reboot == nil {
+			st.Reboot = &state.RebootLatch{BootID: boot}
+		}
+		if state.AddKey(&st.Reboot.By, id) {
+			r.log.Info("reboot required", "section", id)
+		}
+	}); err != nil {
 		r.log.Error("save state", "err", err)
 	}
 }
@@ -68,11 +68,11 @@ func (r *Reconciler) RebootRequiredBy() []string {
 // provider that knows better (it rebooted in a way the boot id does not
 // show, or the reboot is no longer wanted), and publishes the change.
 func (r *Reconciler) ClearRebootRequired() error {
-	r.stMu.Lock()
-	had := r.st.Reboot != nil
-	r.st.Reboot = nil
-	err := r.store.Save(r.st)
-	r.stMu.Unlock()
+	had := false
+	err := r.persist(func(st *state.State) {
+		had = st.Reboot != nil
+		st.Reboot = nil
+	})
 	if had {
 		r.Publish()
 	}

@@ -141,8 +141,12 @@ type Reconciler struct {
 	seq         int
 	q           *queue
 
-	stMu sync.Mutex // the persisted state
-	st   *state.State
+	stMu    sync.Mutex // the persisted state
+	st      *state.State
+	saveSeq uint64 // snapshots taken (under stMu)
+
+	writeMu sync.Mutex // state writes, in snapshot order
+	written uint64     // the last snapshot written
 
 	pubMu      sync.Mutex // one Publish at a time
 	repMu      sync.Mutex // what follows
@@ -432,10 +436,7 @@ func (r *Reconciler) SetTwinDesired(doc map[string]json.RawMessage, version int6
 	r.mu.Lock()
 	r.twin, r.twinVersion, r.twinErr = doc, version, ""
 	r.mu.Unlock()
-	r.stMu.Lock()
-	r.st.TwinDesired, r.st.TwinVersion = doc, version
-	err := r.store.Save(r.st)
-	r.stMu.Unlock()
+	err := r.persist(func(st *state.State) { st.TwinDesired, st.TwinVersion = doc, version })
 	return r.changedSections(), err
 }
 

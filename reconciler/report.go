@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/twinlet/twinlet/internal/version"
+	"github.com/twinlet/twinlet/state"
 )
 
 // Report is the outcome of one full pass.
@@ -79,11 +80,7 @@ func (r *Reconciler) Publish() *Report {
 		if err := r.store.WriteReported(indent(rep.Document)); err != nil {
 			r.log.Error("write reported", "err", err)
 		}
-		r.stMu.Lock()
-		r.st.Reported = rep.Document
-		err := r.store.Save(r.st)
-		r.stMu.Unlock()
-		if err != nil {
+		if err := r.persist(func(st *state.State) { st.Reported = rep.Document }); err != nil {
 			r.log.Error("save state", "err", err)
 		}
 		if r.opts.OnReport != nil {

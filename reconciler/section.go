@@ -122,13 +122,17 @@ func (p *pass) gather() bool {
 		// that a later invalid value does not bring it back. What twinlet
 		// created stays recorded, for a later prune.
 		p.r.stMu.Lock()
-		if sec := p.r.st.Sections[p.c.id]; sec != nil && (sec.LastGood != nil || sec.Interrupted != nil) {
-			sec.LastGood, sec.Sources, sec.Interrupted = nil, nil, nil
-			if err := p.r.store.Save(p.r.st); err != nil {
+		sec := p.r.st.Sections[p.c.id]
+		forget := sec != nil && (sec.LastGood != nil || sec.Interrupted != nil)
+		p.r.stMu.Unlock()
+		if forget {
+			if err := p.r.persist(func(st *state.State) {
+				sec := st.Section(p.c.id)
+				sec.LastGood, sec.Sources, sec.Interrupted = nil, nil, nil
+			}); err != nil {
 				p.log.Error("save state", "err", err)
 			}
 		}
-		p.r.stMu.Unlock()
 		p.c.mu.Lock()
 		p.c.valid = nil
 		p.c.mu.Unlock()
@@ -775,14 +779,36 @@ func (r *Reconciler) record(c *controller, res *SectionResult, prev *SectionResu
 
 // saveSection changes a section's state and saves the state atomically.
 func (r *Reconciler) saveSection(id string, f func(sec *state.Section)) error {
-	r.stMu.Lock()
-	defer r.stMu.Unlock()
-	f(r.st.Section(id))
-	return r.store.Save(r.st)
+	return r.persist(func(st *state.State) { f(st.Section(id)) })
 }
 
-func (r *Reconciler) saveState() error {
+func (r *Reconciler) saveState() error { return r.persist(nil) }
+
+// persist applies f to the state and writes it atomically. The snapshot
+// is taken under stMu, the write (and its fsyncs) happens outside it, in
+// snapshot order: a snapshot older than one already written is not
+// written, since the newer one holds its changes. When persist returns
+// nil, the change is on disk.
+func (r *Reconciler) persist(f func(st *state.State)) error {
 	r.stMu.Lock()
-	defer r.stMu.Unlock()
-	return r.store.Save(r.st)
+	if f != nil {
+		f(r.st)
+	}
+	data, err := state.Encode(r.st)
+	r.saveSeq++
+	seq := r.saveSeq
+	r.stMu.Unlock()
+	if err != nil {
+		return err
+	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	if seq <= r.written {
+		return nil
+	}
+	if err := r.store.Write(data); err != nil {
+		return err
+	}
+	r.written = seq
+	return nil
 }

@@ -186,11 +186,27 @@ func (st *Store) Load() (*State, error) {
 
 // Save writes the state atomically when it differs from what is on disk.
 func (st *Store) Save(s *State) error {
+	data, err := Encode(s)
+	if err != nil {
+		return err
+	}
+	return st.Write(data)
+}
+
+// Encode renders the state as Save writes it, so that a caller can take a
+// snapshot under its lock and write it (fsync) outside.
+func Encode(s *State) ([]byte, error) {
 	s.Format = formatVersion
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
-		return fmt.Errorf("state: %w", err)
+		return nil, fmt.Errorf("state: %w", err)
 	}
+	return data, nil
+}
+
+// Write writes an encoded state atomically when it differs from what is on
+// disk. Writes must not run concurrently.
+func (st *Store) Write(data []byte) error {
 	if bytes.Equal(data, st.last) {
 		return nil
 	}
