@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -62,8 +63,47 @@ type Info struct {
 	// for sysctl), used when the agent config names none for it. Only a
 	// provider that implements CloudScoper uses them.
 	CloudDeny []string
+	// Schema is the JSON Schema (draft 2020-12) of the section when it is
+	// not embedded as schemas/<ID>.json (a third-party or a test
+	// provider). Every section has one of the two: the reconciler refuses
+	// to start with a provider that has neither, so that no section goes
+	// unvalidated.
+	Schema json.RawMessage
 	// New returns a provider. It must not have side effects.
 	New func() Provider
+}
+
+// Check reports what is wrong with a registration that the registry can
+// see by itself: an empty id, no New, a negative timeout, a method without
+// a name, a Call or a Schema. (Whether the section has a schema at all is
+// checked by the reconciler, which knows the embedded ones.)
+func (info Info) Check() error {
+	if info.ID == "" {
+		return fmt.Errorf("providers: a provider with an empty id")
+	}
+	if info.New == nil {
+		return fmt.Errorf("providers: provider %s has no New", info.ID)
+	}
+	if info.Timeout < 0 {
+		return fmt.Errorf("providers: provider %s: negative timeout %v", info.ID, info.Timeout)
+	}
+	names := make([]string, 0, len(info.Methods))
+	for name := range info.Methods {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		m := info.Methods[name]
+		switch {
+		case name == "" || strings.ContainsAny(name, "./ "):
+			return fmt.Errorf("providers: provider %s: method name %q must be a plain word", info.ID, name)
+		case m.Call == nil:
+			return fmt.Errorf("providers: method %s.%s has no Call", info.ID, name)
+		case len(strings.TrimSpace(string(m.Schema))) == 0:
+			return fmt.Errorf("providers: method %s.%s has no payload Schema", info.ID, name)
+		}
+	}
+	return nil
 }
 
 // DefaultTimeout bounds a provider call when Info.Timeout is 0.
@@ -284,13 +324,10 @@ var (
 )
 
 // Register adds a provider to the registry. Call it from an init function.
-// It panics on an empty id, a nil New, or an id registered twice.
+// It panics on a registration that fails Check, or an id registered twice.
 func Register(info Info) {
-	if info.ID == "" {
-		panic("providers: Register with an empty id")
-	}
-	if info.New == nil {
-		panic("providers: Register " + info.ID + " without New")
+	if err := info.Check(); err != nil {
+		panic(err.Error())
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -1,11 +1,13 @@
 package reconciler
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -56,7 +58,10 @@ func (r *Reconciler) QueueLen() int {
 // Run reconciles every section, then keeps reconciling on policy changes
 // (fsnotify plus a periodic hash re-read), on drift (the resync timer and
 // provider path watches), and on reloads, until ctx ends. Sources only
-// enqueue section keys; one worker reconciles.
+// enqueue section keys; Options.Workers workers reconcile them side by
+// side, one section on one worker at a time, dependencies first. Run
+// returns once every worker stopped: a provider call in progress is
+// cancelled through its context.
 func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 	if ro.Resync <= 0 {
 		ro.Resync = 5 * time.Minute
@@ -71,13 +76,11 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 	r.mu.Lock()
 	r.q = q
 	r.mu.Unlock()
-	rank := map[string]int{}
-	for i, id := range r.order {
-		rank[id] = i
-	}
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Direct methods end with the loop.
+	stopMethods := context.AfterFunc(ctx, r.stop)
+	defer stopMethods()
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		r.log.Warn("fsnotify unavailable; relying on polling", "err", err)
@@ -112,45 +115,20 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 		}
 	}
 
-	// The worker.
+	// The workers: each takes a section that no other worker holds.
+	var wg sync.WaitGroup
+	r.watchMu.Lock()
+	r.watched = map[string]bool{}
+	r.watchMu.Unlock()
+	for range r.opts.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.work(ctx, q, ro.Backoff, w)
+		}()
+	}
 	done := make(chan struct{})
-	watched := map[string]bool{}
-	go func() {
-		defer close(done)
-		for {
-			id, ok := q.Get(ctx, rank)
-			if !ok {
-				return
-			}
-			before := r.stateOf(id)
-			res := r.ReconcileSection(ctx, id, false)
-			if ctx.Err() != nil {
-				return
-			}
-			if res.Retry {
-				r.mu.Lock()
-				n := r.failures[id]
-				r.mu.Unlock()
-				d := ro.Backoff.Delay(n)
-				r.log.Info("retry later", "section", id, "in", d.Round(time.Millisecond).String())
-				q.AddAfter(id, d)
-			}
-			if res.Status.State == StateReady && before != StateReady {
-				// Sections waiting on this one may go on.
-				for _, other := range r.order {
-					for _, d := range r.provs[other].info.DependsOn {
-						if d == id {
-							q.Add(other)
-						}
-					}
-				}
-			}
-			r.Publish()
-			if w != nil {
-				r.watchPaths(w, id, watched)
-			}
-		}
-	}()
+	go func() { wg.Wait(); close(done) }()
 
 	q.Add(r.order...)
 	r.mu.Lock()
@@ -173,8 +151,8 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 		case ev := <-events:
 			if r.isSourceEvent(ev.Name) {
 				debounce.Reset(100 * time.Millisecond)
-			} else if id := r.pathOwner(ev.Name, watched); id != "" {
-				q.Add(id)
+			} else if ids := r.pathOwners(ev.Name); len(ids) > 0 {
+				q.Add(ids...)
 			}
 		case err := <-werrs:
 			r.log.Warn("fsnotify", "err", err)
@@ -215,13 +193,43 @@ func (r *Reconciler) currentHash() string {
 	return r.pol.Hash
 }
 
-func (r *Reconciler) stateOf(id string) string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if res := r.results[id]; res != nil {
-		return res.Status.State
+// work is one worker of the pool.
+func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.Watcher) {
+	for {
+		id, ok := q.Get(ctx, r.rank)
+		if !ok {
+			return
+		}
+		res := r.ReconcileSection(ctx, id, false)
+		if ctx.Err() != nil {
+			q.Done(id)
+			return
+		}
+		if w != nil {
+			r.watchPaths(w, id) // still holding the section: its provider is ours
+		}
+		q.Done(id)
+		c := r.ctrls[id]
+		if res.Retry {
+			c.mu.Lock()
+			n := c.failures
+			c.mu.Unlock()
+			d := b.Delay(n)
+			r.log.Info("retry later", "section", id, "in", d.Round(time.Millisecond).String())
+			q.AddAfter(id, d)
+		}
+		if res.Status.State == StateReady {
+			// Sections that wait on this one may go on: those not Ready,
+			// and those running now, which may have looked before this
+			// result was in.
+			for _, other := range r.deps[id] {
+				if or := r.ctrls[other].lastResult(); q.Active(other) || or == nil || or.Status.State != StateReady {
+					q.Add(other)
+				}
+			}
+		}
+		r.Publish()
 	}
-	return ""
 }
 
 func jitter(d time.Duration) time.Duration {
@@ -253,19 +261,19 @@ func (r *Reconciler) isSourceEvent(name string) bool {
 // watchPaths adds the host paths a PathWatcher provider names for its
 // current spec. Watches are only added: a stale watch at most enqueues a
 // harmless reconcile.
-func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[string]bool) {
-	e := r.provs[id]
-	pw, ok := e.p.(providers.PathWatcher)
+func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string) {
+	c := r.ctrls[id]
+	pw, ok := c.p.(providers.PathWatcher)
 	if !ok {
 		return
 	}
-	r.mu.Lock()
+	r.stMu.Lock()
 	sec := r.st.Sections[id]
 	var lastGood []byte
 	if sec != nil {
 		lastGood = sec.LastGood
 	}
-	r.mu.Unlock()
+	r.stMu.Unlock()
 	if lastGood == nil {
 		return
 	}
@@ -273,43 +281,72 @@ func (r *Reconciler) watchPaths(w *fsnotify.Watcher, id string, watched map[stri
 	if json.Unmarshal(lastGood, &lg) != nil {
 		return
 	}
-	env := r.env(id, nil, r.log)
-	spec, err := e.p.Decode(env, stripReserved(lg))
+	env := r.env(id, nil, nil, r.log)
+	c.mu.Lock()
+	v := c.valid
+	c.mu.Unlock()
+	var paths []string
+	err := c.guard(context.Background(), "watch paths", func(context.Context) error {
+		var spec providers.Spec
+		if v != nil && bytes.Equal(v.raw, lastGood) {
+			spec = v.spec // what the reconcile just decoded
+		} else {
+			var err error
+			if spec, err = c.p.Decode(env, stripReserved(lg)); err != nil {
+				return err
+			}
+		}
+		paths = pw.WatchPaths(env, spec)
+		return nil
+	})
 	if err != nil {
+		r.log.Warn("watch paths", "section", id, "err", err)
 		return
 	}
-	for _, p := range pw.WatchPaths(env, spec) {
+	for _, p := range paths {
 		// Watch the directory: files are replaced by rename, which would
 		// end a watch on the file itself, and may not exist yet.
 		p = filepath.Dir(p)
 		key := id + "\x00" + p
 		r.watchMu.Lock()
-		seen := watched[key]
+		seen := r.watched[key]
 		r.watchMu.Unlock()
 		if seen {
 			continue
 		}
 		if err := w.Add(p); err == nil {
 			r.watchMu.Lock()
-			watched[key] = true
+			r.watched[key] = true
 			r.watchMu.Unlock()
 		}
 	}
 }
 
-// pathOwner finds the section that watches the path's directory.
-func (r *Reconciler) pathOwner(name string, watched map[string]bool) string {
+// pathOwners finds every section that watches the path or its
+// directory, in dependency order.
+func (r *Reconciler) pathOwners(name string) []string {
 	r.watchMu.Lock()
 	defer r.watchMu.Unlock()
+	return r.pathOwnersLocked(name)
+}
+
+func (r *Reconciler) pathOwnersLocked(name string) []string {
+	seen := map[string]bool{}
 	for _, cand := range []string{name, filepath.Dir(name)} {
-		for key := range watched {
+		for key := range r.watched {
 			id, p, _ := cutNul(key)
 			if p == cand {
-				return id
+				seen[id] = true
 			}
 		}
 	}
-	return ""
+	var out []string
+	for _, id := range r.order {
+		if seen[id] {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 func cutNul(s string) (string, string, bool) {

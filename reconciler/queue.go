@@ -8,20 +8,24 @@ import (
 	"github.com/twinlet/twinlet/internal/backoff"
 )
 
-// queue is a deduplicating work queue of section keys with delayed adds.
-// A key is in the queue at most once; adding a key that is waiting for a
-// delayed retry makes it ready now (new input beats backoff).
+// queue is a deduplicating work queue of section keys with delayed adds,
+// for a pool of workers. A key is in the queue at most once; adding a key
+// that is waiting for a delayed retry makes it ready now (new input beats
+// backoff). A key handed to a worker is active until Done: it is not
+// handed out again meanwhile, so one section never runs on two workers,
+// and an Add meanwhile makes it ready again once it is done.
 type queue struct {
 	mu      sync.Mutex
 	ready   []string
 	queued  map[string]bool
+	active  map[string]bool
 	delayed map[string]time.Time
 	wake    chan struct{}
 	now     func() time.Time
 }
 
 func newQueue(now func() time.Time) *queue {
-	return &queue{queued: map[string]bool{}, delayed: map[string]time.Time{}, wake: make(chan struct{}, 1), now: now}
+	return &queue{queued: map[string]bool{}, active: map[string]bool{}, delayed: map[string]time.Time{}, wake: make(chan struct{}, 1), now: now}
 }
 
 func (q *queue) signal() {
@@ -63,8 +67,24 @@ func (q *queue) Len() int {
 	return len(q.ready) + len(q.delayed)
 }
 
-// Get blocks until a key is ready or ctx ends. order ranks keys so that
-// dependencies come first among those ready.
+// Active reports whether a worker holds the key.
+func (q *queue) Active(key string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.active[key]
+}
+
+// Done releases a key that Get handed out.
+func (q *queue) Done(key string) {
+	q.mu.Lock()
+	delete(q.active, key)
+	q.mu.Unlock()
+	q.signal()
+}
+
+// Get blocks until a key that no worker holds is ready, or ctx ends. rank
+// orders keys so that dependencies come first among those ready. The key
+// is active until Done.
 func (q *queue) Get(ctx context.Context, rank map[string]int) (string, bool) {
 	for {
 		q.mu.Lock()
@@ -81,31 +101,46 @@ func (q *queue) Get(ctx context.Context, rank map[string]int) (string, bool) {
 				next = at
 			}
 		}
-		if len(q.ready) > 0 {
-			best := 0
-			for i, k := range q.ready {
-				if rank[k] < rank[q.ready[best]] {
-					best = i
-				}
+		best, free := -1, 0
+		for i, k := range q.ready {
+			if q.active[k] {
+				continue
 			}
+			free++
+			if best < 0 || rank[k] < rank[q.ready[best]] {
+				best = i
+			}
+		}
+		if best >= 0 {
 			k := q.ready[best]
 			q.ready = append(q.ready[:best], q.ready[best+1:]...)
 			delete(q.queued, k)
+			q.active[k] = true
 			q.mu.Unlock()
+			if free > 1 {
+				q.signal() // wake another worker for the rest
+			}
 			return k, true
 		}
 		q.mu.Unlock()
 		var timer <-chan time.Time
+		var t *time.Timer
 		if !next.IsZero() {
-			t := time.NewTimer(next.Sub(now))
-			defer t.Stop()
+			t = time.NewTimer(next.Sub(now))
 			timer = t.C
 		}
 		select {
 		case <-ctx.Done():
+			if t != nil {
+				t.Stop()
+			}
+			q.signal() // pass the wake-up on to the other workers
 			return "", false
 		case <-q.wake:
 		case <-timer:
+		}
+		if t != nil {
+			t.Stop()
 		}
 	}
 }

@@ -1,9 +1,20 @@
-// Package reconciler is twinlet's control loop: it merges the layers of
-// desired state (local enforce policy, twin desired, local default policy),
-// validates each section against its schema and its provider, observes,
-// plans, applies, verifies, and aggregates the results into the reported
-// document. Sources only enqueue section keys; one worker reconciles them,
-// in dependency order, with per-section backoff for transient failures.
+// Package reconciler is twinlet's control loop. Desired state comes from an
+// ordered list of sources (local enforce policy, the twin, local default
+// policy, then Options.Sources); sources only enqueue section keys. Each
+// section has its own controller (its result, backoff and caches; no lock
+// spans two sections), and Run reconciles sections side by side on a
+// bounded pool of workers, one section on one worker at a time. A section
+// whose dependencies are not Ready for the same desired input is Waiting
+// and is enqueued again by their next Ready result.
+//
+// One reconcile of a section is a list of named steps (see pass): gather
+// the sources → cloud scope (the twin's part alone) → merge → validate
+// (schema, then the provider) → Observe → Plan → Apply each change →
+// Observe and Plan again to verify → record. Every provider call runs under
+// the provider's timeout (Info.Timeout) with panic recovery. Long applies
+// report progress, rate limited; changes that must run once are recorded in
+// state/ while they run, so that a crash never runs them twice; a reboot
+// asked for by a change is latched in state/ until the boot id changes.
 package reconciler
 
 import (
@@ -22,6 +33,7 @@ import (
 
 	"github.com/twinlet/twinlet/internal/policy"
 	"github.com/twinlet/twinlet/providers"
+	"github.com/twinlet/twinlet/schemas"
 	"github.com/twinlet/twinlet/state"
 )
 
@@ -36,64 +48,121 @@ type Options struct {
 	// TwinDesiredFile, when set, is read as the twin's desired properties
 	// (offline preview, tests).
 	TwinDesiredFile string
+	// Sources are further desired-state sources, after the built-in ones
+	// (local enforce policy, the twin, local default policy); each input
+	// names its layer. Nil means the built-in ones alone.
+	Sources []Source
 	// AllowedRoots bound the files provider (device paths).
 	AllowedRoots []string
+	// CloudSections lists the sections the twin may set; nil means every section.
+	CloudSections []string
+	// CloudRules are the cloud scope per section; a section absent here uses its Info.CloudDeny.
+	CloudRules map[string]providers.ScopeRules
 	// Runner runs commands; nil means providers.ExecRunner.
 	Runner providers.Runner
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Now; nil means time.Now.
 	Now func() time.Time
-	// CallTimeout bounds each provider call; 0 means 2 minutes.
+	// CallTimeout, when set, bounds every provider call instead of each
+	// provider's Info.Timeout (tests).
 	CallTimeout time.Duration
+	// Workers is the number of sections reconciled side by side by Run;
+	// 0 means 4.
+	Workers int
+	// ProgressInterval is the least time between two progress reports of
+	// one section (providers.Env.Progress); 0 means 5 seconds. The final
+	// state of a reconcile always goes out at once.
+	ProgressInterval time.Duration
+	// BootID returns the id of the running boot; the reboot-required
+	// latch clears when it changes. Nil reads
+	// <Root>/proc/sys/kernel/random/boot_id: the kernel's on a device; in
+	// a sandbox root the file is usually absent (id ""), so a sandbox
+	// "reboots" when a test writes it.
+	BootID func() string
 	// Providers to run; nil means every registered provider.
 	Providers []providers.Info
 	// OnReport, when set, receives every new reported document (outside
-	// dry runs), for example to patch the twin.
+	// dry runs), for example to patch the twin. It must not block.
 	OnReport func(doc []byte)
 	// OnSection, when set, receives every section result (outside dry
 	// runs) and how long the reconcile took, for metrics.
 	OnSection func(res *SectionResult, took time.Duration)
-	// CloudSections lists the sections the twin may set; nil means every section.
-	CloudSections []string
-	// CloudRules are the cloud scope per section; a section absent here uses its Info.CloudDeny.
-	CloudRules map[string]providers.ScopeRules
 }
 
-type entry struct {
-	info providers.Info
-	p    providers.Provider
+// controller is one section's reconciler: its provider and everything the
+// reconciler remembers about the section between reconciles. Sections
+// share no lock but the short ones over the sources and the state file.
+type controller struct {
+	id      string
+	info    providers.Info
+	p       providers.Provider
+	timeout time.Duration
+	schema  *schemas.Schema // nil when the schema is embedded in schemas/
+	methods map[string]*schemas.Schema
+	// run is held for a whole reconcile, dry or not, so that a provider
+	// never sees two calls for one section at once.
+	run sync.Mutex
+
+	mu           sync.Mutex // guards what follows
+	result       *SectionResult
+	failures     int
+	seenHash     string // inputs last seen by changedSections
+	valid        *validEntry
+	merged       *mergeEntry
+	lastProgress time.Time
+}
+
+func (c *controller) lastResult() *SectionResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.result
 }
 
 // Reconciler reconciles the sections of one device.
 type Reconciler struct {
-	opts  Options
-	log   *slog.Logger
-	provs map[string]*entry
-	order []string // dependency order
-	store *state.Store
+	opts    Options
+	log     *slog.Logger
+	ctrls   map[string]*controller
+	order   []string // dependency order
+	rank    map[string]int
+	deps    map[string][]string // section → the sections that depend on it
+	sources []Source
+	store   *state.Store
+	cloud   map[string]bool // nil: the twin may set every section
+	life    context.Context // ends with Close: method calls stop
+	stop    context.CancelFunc
 
-	mu          sync.Mutex
-	st          *state.State
+	mu          sync.Mutex // the sources
 	pol         *policy.Set
 	twin        map[string]json.RawMessage
 	twinVersion int64
 	twinErr     string
-	results     map[string]*SectionResult
-	failures    map[string]int
-	inputsHash  map[string]string
-	reported    []byte
-	lastChange  string
 	seq         int
 	q           *queue
-	valid       map[string]*validEntry
-	merges      map[string]*mergeEntry
-	watchMu     sync.Mutex
+
+	stMu    sync.Mutex // the persisted state
+	st      *state.State
+	saveSeq uint64 // snapshots taken (under stMu)
+
+	writeMu sync.Mutex // state writes, in snapshot order
+	written uint64     // the last snapshot written
+
+	pubMu      sync.Mutex // one Publish at a time
+	repMu      sync.Mutex // what follows
+	reported   []byte
+	lastChange string
+
+	watchMu sync.Mutex
+	watched map[string]bool // "<section>\x00<dir>" watched by Run
 }
 
-// New builds a Reconciler: it orders the providers by their dependencies
-// (a cycle or a missing dependency is an error) and loads the state (a
-// corrupt state is logged and replaced by a fresh one).
+// New builds a Reconciler: it checks every registration (a section or a
+// direct method without a schema, a schema that does not compile, a cycle
+// or a missing dependency is an error), orders the providers by their
+// dependencies and loads the state (a corrupt state is logged and replaced
+// by a fresh one). Once changes still recorded as in flight were cut off
+// by a crash: they become interrupted and are never applied again.
 func New(opts Options) (*Reconciler, error) {
 	if opts.Root == "" {
 		return nil, errors.New("reconciler: no root")
@@ -110,31 +179,68 @@ func New(opts Options) (*Reconciler, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.CallTimeout == 0 {
-		opts.CallTimeout = 2 * time.Minute
+	if opts.Workers <= 0 {
+		opts.Workers = 4
+	}
+	if opts.ProgressInterval <= 0 {
+		opts.ProgressInterval = 5 * time.Second
+	}
+	if opts.BootID == nil {
+		root := opts.Root
+		opts.BootID = func() string { return readBootID(root) }
 	}
 	if opts.Providers == nil {
 		opts.Providers = providers.All()
 	}
 	r := &Reconciler{
-		opts: opts, log: opts.Logger, provs: map[string]*entry{},
-		store:   &state.Store{Dir: opts.StateDir},
-		results: map[string]*SectionResult{}, failures: map[string]int{}, inputsHash: map[string]string{},
-		valid: map[string]*validEntry{}, merges: map[string]*mergeEntry{},
+		opts: opts, log: opts.Logger, ctrls: map[string]*controller{},
+		store: &state.Store{Dir: opts.StateDir}, rank: map[string]int{}, deps: map[string][]string{},
 	}
+	r.life, r.stop = context.WithCancel(context.Background())
 	for _, info := range opts.Providers {
-		r.provs[info.ID] = &entry{info: info, p: info.New()}
+		c, err := newController(info, opts.CallTimeout)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := r.ctrls[info.ID]; dup {
+			return nil, fmt.Errorf("reconciler: provider %s given twice", info.ID)
+		}
+		r.ctrls[info.ID] = c
 	}
 	order, err := topoOrder(opts.Providers)
 	if err != nil {
 		return nil, err
 	}
 	r.order = order
+	for i, id := range order {
+		r.rank[id] = i
+		for _, d := range r.ctrls[id].info.DependsOn {
+			r.deps[d] = append(r.deps[d], id)
+		}
+	}
+	if opts.CloudSections != nil {
+		r.cloud = map[string]bool{}
+		for _, id := range opts.CloudSections {
+			r.cloud[id] = true
+		}
+	}
+	r.sources = append([]Source{policySource{r, policy.Enforce}, twinSource{r}, policySource{r, policy.Default}}, opts.Sources...)
 	st, err := r.store.Load()
 	if err != nil {
 		r.log.Warn("state", "err", err)
 	}
 	r.st = st
+	if st.Interrupt() {
+		for id, sec := range st.Sections {
+			if len(sec.Interrupted) > 0 {
+				r.log.Warn("changes were in flight when the agent stopped; they are not run again", "section", id, "keys", strings.Join(sec.Interrupted, ","))
+			}
+		}
+		if err := r.store.Save(st); err != nil {
+			return nil, fmt.Errorf("reconciler: record interrupted changes: %w", err)
+		}
+	}
+	r.checkBoot()
 	// The last reported document is the outbox: a restart knows what it
 	// reported last even before it has reconciled anything.
 	if len(st.Reported) > 0 {
@@ -157,6 +263,42 @@ func New(opts Options) (*Reconciler, error) {
 	}
 	return r, nil
 }
+
+// newController checks one registration and compiles its schemas.
+func newController(info providers.Info, override time.Duration) (*controller, error) {
+	if err := info.Check(); err != nil {
+		return nil, fmt.Errorf("reconciler: %w", err)
+	}
+	c := &controller{id: info.ID, info: info, p: info.New(), timeout: info.Timeout, methods: map[string]*schemas.Schema{}}
+	if c.timeout == 0 {
+		c.timeout = providers.DefaultTimeout
+	}
+	if override > 0 {
+		c.timeout = override
+	}
+	switch {
+	case len(info.Schema) > 0:
+		s, err := schemas.Compile(info.ID, info.Schema)
+		if err != nil {
+			return nil, fmt.Errorf("reconciler: provider %s: %w", info.ID, err)
+		}
+		c.schema = s
+	case !schemas.Has(info.ID):
+		return nil, fmt.Errorf("reconciler: provider %s has no schema (neither schemas/%s.json nor Info.Schema): no section may go unvalidated", info.ID, info.ID)
+	}
+	for name, m := range info.Methods {
+		s, err := schemas.Compile(info.ID+"."+name+" payload", m.Schema)
+		if err != nil {
+			return nil, fmt.Errorf("reconciler: method %s.%s: %w", info.ID, name, err)
+		}
+		c.methods[name] = s
+	}
+	return c, nil
+}
+
+// Close ends what outlives a call: direct methods still running are
+// cancelled. Run calls it when it returns.
+func (r *Reconciler) Close() { r.stop() }
 
 // topoOrder orders providers so that dependencies come first; ties are
 // broken by id so the order is stable.
@@ -207,7 +349,7 @@ func topoOrder(infos []providers.Info) ([]string, error) {
 func (r *Reconciler) Sections() []string { return append([]string(nil), r.order...) }
 
 // Known reports whether a provider owns the section id.
-func (r *Reconciler) Known(id string) bool { _, ok := r.provs[id]; return ok }
+func (r *Reconciler) Known(id string) bool { _, ok := r.ctrls[id]; return ok }
 
 // loadSources re-reads the policy directory and the twin desired file.
 func (r *Reconciler) loadSources() error {
@@ -263,14 +405,18 @@ func readTwinFile(path string) (map[string]json.RawMessage, int64, error) {
 }
 
 // SplitDesired separates a twin's desired document into sections and its
-// $version; keys starting with "$" are metadata.
+// $version; keys starting with "$" are metadata. A $version that is not an
+// integer is an error, but the sections are returned all the same: a
+// caller must not lose the twin layer over it.
 func SplitDesired(doc map[string]json.RawMessage) (map[string]json.RawMessage, int64, error) {
 	var ver int64
+	var verr error
 	out := map[string]json.RawMessage{}
 	for k, v := range doc {
 		if k == "$version" {
 			if err := json.Unmarshal(v, &ver); err != nil {
-				return nil, 0, fmt.Errorf("$version: %w", err)
+				verr = fmt.Errorf("$version %s: %w", v, err)
+				ver = 0
 			}
 			continue
 		}
@@ -279,7 +425,7 @@ func SplitDesired(doc map[string]json.RawMessage) (map[string]json.RawMessage, i
 		}
 		out[k] = v
 	}
-	return out, ver, nil
+	return out, ver, verr
 }
 
 // SetTwinDesired replaces the twin layer with a full desired document
@@ -289,9 +435,8 @@ func SplitDesired(doc map[string]json.RawMessage) (map[string]json.RawMessage, i
 func (r *Reconciler) SetTwinDesired(doc map[string]json.RawMessage, version int64) ([]string, error) {
 	r.mu.Lock()
 	r.twin, r.twinVersion, r.twinErr = doc, version, ""
-	r.st.TwinDesired, r.st.TwinVersion = doc, version
-	err := r.store.Save(r.st)
 	r.mu.Unlock()
+	err := r.persist(func(st *state.State) { st.TwinDesired, st.TwinVersion = doc, version })
 	return r.changedSections(), err
 }
 
@@ -312,17 +457,19 @@ func (r *Reconciler) Reload() ([]string, error) {
 }
 
 // changedSections compares each section's inputs with those last seen.
+// Only sources call it: a dry run must not spend the signal.
 func (r *Reconciler) changedSections() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	var out []string
 	for _, id := range r.order {
-		ins, probs := r.inputsLocked(id)
+		ins, probs := r.inputs(id)
 		h := hashInputs(ins, probs)
-		if r.inputsHash[id] != h {
-			r.inputsHash[id] = h
+		c := r.ctrls[id]
+		c.mu.Lock()
+		if c.seenHash != h {
+			c.seenHash = h
 			out = append(out, id)
 		}
+		c.mu.Unlock()
 	}
 	return out
 }
@@ -338,14 +485,30 @@ func hashInputs(ins []Input, probs []ErrorItem) string {
 	return b.String()
 }
 
-// inputsLocked gathers one section's layer inputs and the problems of
-// policy files that could not be read but once contributed to it.
-func (r *Reconciler) inputsLocked(id string) ([]Input, []ErrorItem) {
+// Source is one source of desired state. Inputs returns its contributions
+// to a section, in their order within the source, each naming its layer
+// and where it came from. It must be safe for concurrent use and fast: it
+// is called at every reconcile of the section.
+type Source interface {
+	Inputs(section string) []Input
+}
+
+// policySource is the local policy files of one mode.
+type policySource struct {
+	r    *Reconciler
+	mode policy.Mode
+}
+
+func (s policySource) Inputs(id string) []Input {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
 	var ins []Input
-	var probs []ErrorItem
-	for _, d := range r.pol.Docs {
+	if s.r.pol == nil {
+		return nil
+	}
+	for _, d := range s.r.pol.Docs {
 		raw, ok := d.Sections[id]
-		if !ok {
+		if !ok || (d.Mode == policy.Enforce) != (s.mode == policy.Enforce) {
 			continue
 		}
 		layer := LayerDefault
@@ -356,21 +519,52 @@ func (r *Reconciler) inputsLocked(id string) ([]Input, []ErrorItem) {
 		ins = append(ins, Input{Layer: layer, Source: d.Source(), Value: raw,
 			Locate: func(ptr string) string { return d.Locate(id, ptr) }})
 	}
-	if raw, ok := r.twin[id]; ok {
-		ins = append(ins, Input{Layer: LayerTwin, Source: "twin", Value: raw,
-			Locate: func(ptr string) string { return "twin:/" + id + ptr }})
+	return ins
+}
+
+// twinSource is the twin's desired properties.
+type twinSource struct{ r *Reconciler }
+
+func (s twinSource) Inputs(id string) []Input {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	raw, ok := s.r.twin[id]
+	if !ok {
+		return nil
+	}
+	return []Input{{Layer: LayerTwin, Source: "twin", Value: raw,
+		Locate: func(ptr string) string { return "twin:/" + id + ptr }}}
+}
+
+// inputs gathers one section's inputs from every source, in source order,
+// and the problems of policy files that could not be read but once
+// contributed to it.
+func (r *Reconciler) inputs(id string) ([]Input, []ErrorItem) {
+	var ins []Input
+	for _, s := range r.sources {
+		ins = append(ins, s.Inputs(id)...)
+	}
+	r.stMu.Lock()
+	var srcs []string
+	if sec := r.st.Sections[id]; sec != nil {
+		srcs = append(srcs, sec.Sources...)
+	}
+	r.stMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var probs []ErrorItem
+	if r.pol == nil {
+		return ins, nil
 	}
 	// A policy file that failed to load keeps its sections' last good
 	// desired in force: report the failure on each section it fed.
-	if sec := r.st.Sections[id]; sec != nil {
-		for _, p := range r.pol.Problems {
-			if !r.pol.Failed[p.File] {
-				continue
-			}
-			for _, src := range sec.Sources {
-				if src == filepath.Base(p.File) || strings.HasPrefix(src, filepath.Base(p.File)+"#") {
-					probs = append(probs, ErrorItem{Message: p.Message, At: p.Pos})
-				}
+	for _, p := range r.pol.Problems {
+		if !r.pol.Failed[p.File] {
+			continue
+		}
+		for _, src := range srcs {
+			if src == filepath.Base(p.File) || strings.HasPrefix(src, filepath.Base(p.File)+"#") {
+				probs = append(probs, ErrorItem{Message: p.Message, At: p.Pos})
 			}
 		}
 	}
@@ -382,9 +576,9 @@ func (r *Reconciler) inputsLocked(id string) ([]Input, []ErrorItem) {
 	return ins, probs
 }
 
-// callTimeout runs f with a timeout and turns a panic into an error.
-func (r *Reconciler) guard(ctx context.Context, what string, f func(ctx context.Context) error) (err error) {
-	ctx, cancel := context.WithTimeout(ctx, r.opts.CallTimeout)
+// guard runs f under the section's timeout and turns a panic into an error.
+func (c *controller) guard(ctx context.Context, what string, f func(ctx context.Context) error) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	defer func() {
 		if v := recover(); v != nil {
@@ -403,10 +597,10 @@ type bugError struct{ msg, stack string }
 
 func (e *bugError) Error() string { return "provider bug: " + e.msg }
 
-func (r *Reconciler) env(id string, managed map[string]bool, log *slog.Logger) *providers.Env {
+func (r *Reconciler) env(id string, managed, interrupted map[string]bool, log *slog.Logger) *providers.Env {
 	return &providers.Env{
 		Root: r.opts.Root, StateDir: r.opts.StateDir, AllowedRoots: r.opts.AllowedRoots,
-		Runner: r.opts.Runner, Now: r.opts.Now, Logger: log, Managed: managed,
+		Runner: r.opts.Runner, Now: r.opts.Now, Logger: log, Managed: managed, Interrupted: interrupted,
 	}
 }
 

@@ -22,7 +22,7 @@ import (
 // notes as files under <root>/etc/notes/, so that the loop's mechanics
 // (layers, validation, prune records, retries) are tested on a real
 // directory. Its value "panic" panics, "slow" blocks until the call's
-// deadline, and "bad…" is invalid.
+// deadline, "bad…" is invalid, and "reboot" asks for a reboot.
 type note struct{}
 
 type noteSpec struct {
@@ -96,9 +96,11 @@ func (note) Plan(spec providers.Spec, obs providers.Observed) ([]providers.Chang
 		cur, ok := o.Items[k]
 		switch {
 		case !ok:
-			out = append(out, providers.Change{Action: providers.Create, Item: k, Key: k, After: s.items[k], Data: s.items[k]})
+			out = append(out, providers.Change{Action: providers.Create, Item: k, Key: k, After: s.items[k], Data: s.items[k],
+				RebootRequired: s.items[k] == "reboot"})
 		case cur != s.items[k]:
-			out = append(out, providers.Change{Action: providers.Update, Item: k, Before: cur, After: s.items[k], Data: s.items[k]})
+			out = append(out, providers.Change{Action: providers.Update, Item: k, Before: cur, After: s.items[k], Data: s.items[k],
+				RebootRequired: s.items[k] == "reboot"})
 		}
 	}
 	if s.prune {
@@ -145,10 +147,15 @@ func sortedKeys(m map[string]string) []string {
 // waiter depends on notes.
 type waiter struct{ note }
 
+// noteSchema is the test sections' schema: an object of strings and a
+// prune flag.
+var noteSchema = json.RawMessage(`{"type":"object","properties":{"prune":{"type":"boolean"}},
+  "additionalProperties":{"type":["string","boolean"]}}`)
+
 func testProviders() []providers.Info {
 	return []providers.Info{
-		{ID: "notes", Kind: providers.Collection, New: func() providers.Provider { return note{} }},
-		{ID: "later", Kind: providers.Collection, DependsOn: []string{"notes"}, New: func() providers.Provider { return waiter{} }},
+		{ID: "notes", Kind: providers.Collection, Schema: noteSchema, New: func() providers.Provider { return note{} }},
+		{ID: "later", Kind: providers.Collection, Schema: noteSchema, DependsOn: []string{"notes"}, New: func() providers.Provider { return waiter{} }},
 	}
 }
 
@@ -419,8 +426,8 @@ func TestCorruptStateIsAFreshStart(t *testing.T) {
 
 func TestDependencyCycle(t *testing.T) {
 	_, err := New(Options{Root: t.TempDir(), StateDir: t.TempDir(), Providers: []providers.Info{
-		{ID: "a", DependsOn: []string{"b"}, New: func() providers.Provider { return note{} }},
-		{ID: "b", DependsOn: []string{"a"}, New: func() providers.Provider { return note{} }},
+		{ID: "a", Schema: noteSchema, DependsOn: []string{"b"}, New: func() providers.Provider { return note{} }},
+		{ID: "b", Schema: noteSchema, DependsOn: []string{"a"}, New: func() providers.Provider { return note{} }},
 	}})
 	if err == nil || !strings.Contains(err.Error(), "cycle") {
 		t.Fatalf("err = %v", err)

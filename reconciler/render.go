@@ -18,10 +18,17 @@ func RenderPlan(w io.Writer, rep *Report) {
 	for _, s := range rep.Sections {
 		switch {
 		case len(s.Errors) > 0:
-			fmt.Fprintf(w, "%s: invalid (%s)\n", s.ID, s.Status.Message)
+			what := "invalid"
+			if s.Status.Reason == ReasonForbidden {
+				what = "forbidden"
+			}
+			fmt.Fprintf(w, "%s: %s (%s)\n", s.ID, what, s.Status.Message)
 			renderErrors(w, s)
 		case s.Status.State == StateFailed:
 			fmt.Fprintf(w, "%s: failed: %s\n", s.ID, s.Status.Message)
+			continue
+		case s.Status.Reason == ReasonInProgress:
+			fmt.Fprintf(w, "%s: in progress: %s\n", s.ID, s.Status.Message)
 			continue
 		}
 		if len(s.Plan) == 0 {

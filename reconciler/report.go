@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/twinlet/twinlet/internal/version"
+	"github.com/twinlet/twinlet/state"
 )
 
 // Report is the outcome of one full pass.
@@ -37,9 +38,12 @@ func (rep *Report) Pending() int {
 }
 
 // ReconcileAll reconciles every section once, in dependency order, and
-// returns the report. With dryRun nothing is changed (`twinlet plan`).
+// returns the report. With dryRun nothing is changed (`twinlet plan`,
+// getPlan), not even what the loop remembers of the inputs it saw.
 func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
-	r.changedSections() // remember the inputs this pass uses
+	if !dryRun {
+		r.changedSections() // remember the inputs this pass uses
+	}
 	var results []*SectionResult
 	for _, id := range r.order {
 		res := r.ReconcileSection(ctx, id, dryRun)
@@ -55,29 +59,28 @@ func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 
 // Publish builds the reported document from the latest result of every
 // section and, when it changed, writes it to <state-dir>/reported.json
-// and hands it to OnReport.
+// and hands it to OnReport. Publishes are serialized.
 func (r *Reconciler) Publish() *Report {
-	r.mu.Lock()
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
 	var results []*SectionResult
 	for _, id := range r.order {
-		if res := r.results[id]; res != nil {
+		if res := r.ctrls[id].lastResult(); res != nil {
 			results = append(results, res)
 		}
 	}
-	r.mu.Unlock()
 	rep := r.buildReport(results, false)
-	r.mu.Lock()
+	r.repMu.Lock()
 	changed := !bytes.Equal(rep.Document, r.reported)
 	if changed {
 		r.reported = rep.Document
-		r.st.Reported = rep.Document
 	}
-	r.mu.Unlock()
+	r.repMu.Unlock()
 	if changed {
 		if err := r.store.WriteReported(indent(rep.Document)); err != nil {
 			r.log.Error("write reported", "err", err)
 		}
-		if err := r.saveState(); err != nil {
+		if err := r.persist(func(st *state.State) { st.Reported = rep.Document }); err != nil {
 			r.log.Error("save state", "err", err)
 		}
 		if r.opts.OnReport != nil {
@@ -100,8 +103,11 @@ func indent(b []byte) []byte {
 // summary's lastReconcile moves only when something else in the document
 // changed, so that an idle agent writes nothing.
 func (r *Reconciler) buildReport(results []*SectionResult, dryRun bool) *Report {
+	by := r.RebootRequiredBy()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.repMu.Lock()
+	defer r.repMu.Unlock()
 	rep := &Report{Sections: results}
 	sum := Summary{State: StateReady, DesiredVersion: r.twinVersion, AgentVersion: version.Version}
 	if r.pol != nil {
@@ -124,9 +130,6 @@ func (r *Reconciler) buildReport(results []*SectionResult, dryRun bool) *Report 
 			sum.Failed++
 			failed = append(failed, res.ID)
 		}
-		if res.RebootRequired {
-			sum.RebootRequired = true
-		}
 		sec := map[string]json.RawMessage{}
 		var obj map[string]json.RawMessage
 		if len(res.Observed) > 0 && json.Unmarshal(res.Observed, &obj) == nil {
@@ -142,6 +145,8 @@ func (r *Reconciler) buildReport(results []*SectionResult, dryRun bool) *Report 
 		}
 		doc[res.ID] = sec
 	}
+	sum.RebootRequired = len(by) > 0
+	sum.RebootRequiredBy = strings.Join(by, ",")
 	sort.Strings(failed)
 	sum.FailedSections = strings.Join(failed, ",")
 	switch {
@@ -193,7 +198,7 @@ func truncList(in []string, n int) []string {
 
 // Document returns the last published reported document.
 func (r *Reconciler) Document() []byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.repMu.Lock()
+	defer r.repMu.Unlock()
 	return r.reported
 }

@@ -26,7 +26,21 @@ const (
 	ReasonDependencyNotReady = "DependencyNotReady"
 	ReasonProviderBug        = "ProviderBug"
 	ReasonPending            = "ChangesPending"
+	// ReasonInProgress: a long Apply is under way; see Status.Progress.
+	ReasonInProgress = "InProgress"
+	// ReasonForbidden: a twin value lies outside the cloud scope.
+	ReasonForbidden = "Forbidden"
+	// ReasonInterrupted: a change that must not run twice was in flight
+	// when the agent stopped; it is not run again.
+	ReasonInterrupted = "Interrupted"
 )
+
+// Progress is how far a long Apply has come (providers.Env.Progress).
+type Progress struct {
+	Step  string `json:"step"`
+	Done  int    `json:"done"`
+	Total int    `json:"total"`
+}
 
 // Status is a section's reported __status.
 type Status struct {
@@ -41,6 +55,8 @@ type Status struct {
 	Changes            int    `json:"changes"`
 	// Conflicts lists desired values that a higher layer overrode.
 	Conflicts []string `json:"conflicts,omitempty"`
+	// Progress is set while a long Apply reports progress.
+	Progress *Progress `json:"progress,omitempty"`
 }
 
 // ErrorItem is one entry of a section's __errors.
@@ -54,16 +70,19 @@ type ErrorItem struct {
 
 // Summary is the reported __summary.
 type Summary struct {
-	State          string   `json:"state"`
-	DesiredVersion int64    `json:"desiredVersion"`
-	Ready          int      `json:"ready"`
-	Failed         int      `json:"failed"`
-	FailedSections string   `json:"failedSections"`
-	RebootRequired bool     `json:"rebootRequired"`
-	PolicyHash     string   `json:"policyHash"`
-	AgentVersion   string   `json:"agentVersion"`
-	LastReconcile  string   `json:"lastReconcile"`
-	PolicyErrors   []string `json:"policyErrors,omitempty"`
+	State          string `json:"state"`
+	DesiredVersion int64  `json:"desiredVersion"`
+	Ready          int    `json:"ready"`
+	Failed         int    `json:"failed"`
+	FailedSections string `json:"failedSections"`
+	RebootRequired bool   `json:"rebootRequired"`
+	// RebootRequiredBy lists the sections that asked for the latched
+	// reboot, comma-separated (a string, so ADM queries can count it).
+	RebootRequiredBy string   `json:"rebootRequiredBy"`
+	PolicyHash       string   `json:"policyHash"`
+	AgentVersion     string   `json:"agentVersion"`
+	LastReconcile    string   `json:"lastReconcile"`
+	PolicyErrors     []string `json:"policyErrors,omitempty"`
 }
 
 // SectionResult is the outcome of one reconcile of one section.
@@ -81,4 +100,6 @@ type SectionResult struct {
 	Retry bool
 	// Absent is set when nothing desires the section any more.
 	Absent bool
+	// inputHash identifies the desired input this result is for.
+	inputHash string
 }

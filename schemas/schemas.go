@@ -110,6 +110,43 @@ func Validate(id string, doc []byte) ([]Problem, error) {
 	if !ok {
 		return nil, fmt.Errorf("no schema %q", id)
 	}
+	return validate(id, s, doc)
+}
+
+// Schema is a compiled schema that is not embedded here: the schema of a
+// third-party provider's section (providers.Info.Schema) or of a direct
+// method's payload (providers.Method.Schema).
+type Schema struct {
+	name string
+	s    *jsonschema.Schema
+}
+
+// Compile compiles a JSON Schema (draft 2020-12 unless it says otherwise).
+// name identifies it in errors ("certificates.get payload").
+func Compile(name string, raw []byte) (*Schema, error) {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, fmt.Errorf("schema %s: empty", name)
+	}
+	c := jsonschema.NewCompiler()
+	c.Draft = jsonschema.Draft2020
+	u := "https://twinlet.dev/schemas/x/" + neturl.PathEscape(name) + ".json"
+	if err := c.AddResource(u, bytes.NewReader(raw)); err != nil {
+		return nil, fmt.Errorf("schema %s: %w", name, err)
+	}
+	s, err := c.Compile(u)
+	if err != nil {
+		return nil, fmt.Errorf("schema %s: %w", name, err)
+	}
+	return &Schema{name: name, s: s}, nil
+}
+
+// Validate validates a JSON document and returns its problems located by
+// JSON pointers, as the package's Validate does. A nil result means valid.
+func (s *Schema) Validate(doc []byte) ([]Problem, error) {
+	return validate(s.name, s.s, doc)
+}
+
+func validate(id string, s *jsonschema.Schema, doc []byte) ([]Problem, error) {
 	dec := json.NewDecoder(bytes.NewReader(doc))
 	dec.UseNumber()
 	var v any

@@ -1,7 +1,8 @@
 // Package state persists what the agent must remember across restarts: the
 // last good desired section, the items twinlet created (so that prune never
-// deletes what it did not create), the last reported document and the
-// hashes and versions it saw. Every write is atomic (temp file, fsync,
+// deletes what it did not create), the changes that must run once while
+// they run (so that a crash never runs them twice), the reboot-required
+// latch, the last reported document and the hashes and versions it saw. Every write is atomic (temp file, fsync,
 // rename, fsync dir), so a kill at any moment leaves the old or the new
 // state, never a torn one.
 package state
@@ -36,6 +37,65 @@ type Section struct {
 	// Managed lists the keys (Change.Key) twinlet created and has not
 	// deleted since, sorted.
 	Managed []string `json:"managed,omitempty"`
+	// InFlight lists the keys of the section's Once changes being
+	// applied: each is recorded (and the state saved) before Apply and
+	// removed after Apply returns. A key still here when the agent starts
+	// was cut off by a crash or a kill.
+	InFlight []string `json:"inFlight,omitempty"`
+	// Interrupted lists the keys of Once changes that were in flight when
+	// the agent stopped. They are handed to the provider
+	// (providers.Env.Interrupted) and never applied again; they are
+	// forgotten when nothing desires the section any more.
+	Interrupted []string `json:"interrupted,omitempty"`
+}
+
+// RebootLatch is the latched "reboot required": which sections asked for
+// a reboot, and the boot id of the system when they did. It is cleared
+// when the boot id changes (the system rebooted) or when a reboot provider
+// clears it.
+type RebootLatch struct {
+	BootID string   `json:"bootId"`
+	By     []string `json:"by"`
+}
+
+// AddKey adds k to a sorted list of keys and reports whether it was new.
+func AddKey(list *[]string, k string) bool {
+	i := sort.SearchStrings(*list, k)
+	if i < len(*list) && (*list)[i] == k {
+		return false
+	}
+	*list = append(*list, "")
+	copy((*list)[i+1:], (*list)[i:])
+	(*list)[i] = k
+	return true
+}
+
+// RemoveKey removes k from a sorted list of keys and reports whether it
+// was there.
+func RemoveKey(list *[]string, k string) bool {
+	i := sort.SearchStrings(*list, k)
+	if i >= len(*list) || (*list)[i] != k {
+		return false
+	}
+	*list = append((*list)[:i], (*list)[i+1:]...)
+	if len(*list) == 0 {
+		*list = nil
+	}
+	return true
+}
+
+// Interrupt moves every section's in-flight keys to its interrupted ones,
+// as a start after a crash must, and reports whether there were any.
+func (s *State) Interrupt() bool {
+	any := false
+	for _, sec := range s.Sections {
+		for _, k := range sec.InFlight {
+			AddKey(&sec.Interrupted, k)
+			any = true
+		}
+		sec.InFlight = nil
+	}
+	return any
 }
 
 // State is the whole persisted state.
@@ -51,6 +111,8 @@ type State struct {
 	PolicyHash string `json:"policyHash,omitempty"`
 	// Reported is the last reported document.
 	Reported json.RawMessage `json:"reported,omitempty"`
+	// Reboot is the reboot-required latch; nil when no reboot is needed.
+	Reboot *RebootLatch `json:"reboot,omitempty"`
 }
 
 // Section returns the state of a section, creating it.
@@ -124,11 +186,27 @@ func (st *Store) Load() (*State, error) {
 
 // Save writes the state atomically when it differs from what is on disk.
 func (st *Store) Save(s *State) error {
+	data, err := Encode(s)
+	if err != nil {
+		return err
+	}
+	return st.Write(data)
+}
+
+// Encode renders the state as Save writes it, so that a caller can take a
+// snapshot under its lock and write it (fsync) outside.
+func Encode(s *State) ([]byte, error) {
 	s.Format = formatVersion
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
-		return fmt.Errorf("state: %w", err)
+		return nil, fmt.Errorf("state: %w", err)
 	}
+	return data, nil
+}
+
+// Write writes an encoded state atomically when it differs from what is on
+// disk. Writes must not run concurrently.
+func (st *Store) Write(data []byte) error {
 	if bytes.Equal(data, st.last) {
 		return nil
 	}

@@ -62,3 +62,29 @@ func TestCorruptIsKeptAsideAndFresh(t *testing.T) {
 		t.Fatal("unknown format accepted")
 	}
 }
+
+func TestInFlightBecomesInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	st := &Store{Dir: dir}
+	s, _ := st.Load()
+	sec := s.Section("commands")
+	if !AddKey(&sec.InFlight, "b") || !AddKey(&sec.InFlight, "a") || AddKey(&sec.InFlight, "a") {
+		t.Fatal("AddKey")
+	}
+	if strings.Join(sec.InFlight, ",") != "a,b" {
+		t.Fatalf("in flight %v", sec.InFlight)
+	}
+	if !RemoveKey(&sec.InFlight, "b") || RemoveKey(&sec.InFlight, "b") {
+		t.Fatal("RemoveKey")
+	}
+	if err := st.Save(s); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = (&Store{Dir: dir}).Load()
+	if !s.Interrupt() || s.Interrupt() {
+		t.Fatal("Interrupt")
+	}
+	if sec := s.Sections["commands"]; len(sec.InFlight) != 0 || strings.Join(sec.Interrupted, ",") != "a" {
+		t.Fatalf("after a crash: %+v", sec)
+	}
+}

@@ -251,7 +251,7 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	}
 	opts := reconciler.Options{
 		Root: cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,
-		AllowedRoots: cfg.AllowedRoots, Logger: log,
+		AllowedRoots: cfg.AllowedRoots, Logger: log, Workers: cfg.Workers,
 		// The cloud scope comes from the local config alone; plan
 		// --twin-desired shows the same Forbidden as run and apply.
 		CloudSections: cfg.Cloud.Sections, CloudRules: cfg.Cloud.Rules,

@@ -103,7 +103,8 @@ func validateFile(file string, env *providers.Env, known func(string) bool) []st
 			loc := func(ptr, msg string) string {
 				return fmt.Sprintf("%s: /spec/%s%s: %s", d.Locate(id, ptr), id, ptr, msg)
 			}
-			sp, err := schemas.Validate(id, raw)
+			info, _ := providers.Lookup(id)
+			sp, err := validateSection(id, info, raw)
 			if err != nil {
 				out = append(out, loc("", err.Error()))
 				continue
@@ -114,7 +115,6 @@ func validateFile(file string, env *providers.Env, known func(string) bool) []st
 			if len(sp) > 0 {
 				continue
 			}
-			info, _ := providers.Lookup(id)
 			var m map[string]json.RawMessage
 			_ = json.Unmarshal(raw, &m)
 			delete(m, "__meta")
@@ -132,4 +132,17 @@ func validateFile(file string, env *providers.Env, known func(string) bool) []st
 		}
 	}
 	return out
+}
+
+// validateSection validates a section against its provider's schema: the
+// registration's own (a third-party provider) or the embedded one.
+func validateSection(id string, info providers.Info, raw []byte) ([]schemas.Problem, error) {
+	if len(info.Schema) == 0 {
+		return schemas.Validate(id, raw)
+	}
+	s, err := schemas.Compile(id, info.Schema)
+	if err != nil {
+		return nil, err
+	}
+	return s.Validate(raw)
 }

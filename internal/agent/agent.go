@@ -209,10 +209,17 @@ func (a *Agent) onConnection(up bool) {
 // onTwin takes the full twin read after a connect: the desired document
 // replaces the twin layer, and the reported one is what the hub holds.
 func (a *Agent) onTwin(desired map[string]json.RawMessage, version int64, reported map[string]json.RawMessage) {
-	if sections, _, err := reconciler.SplitDesired(desired); err != nil {
+	sections, _, err := reconciler.SplitDesired(desired)
+	switch {
+	case err != nil && sections == nil:
 		// The twin layer in force stays; the next twin read tries again.
 		a.log.Error("twin desired document not used", "version", version, "err", err)
-	} else {
+	default:
+		if err != nil {
+			// A bad $version says nothing about the sections: they still
+			// replace the twin layer.
+			a.log.Warn("twin desired", "err", err)
+		}
 		a.setDesired(sections, version)
 	}
 	acked := map[string]json.RawMessage{}

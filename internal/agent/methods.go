@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -140,7 +141,10 @@ func (a *Agent) onMethod(ctx context.Context, name string, payload []byte) (int,
 		}
 		return reply(202, map[string]any{"reboot": "requested", "reason": arg.Reason})
 	}
-	known := append([]string(nil), Methods...)
+	if section, method, ok := strings.Cut(name, "."); ok && a.r.Known(section) {
+		return a.providerMethod(ctx, name, section, method, payload)
+	}
+	known := append(append([]string(nil), Methods...), a.r.MethodNames()...)
 	sort.Strings(known)
 	return fail(404, "unknown method %q (known: %s)", name, strings.Join(known, ", "))
 }
@@ -148,4 +152,33 @@ func (a *Agent) onMethod(ctx context.Context, name string, payload []byte) (int,
 func emptyPayload(p []byte) bool {
 	p = bytes.TrimSpace(p)
 	return len(p) == 0 || string(p) == "null" || string(p) == "{}" || string(p) == `""`
+}
+
+// invalidReply is the 400 answer to a payload that does not match the
+// method's schema, or that the method found invalid.
+type invalidReply struct {
+	Error  string                 `json:"error"`
+	Errors []providers.FieldError `json:"errors"`
+}
+
+// providerMethod answers "<section>.<method>": the reconciler validates
+// the payload against the method's schema and runs it under the
+// provider's timeout, cancelled with ctx.
+func (a *Agent) providerMethod(ctx context.Context, name, section, method string, payload []byte) (int, []byte) {
+	out, err := a.r.CallMethod(ctx, section, method, payload)
+	var inv *providers.InvalidError
+	var me *providers.MethodError
+	switch {
+	case errors.As(err, &inv):
+		return reply(400, invalidReply{Error: name + ": " + inv.Error(), Errors: inv.Errors})
+	case errors.As(err, &me):
+		if me.Status < 200 || me.Status > 599 {
+			return fail(500, "%s: %s (status %d)", name, me.Message, me.Status)
+		}
+		return reply(me.Status, methodError{Error: me.Message})
+	case err != nil:
+		a.log.Warn("direct method failed", "method", name, "err", err)
+		return fail(500, "%s: %v", name, err)
+	}
+	return reply(200, out)
 }

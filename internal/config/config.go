@@ -40,6 +40,9 @@ type Config struct {
 	AllowedRoots []string `yaml:"allowedRoots"`
 	// Resync is the drift-healing interval.
 	Resync time.Duration `yaml:"resync"`
+	// Workers is how many sections are reconciled side by side; 0 means
+	// the reconciler's default (4).
+	Workers int `yaml:"workers"`
 	// Log sets the log format and level.
 	Log struct {
 		Format string `yaml:"format"` // text | json
@@ -345,6 +348,9 @@ func (c *Config) Check() error {
 		}
 	}
 
+	if c.Workers < 0 || c.Workers > 64 {
+		return fmt.Errorf("workers: %d is not between 1 and 64 (0 for the default, 4)", c.Workers)
+	}
 	n := 0
 	if c.Connection.ConnectionString != "" {
 		n++

@@ -32,6 +32,8 @@ func TestLoad(t *testing.T) {
 		{"empty", "", 0o600, ""},
 		{"unknown key", "root: /\nresyncc: 5m\n", 0o644, "line 2: field resyncc not found"},
 		{"bad level", "log: {level: loud}\n", 0o644, "log.level"},
+		{"workers", "workers: 8\n", 0o644, ""},
+		{"too many workers", "workers: 1000\n", 0o644, "workers: 1000 is not between 1 and 64"},
 		{"two credentials", "connection: {connectionString: x, keyFile: /k}\n", 0o644, "only one"},
 		{"tpm slot", "connection: {tpm: {tcti: 'swtpm:port=2321', slot: 9}}\n", 0o644, ""},
 		{"tpm bad slot", "connection: {tpm: {slot: 10}}\n", 0o644, "connection.tpm.slot"},

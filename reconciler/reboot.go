@@ -1,0 +1,80 @@
+package reconciler
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/twinlet/twinlet/state"
+)
+
+// readBootID reads the kernel's boot id under root; "" when there is none
+// (a sandbox root).
+func readBootID(root string) string {
+	b, err := os.ReadFile(filepath.Join(root, "proc/sys/kernel/random/boot_id"))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// checkBoot clears the reboot-required latch when the system booted
+// since it was set.
+func (r *Reconciler) checkBoot() {
+	r.stMu.Lock()
+	defer r.stMu.Unlock()
+	l := r.st.Reboot
+	if l == nil {
+		return
+	}
+	if id := r.opts.BootID(); id != l.BootID {
+		r.log.Info("rebooted since a reboot was required; cleared", "by", strings.Join(l.By, ","))
+		r.st.Reboot = nil
+		if err := r.store.Save(r.st); err != nil { // New: nothing else runs yet
+			r.log.Error("save state", "err", err)
+		}
+	}
+}
+
+// latchReboot records that a change of the section asks for a reboot.
+func (r *Reconciler) latchReboot(id string) {
+	boot := r.opts.BootID()
+	if err := r.persist(func(st *state.State) {
+		if st.Reboot == nil {
+			st.Reboot = &state.RebootLatch{BootID: boot}
+		}
+		if state.AddKey(&st.Reboot.By, id) {
+			r.log.Info("reboot required", "section", id)
+		}
+	}); err != nil {
+		r.log.Error("save state", "err", err)
+	}
+}
+
+// RebootRequiredBy lists, sorted, the sections whose applied changes asked
+// for a reboot that has not happened yet; nil when none is needed. The
+// latch survives restarts and clears when the boot id changes or on
+// ClearRebootRequired.
+func (r *Reconciler) RebootRequiredBy() []string {
+	r.stMu.Lock()
+	defer r.stMu.Unlock()
+	if r.st.Reboot == nil {
+		return nil
+	}
+	return append([]string(nil), r.st.Reboot.By...)
+}
+
+// ClearRebootRequired clears the reboot-required latch, for a reboot
+// provider that knows better (it rebooted in a way the boot id does not
+// show, or the reboot is no longer wanted), and publishes the change.
+func (r *Reconciler) ClearRebootRequired() error {
+	had := false
+	err := r.persist(func(st *state.State) {
+		had = st.Reboot != nil
+		st.Reboot = nil
+	})
+	if had {
+		r.Publish()
+	}
+	return err
+}
