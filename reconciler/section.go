@@ -202,6 +202,11 @@ func (p *pass) scope() bool {
 		}
 		in.Value, _ = json.Marshal(obj)
 	}
+	if len(p.forbidden) > 0 && len(p.ins) == 0 {
+		// Nothing else desires the section: it is not validated as an
+		// empty one (that would read as Invalid), it is refused.
+		return p.finish(StateFailed, ReasonForbidden, fmt.Sprintf("%d twin value(s) outside the cloud scope; nothing else desires the section, nothing applied", len(p.forbidden)), false)
+	}
 	return true
 }
 
