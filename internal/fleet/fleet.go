@@ -22,6 +22,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/twinlet/twinlet/internal/policy"
 	"github.com/twinlet/twinlet/schemas"
 )
 
@@ -264,12 +265,12 @@ func (l *loader) parse(file string, data []byte) {
 }
 
 func (l *loader) doc(file string, node *yaml.Node) {
-	at := func(ptr string) string { return locate(file, node, ptr) }
-	v, err := convert(node, 0)
+	at := func(ptr string) string { return policy.Locate(file, node, ptr) }
+	v, err := policy.YAMLToJSON(node)
 	if err != nil {
-		var le *locError
+		var le *policy.YAMLError
 		if errors.As(err, &le) {
-			l.probs = append(l.probs, Problem{Pos: fmt.Sprintf("%s:%d:%d", file, le.line, le.col), Message: le.msg})
+			l.probs = append(l.probs, Problem{Pos: fmt.Sprintf("%s:%d:%d", file, le.Line, le.Col), Message: le.Msg})
 		} else {
 			l.probs = append(l.probs, Problem{Pos: at(""), Message: err.Error()})
 		}

@@ -197,11 +197,11 @@ func Parse(file string, data []byte, known func(string) bool) ([]*Document, []Pr
 
 func parseDoc(file string, index int, node *yaml.Node, known func(string) bool) (*Document, []Problem) {
 	at := func(ptr string) string { return locate(file, node, ptr) }
-	v, err := toJSONValue(node)
+	v, err := YAMLToJSON(node)
 	if err != nil {
-		var le *locError
+		var le *YAMLError
 		if errors.As(err, &le) {
-			return nil, []Problem{{File: file, Pos: fmt.Sprintf("%s:%d:%d", file, le.line, le.col), Message: le.msg}}
+			return nil, []Problem{{File: file, Pos: fmt.Sprintf("%s:%d:%d", file, le.Line, le.Col), Message: le.Msg}}
 		}
 		return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
 	}
@@ -247,22 +247,31 @@ func parseDoc(file string, index int, node *yaml.Node, known func(string) bool) 
 	return d, probs
 }
 
-type locError struct {
-	line, col int
-	msg       string
+// YAMLError is a problem at a position of a YAML document.
+type YAMLError struct {
+	Line, Col int
+	Msg       string
 }
 
-func (e *locError) Error() string { return e.msg }
+func (e *YAMLError) Error() string { return e.Msg }
 
-// toJSONValue converts a YAML node to a JSON-compatible value, refusing
-// what JSON cannot say (non-string keys, duplicate keys, aliases bombs).
-func toJSONValue(n *yaml.Node) (any, error) {
+// YAMLToJSON converts a YAML node to a JSON-compatible value, refusing
+// what JSON cannot say (non-string keys, duplicate keys, aliases and merge
+// keys, which also rules out alias bombs); problems are *YAMLError. The
+// fleet repository's files are read the same way.
+func YAMLToJSON(n *yaml.Node) (any, error) {
 	return convert(n, 0)
+}
+
+// Locate is locate for other readers of YAML documents (the fleet
+// repository): "file:line:col" of the deepest node a JSON pointer reaches.
+func Locate(file string, root *yaml.Node, pointer string) string {
+	return locate(file, root, pointer)
 }
 
 func convert(n *yaml.Node, depth int) (any, error) {
 	if depth > 64 {
-		return nil, &locError{n.Line, n.Column, "nested too deeply"}
+		return nil, &YAMLError{n.Line, n.Column, "nested too deeply"}
 	}
 	switch n.Kind {
 	case yaml.DocumentNode:
@@ -275,13 +284,13 @@ func convert(n *yaml.Node, depth int) (any, error) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Kind != yaml.ScalarNode || (k.Tag != "!!str" && k.Tag != "!!int" && k.Tag != "!!bool") {
-				return nil, &locError{k.Line, k.Column, "mapping keys must be strings"}
+				return nil, &YAMLError{k.Line, k.Column, "mapping keys must be strings"}
 			}
 			if k.Tag == "!!merge" {
-				return nil, &locError{k.Line, k.Column, "merge keys (<<) are not supported"}
+				return nil, &YAMLError{k.Line, k.Column, "merge keys (<<) are not supported"}
 			}
 			if _, dup := m[k.Value]; dup {
-				return nil, &locError{k.Line, k.Column, fmt.Sprintf("duplicate key %q", k.Value)}
+				return nil, &YAMLError{k.Line, k.Column, fmt.Sprintf("duplicate key %q", k.Value)}
 			}
 			cv, err := convert(v, depth+1)
 			if err != nil {
@@ -301,7 +310,7 @@ func convert(n *yaml.Node, depth int) (any, error) {
 		}
 		return s, nil
 	case yaml.AliasNode:
-		return nil, &locError{n.Line, n.Column, "aliases are not supported in policy files"}
+		return nil, &YAMLError{n.Line, n.Column, "aliases are not supported"}
 	case yaml.ScalarNode:
 		switch n.Tag {
 		case "!!null":
@@ -309,22 +318,22 @@ func convert(n *yaml.Node, depth int) (any, error) {
 		case "!!bool":
 			var b bool
 			if err := n.Decode(&b); err != nil {
-				return nil, &locError{n.Line, n.Column, err.Error()}
+				return nil, &YAMLError{n.Line, n.Column, err.Error()}
 			}
 			return b, nil
 		case "!!int", "!!float":
 			var f any
 			if err := n.Decode(&f); err != nil {
-				return nil, &locError{n.Line, n.Column, err.Error()}
+				return nil, &YAMLError{n.Line, n.Column, err.Error()}
 			}
 			return f, nil
 		case "!!str", "!!binary", "!!timestamp":
 			return n.Value, nil
 		default:
-			return nil, &locError{n.Line, n.Column, fmt.Sprintf("unsupported YAML tag %s", n.Tag)}
+			return nil, &YAMLError{n.Line, n.Column, fmt.Sprintf("unsupported YAML tag %s", n.Tag)}
 		}
 	}
-	return nil, &locError{n.Line, n.Column, "unsupported YAML node"}
+	return nil, &YAMLError{n.Line, n.Column, "unsupported YAML node"}
 }
 
 // locate walks a JSON pointer through a YAML node tree and returns the
