@@ -254,7 +254,8 @@ func (l *loader) parse(file string, data []byte) {
 			return
 		}
 		if err != nil {
-			l.probs = append(l.probs, Problem{Pos: yamlErrPos(file, err), Message: yamlErrMsg(err)})
+			pos, msg := policy.YAMLSyntaxError(file, err)
+			l.probs = append(l.probs, Problem{Pos: pos, Message: msg})
 			return
 		}
 		if node.Kind == 0 || len(node.Content) == 0 || node.Content[0].Tag == "!!null" {

@@ -389,6 +389,12 @@ func withContent(key, v *yaml.Node) *yaml.Node {
 	return &c
 }
 
+// YAMLSyntaxError locates a YAML syntax error from the YAML package as
+// "file:line:col" and says what it is, for every reader of YAML files.
+func YAMLSyntaxError(file string, err error) (pos, msg string) {
+	return yamlErrPos(file, err), yamlErrMsg(err)
+}
+
 func yamlErrPos(file string, err error) string {
 	msg := err.Error()
 	// yaml.v3: "yaml: line 7: did not find expected key"
