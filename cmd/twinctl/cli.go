@@ -255,6 +255,31 @@ func flagError(err error) error {
 	return &usageError{err.Error()}
 }
 
+// serviceOptions are the options every service client takes from the
+// flags and environment: the CA (--ca, TWINCTL_CA) and the address to dial
+// (addr, else the environment variable addrEnv).
+func (c *cli) serviceOptions(addr, addrEnv string) ([]iothub.ServiceOption, error) {
+	var opts []iothub.ServiceOption
+	ca, caSrc := c.g.ca, "--ca"
+	if ca == "" {
+		ca, caSrc = c.getenv("TWINCTL_CA"), "TWINCTL_CA"
+	}
+	if ca != "" {
+		pool, err := loadCA(ca)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", caSrc, ca, err)
+		}
+		opts = append(opts, iothub.WithRootCAs(pool))
+	}
+	if addr == "" {
+		addr = c.getenv(addrEnv)
+	}
+	if addr != "" {
+		opts = append(opts, iothub.WithServiceAddr(addr))
+	}
+	return opts, nil
+}
+
 // client builds the service client from the flags and environment.
 func (c *cli) client() (*iothub.ServiceClient, error) {
 	hub, src := c.g.hub, "--hub"
@@ -268,24 +293,9 @@ func (c *cli) client() (*iothub.ServiceClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", src, err)
 	}
-	var opts []iothub.ServiceOption
-	ca, caSrc := c.g.ca, "--ca"
-	if ca == "" {
-		ca, caSrc = c.getenv("TWINCTL_CA"), "TWINCTL_CA"
-	}
-	if ca != "" {
-		pool, err := loadCA(ca)
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: %w", caSrc, ca, err)
-		}
-		opts = append(opts, iothub.WithRootCAs(pool))
-	}
-	addr := c.g.addr
-	if addr == "" {
-		addr = c.getenv("TWINCTL_HUB_ADDR")
-	}
-	if addr != "" {
-		opts = append(opts, iothub.WithServiceAddr(addr))
+	opts, err := c.serviceOptions(c.g.addr, "TWINCTL_HUB_ADDR")
+	if err != nil {
+		return nil, err
 	}
 	sc, err := iothub.NewServiceClient(cs, opts...)
 	if err != nil {

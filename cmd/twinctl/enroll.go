@@ -60,24 +60,9 @@ func (c *cli) dpsClient(f *dpsFlags) (*iothub.DPSServiceClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", src, err)
 	}
-	var opts []iothub.ServiceOption
-	ca, caSrc := c.g.ca, "--ca"
-	if ca == "" {
-		ca, caSrc = c.getenv("TWINCTL_CA"), "TWINCTL_CA"
-	}
-	if ca != "" {
-		pool, err := loadCA(ca)
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: %w", caSrc, ca, err)
-		}
-		opts = append(opts, iothub.WithRootCAs(pool))
-	}
-	addr := f.addr
-	if addr == "" {
-		addr = c.getenv("TWINCTL_DPS_ADDR")
-	}
-	if addr != "" {
-		opts = append(opts, iothub.WithServiceAddr(addr))
+	opts, err := c.serviceOptions(f.addr, "TWINCTL_DPS_ADDR")
+	if err != nil {
+		return nil, err
 	}
 	dc, err := iothub.NewDPSServiceClient(cs, opts...)
 	if err != nil {
