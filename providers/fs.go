@@ -9,6 +9,8 @@ import (
 	"path"
 	"strings"
 	"syscall"
+
+	"github.com/twinlet/twinlet/internal/atomicfile"
 )
 
 // This file is the confinement of providers to their root. Every file
@@ -311,6 +313,7 @@ func (d *Dir) split(name string, create bool) (*Dir, string, error) {
 // parent directories are created (0755). A final link at name is replaced,
 // never followed.
 func (d *Dir) WriteFileAtomic(name string, data []byte, meta FileMeta) error {
+	defer atomicfile.Hold()()
 	p, base, err := d.split(name, true)
 	if err != nil {
 		return fmt.Errorf("atomic write %s: %w", d.devPath(name), err)

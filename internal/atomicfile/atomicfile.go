@@ -10,9 +10,26 @@ import (
 	"path/filepath"
 )
 
+// inFlight bounds the durable writes a process has under way at once.
+// Each holds two or three descriptors while it waits for fsync, and fsyncs
+// of one disk do not go faster side by side: an agent never comes near
+// the bound, but a process that hosts thousands of agents (the fleet
+// simulator) would otherwise run out of descriptors when a change reaches
+// all of them at once, and fail writes that only had to wait.
+var inFlight = make(chan struct{}, 64)
+
+// Hold waits for a slot for one durable write and returns the function
+// that gives it back. Write holds one; other writers that fsync (a root
+// handle's atomic write) hold one the same way.
+func Hold() (release func()) {
+	inFlight <- struct{}{}
+	return func() { <-inFlight }
+}
+
 // Write replaces path with data and gives it perm (exactly, regardless of
 // the umask).
 func Write(path string, data []byte, perm os.FileMode) error {
+	defer Hold()()
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
