@@ -111,6 +111,11 @@ type controller struct {
 	valid        *validEntry
 	merged       *mergeEntry
 	lastProgress time.Time
+	// restored is the section's status in the last reported document of
+	// an earlier run, until this run records a result: a state that has
+	// not changed keeps its lastTransitionTime across restarts (so that a
+	// no-op `apply --once` changes nothing on disk).
+	restored *Status
 }
 
 func (c *controller) lastResult() *SectionResult {
@@ -255,6 +260,7 @@ func New(opts Options) (*Reconciler, error) {
 	if json.Unmarshal(st.Reported, &prev) == nil {
 		r.lastChange = prev.Summary.LastReconcile
 	}
+	r.restoreStatuses(st.Reported)
 	if opts.TwinDesiredFile == "" && st.TwinDesired != nil {
 		r.twin, r.twinVersion = st.TwinDesired, st.TwinVersion
 	}
@@ -262,6 +268,22 @@ func New(opts Options) (*Reconciler, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// restoreStatuses hands each controller its section's __status from the
+// last reported document.
+func (r *Reconciler) restoreStatuses(reported json.RawMessage) {
+	var doc map[string]struct {
+		Status *Status `json:"__status"`
+	}
+	if len(reported) == 0 || json.Unmarshal(reported, &doc) != nil {
+		return
+	}
+	for id, c := range r.ctrls {
+		if sec, ok := doc[id]; ok && sec.Status != nil {
+			c.restored = sec.Status
+		}
+	}
 }
 
 // newController checks one registration and compiles its schemas.

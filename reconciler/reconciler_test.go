@@ -508,3 +508,47 @@ func TestRestartKeepsReportedDocument(t *testing.T) {
 		t.Fatalf("%d reports after a restart, want 1", reports)
 	}
 }
+
+// TestNoOpRestartWritesNothing: a converged device reconciled again by a
+// fresh process (`twinlet apply --once` from a timer) an hour later keeps
+// every lastTransitionTime and leaves state/ untouched on disk.
+func TestNoOpRestartWritesNothing(t *testing.T) {
+	f := newFixture(t)
+	f.policy(t, "base.yaml", basePolicy)
+	now := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
+	clock := func(o *Options) { o.Now = func() time.Time { return now } }
+	f.new(t, clock).ReconcileAll(context.Background(), false)
+	f.new(t, clock).ReconcileAll(context.Background(), false) // Applied → Unchanged
+	snap := func() map[string]string {
+		out := map[string]string{}
+		ents, err := os.ReadDir(f.stateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			fi, err := e.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(filepath.Join(f.stateDir, e.Name()))
+			out[e.Name()] = fi.ModTime().String() + " " + string(b)
+		}
+		return out
+	}
+	before := snap()
+	now = now.Add(time.Hour)
+	rep := f.new(t, clock).ReconcileAll(context.Background(), false)
+	s := section(rep, "notes")
+	if s.Status.Reason != ReasonUnchanged || s.Status.LastTransitionTime != "2026-12-02T08:00:00Z" {
+		t.Fatalf("after a no-op restart: %+v", s.Status)
+	}
+	after := snap()
+	for name, b := range before {
+		if after[name] != b {
+			t.Errorf("%s was rewritten by a no-op reconcile", name)
+		}
+	}
+	if len(after) != len(before) {
+		t.Errorf("state files %d → %d", len(before), len(after))
+	}
+}

@@ -71,6 +71,7 @@ type pass struct {
 	dryRun    bool
 	log       *slog.Logger
 	res, prev *SectionResult
+	restored  *Status // c.restored: the status an earlier run reported
 
 	ins         []Input
 	probs       []ErrorItem // invalid desired input
@@ -95,7 +96,7 @@ func (r *Reconciler) newPass(ctx context.Context, c *controller, dryRun bool) *p
 	r.seq++
 	rid := r.seq
 	r.mu.Unlock()
-	return &pass{r: r, c: c, ctx: ctx, dryRun: dryRun, prev: c.lastResult(),
+	return &pass{r: r, c: c, ctx: ctx, dryRun: dryRun, prev: c.lastResult(), restored: c.restored,
 		log: r.log.With("section", c.id, "reconcile", rid), res: &SectionResult{ID: c.id}}
 }
 
@@ -599,6 +600,8 @@ func (p *pass) finish(st, reason, msg string, retry bool) bool {
 	res.Status.LastTransitionTime = p.r.opts.Now().UTC().Format(time.RFC3339)
 	if p.prev != nil && p.prev.Status.State == st {
 		res.Status.LastTransitionTime = p.prev.Status.LastTransitionTime
+	} else if p.prev == nil && p.restored != nil && p.restored.State == st && p.restored.LastTransitionTime != "" {
+		res.Status.LastTransitionTime = p.restored.LastTransitionTime
 	}
 	sort.SliceStable(res.Errors, func(i, j int) bool { return res.Errors[i].Pointer < res.Errors[j].Pointer })
 	if !p.dryRun {
