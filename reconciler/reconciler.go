@@ -99,7 +99,10 @@ type controller struct {
 	p       providers.Provider
 	timeout time.Duration
 	schema  *schemas.Schema // nil when the schema is embedded in schemas/
-	methods map[string]*schemas.Schema
+	// schemaDigest identifies the text of the section's schema
+	// (schemas.Digest), for state.Section.Validated.
+	schemaDigest string
+	methods      map[string]*schemas.Schema
 	// run is held for a whole reconcile, dry or not, so that a provider
 	// never sees two calls for one section at once.
 	run sync.Mutex
@@ -305,15 +308,20 @@ func newController(info providers.Info, override time.Duration) (*controller, er
 			return nil, fmt.Errorf("reconciler: provider %s: %w", info.ID, err)
 		}
 		c.schema = s
+		c.schemaDigest = schemas.Digest(info.Schema)
 	case !schemas.Has(info.ID):
 		return nil, fmt.Errorf("reconciler: provider %s has no schema (neither schemas/%s.json nor Info.Schema): no section may go unvalidated", info.ID, info.ID)
+	default:
+		raw, _ := schemas.Raw(info.ID)
+		c.schemaDigest = schemas.Digest(raw)
 	}
+	// Payload schemas are compiled when a method is first called (a test
+	// compiles every built-in one): most runs call none.
 	for name, m := range info.Methods {
-		s, err := schemas.Compile(info.ID+"."+name+" payload", m.Schema)
-		if err != nil {
-			return nil, fmt.Errorf("reconciler: method %s.%s: %w", info.ID, name, err)
+		if !json.Valid(m.Schema) {
+			return nil, fmt.Errorf("reconciler: method %s.%s: payload schema is not JSON", info.ID, name)
 		}
-		c.methods[name] = s
+		c.methods[name] = schemas.Deferred(info.ID+"."+name+" payload", m.Schema)
 	}
 	return c, nil
 }

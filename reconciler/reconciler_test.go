@@ -552,3 +552,33 @@ func TestNoOpRestartWritesNothing(t *testing.T) {
 		t.Errorf("state files %d → %d", len(before), len(after))
 	}
 }
+
+// TestValidatedOnceUnderOneSchema: a section that passed its schema is not
+// validated again by a later run while section and schema are the same,
+// but a new schema (an upgrade) or a new value is validated afresh.
+func TestValidatedOnceUnderOneSchema(t *testing.T) {
+	f := newFixture(t)
+	f.policy(t, "base.yaml", basePolicy)
+	rep := f.new(t).ReconcileAll(context.Background(), false)
+	if s := section(rep, "notes"); s.Status.State != StateReady {
+		t.Fatalf("first run: %+v", s.Status)
+	}
+	st, err := os.ReadFile(filepath.Join(f.stateDir, "state.json"))
+	if err != nil || !strings.Contains(string(st), `"validated"`) {
+		t.Fatalf("state does not record the validation: %v", err)
+	}
+	// The same section under a stricter schema: validated again, and now
+	// refused.
+	strict := json.RawMessage(`{"type":"object","properties":{"prune":{"type":"boolean"}},
+  "additionalProperties":{"type":"string","maxLength":4}}`)
+	rep = f.new(t, func(o *Options) { o.Providers[0].Schema = strict }).ReconcileAll(context.Background(), false)
+	if s := section(rep, "notes"); s.Status.Reason != ReasonInvalid || len(s.Errors) != 1 || s.Errors[0].Pointer != "/greeting" {
+		t.Fatalf("under a new schema: %+v %+v", s.Status, s.Errors)
+	}
+	// Back to the first schema and a new value that it refuses.
+	f.policy(t, "base.yaml", strings.Replace(basePolicy, "color: blue", "color: [blue]", 1))
+	rep = f.new(t).ReconcileAll(context.Background(), false)
+	if s := section(rep, "notes"); s.Status.Reason != ReasonInvalid || len(s.Errors) != 1 || s.Errors[0].Pointer != "/color" {
+		t.Fatalf("a new value: %+v %+v", s.Status, s.Errors)
+	}
+}

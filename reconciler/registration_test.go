@@ -24,7 +24,7 @@ func TestRegistrationNeedsSchemas(t *testing.T) {
 		{providers.Info{ID: "nothing", New: newNote}, "provider nothing has no schema"},
 		{providers.Info{ID: "broken", Schema: json.RawMessage(`{"type": 7}`), New: newNote}, "provider broken: schema broken"},
 		{providers.Info{ID: "m", Schema: noteSchema, New: newNote, Methods: map[string]providers.Method{"run": {Call: call}}}, "method m.run has no payload Schema"},
-		{providers.Info{ID: "m", Schema: noteSchema, New: newNote, Methods: map[string]providers.Method{"run": {Schema: json.RawMessage(`{"type":"nope"}`), Call: call}}}, "method m.run"},
+		{providers.Info{ID: "m", Schema: noteSchema, New: newNote, Methods: map[string]providers.Method{"run": {Schema: json.RawMessage(`{"type":`), Call: call}}}, "method m.run: payload schema is not JSON"},
 		{providers.Info{ID: "m", Schema: noteSchema, New: newNote, Methods: map[string]providers.Method{"a.b": {Schema: json.RawMessage(`{}`), Call: call}}}, "must be a plain word"},
 		{providers.Info{ID: "m", Schema: noteSchema, New: newNote, Methods: map[string]providers.Method{"run": {Schema: json.RawMessage(`{}`)}}}, "m.run has no Call"},
 	} {
@@ -32,6 +32,16 @@ func TestRegistrationNeedsSchemas(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", tc.info.ID, err, tc.want)
 		}
+	}
+	// A payload schema that is JSON but not a schema fails the method's
+	// first call (it is compiled then), never the start.
+	r, err := New(Options{Root: t.TempDir(), StateDir: t.TempDir(), Providers: []providers.Info{{ID: "m", Schema: noteSchema, New: newNote,
+		Methods: map[string]providers.Method{"run": {Schema: json.RawMessage(`{"type":"nope"}`), Call: call}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CallMethod(context.Background(), "m", "run", json.RawMessage(`{}`)); err == nil || !strings.Contains(err.Error(), "m.run payload") {
+		t.Errorf("a broken payload schema: err = %v", err)
 	}
 	// An embedded schema is enough.
 	if _, err := New(Options{Root: t.TempDir(), StateDir: t.TempDir(), Providers: []providers.Info{{ID: "hostname", New: newNote}}}); err != nil {

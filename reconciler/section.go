@@ -254,6 +254,17 @@ func (p *pass) merge() bool {
 // validation is a function of the content, and the no-op resync of a large
 // collection must stay close to the cost of observing it. Invalid input
 // leaves the last good desired in force.
+// validatedDigest identifies a merged section under a schema: a section
+// whose digest is the one recorded in state passed this very schema
+// before and is not validated again (validation is deterministic; Decode
+// still runs, since its checks depend on the agent's configuration).
+func validatedDigest(schemaDigest string, raw []byte) string {
+	if schemaDigest == "" {
+		return ""
+	}
+	return schemas.Digest(append([]byte(schemaDigest+"\n"), raw...))
+}
+
 func (p *pass) validate() bool {
 	id, c := p.c.id, p.c
 	p.r.stMu.Lock()
@@ -264,6 +275,7 @@ func (p *pass) validate() bool {
 		p.interrupted[k] = true
 	}
 	p.lastGood = sec.LastGood
+	validated := sec.Validated
 	p.r.stMu.Unlock()
 	p.env = p.r.env(id, p.managed, p.interrupted, p.log)
 	c.mu.Lock()
@@ -272,7 +284,8 @@ func (p *pass) validate() bool {
 	if len(p.probs) == 0 && cached != nil && bytes.Equal(cached.raw, p.raw) {
 		p.spec = cached.spec
 	} else {
-		if len(p.probs) == 0 {
+		digest := validatedDigest(c.schemaDigest, p.raw)
+		if len(p.probs) == 0 && (digest == "" || validated != digest) {
 			var sp []schemas.Problem
 			var err error
 			if c.schema != nil {
@@ -310,9 +323,20 @@ func (p *pass) validate() bool {
 	if len(p.probs) == 0 {
 		if !p.dryRun {
 			p.r.stMu.Lock()
+			digest := validatedDigest(c.schemaDigest, p.raw)
+			fresh := sec.Validated != digest
 			sec.LastGood = p.raw
+			sec.Validated = digest
 			sec.Sources = p.merged.Sources()
 			p.r.stMu.Unlock()
+			// A section validated for the first time is recorded at once,
+			// even when there is nothing to apply, so that the next run
+			// need not validate it again.
+			if fresh {
+				if err := p.r.saveState(); err != nil {
+					p.log.Warn("state not saved", "err", err)
+				}
+			}
 		}
 		return true
 	}

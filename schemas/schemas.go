@@ -6,7 +6,9 @@ package schemas
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,35 +35,49 @@ type Problem struct {
 	Message string
 }
 
+// compiled holds each embedded schema once it has been compiled: a
+// schema is compiled the first time a document is validated against it,
+// so that a run pays only for the sections it has (compiling checks the
+// schema against the draft's meta-schema, which costs more than most
+// validations).
 var (
-	once     sync.Once
-	compiled map[string]*jsonschema.Schema
-	errInit  error
+	mu       sync.Mutex
+	compiled = map[string]*jsonschema.Schema{}
 )
 
-func load() {
-	compiled = map[string]*jsonschema.Schema{}
+// get returns the compiled embedded schema id.
+func get(id string) (*jsonschema.Schema, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	if s, ok := compiled[id]; ok {
+		return s, nil
+	}
+	raw, ok := Raw(id)
+	if !ok {
+		return nil, fmt.Errorf("no schema %q", id)
+	}
 	c := jsonschema.NewCompiler()
 	c.Draft = jsonschema.Draft2020
-	ids := IDs()
-	for _, id := range ids {
-		raw, _ := files.ReadFile(id + ".json")
-		if err := c.AddResource(url(id), bytes.NewReader(raw)); err != nil {
-			errInit = fmt.Errorf("schema %s: %w", id, err)
-			return
-		}
+	if err := c.AddResource(url(id), bytes.NewReader(raw)); err != nil {
+		return nil, fmt.Errorf("schema %s: %w", id, err)
 	}
-	for _, id := range ids {
-		s, err := c.Compile(url(id))
-		if err != nil {
-			errInit = fmt.Errorf("schema %s: %w", id, err)
-			return
-		}
-		compiled[id] = s
+	s, err := c.Compile(url(id))
+	if err != nil {
+		return nil, fmt.Errorf("schema %s: %w", id, err)
 	}
+	compiled[id] = s
+	return s, nil
 }
 
 func url(id string) string { return "https://twinlet.dev/schemas/" + id + ".json" }
+
+// Digest identifies the text of a schema: the first 16 hex digits of its
+// SHA-256. A document that passed a schema with the same digest before
+// passes it again.
+func Digest(raw []byte) string {
+	sum := sha256.Sum256(raw)
+	return hex.EncodeToString(sum[:8])
+}
 
 // IDs lists the ids of the embedded schemas, sorted.
 func IDs() []string {
@@ -91,8 +107,12 @@ func Has(id string) bool {
 // Check compiles every embedded schema and returns the first error; a test
 // calls it so that a broken schema never ships.
 func Check() error {
-	once.Do(load)
-	return errInit
+	for _, id := range IDs() {
+		if _, err := get(id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var additionalRE = regexp.MustCompile(`^additionalProperties (.+) not allowed$`)
@@ -102,47 +122,66 @@ var quotedRE = regexp.MustCompile(`'((?:[^']|'')*)'`)
 // returns its problems, most specific first, one per location and
 // message. A nil result means valid.
 func Validate(id string, doc []byte) ([]Problem, error) {
-	once.Do(load)
-	if errInit != nil {
-		return nil, errInit
-	}
-	s, ok := compiled[id]
-	if !ok {
-		return nil, fmt.Errorf("no schema %q", id)
+	s, err := get(id)
+	if err != nil {
+		return nil, err
 	}
 	return validate(id, s, doc)
 }
 
-// Schema is a compiled schema that is not embedded here: the schema of a
+// Schema is a schema that is not embedded here: the schema of a
 // third-party provider's section (providers.Info.Schema) or of a direct
 // method's payload (providers.Method.Schema).
 type Schema struct {
 	name string
+	raw  []byte
+	once sync.Once
 	s    *jsonschema.Schema
+	err  error
 }
 
 // Compile compiles a JSON Schema (draft 2020-12 unless it says otherwise).
 // name identifies it in errors ("certificates.get payload").
 func Compile(name string, raw []byte) (*Schema, error) {
-	if len(bytes.TrimSpace(raw)) == 0 {
-		return nil, fmt.Errorf("schema %s: empty", name)
+	s := Deferred(name, raw)
+	s.once.Do(s.compile)
+	if s.err != nil {
+		return nil, s.err
+	}
+	return s, nil
+}
+
+// Deferred is Compile put off until the schema is first used: a direct
+// method's payload schema costs nothing in a run that never calls the
+// method. A broken schema then fails the first Validate.
+func Deferred(name string, raw []byte) *Schema {
+	return &Schema{name: name, raw: raw}
+}
+
+func (s *Schema) compile() {
+	if len(bytes.TrimSpace(s.raw)) == 0 {
+		s.err = fmt.Errorf("schema %s: empty", s.name)
+		return
 	}
 	c := jsonschema.NewCompiler()
 	c.Draft = jsonschema.Draft2020
-	u := "https://twinlet.dev/schemas/x/" + neturl.PathEscape(name) + ".json"
-	if err := c.AddResource(u, bytes.NewReader(raw)); err != nil {
-		return nil, fmt.Errorf("schema %s: %w", name, err)
+	u := "https://twinlet.dev/schemas/x/" + neturl.PathEscape(s.name) + ".json"
+	if err := c.AddResource(u, bytes.NewReader(s.raw)); err != nil {
+		s.err = fmt.Errorf("schema %s: %w", s.name, err)
+		return
 	}
-	s, err := c.Compile(u)
-	if err != nil {
-		return nil, fmt.Errorf("schema %s: %w", name, err)
+	if s.s, s.err = c.Compile(u); s.err != nil {
+		s.err = fmt.Errorf("schema %s: %w", s.name, s.err)
 	}
-	return &Schema{name: name, s: s}, nil
 }
 
 // Validate validates a JSON document and returns its problems located by
 // JSON pointers, as the package's Validate does. A nil result means valid.
 func (s *Schema) Validate(doc []byte) ([]Problem, error) {
+	s.once.Do(s.compile)
+	if s.err != nil {
+		return nil, s.err
+	}
 	return validate(s.name, s.s, doc)
 }
 

@@ -32,6 +32,10 @@ const formatVersion = 1
 type Section struct {
 	// LastGood is the last merged desired section that passed validation.
 	LastGood json.RawMessage `json:"lastGood,omitempty"`
+	// Validated identifies the pair of schema and merged section that last
+	// passed validation (a digest of both): the same section under the
+	// same schema is not validated again, even by a new process.
+	Validated string `json:"validated,omitempty"`
 	// Sources are the layers and files LastGood came from.
 	Sources []string `json:"sources,omitempty"`
 	// Managed lists the keys (Change.Key) twinlet created and has not

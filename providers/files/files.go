@@ -132,8 +132,42 @@ func (o *Observed) MarshalJSON() ([]byte, error) { return json.Marshal(o.Items) 
 var (
 	itemNameRE = regexp.MustCompile(`^[^.$ \x00-\x1f\x7f]+$`)
 	modeRE     = regexp.MustCompile(`^[0-7]{3,4}$`)
-	accountRE  = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})$`)
 )
+
+// validAccount reports whether v is a user or group name as shadow's
+// useradd accepts it (a letter or '_', then up to 31 of letters, digits,
+// '_', '.', '-', and an optional final '$') or a numeric id of at most 10
+// digits. (A counted regular expression costs more to compile than the
+// whole check.)
+func validAccount(v string) bool {
+	if v == "" {
+		return false
+	}
+	if v[0] >= '0' && v[0] <= '9' {
+		if len(v) > 10 {
+			return false
+		}
+		for _, r := range v {
+			if r < '0' || r > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	name := strings.TrimSuffix(v, "$")
+	if name == "" || len(name) > 32 || !(name[0] == '_' || isLetter(name[0])) {
+		return false
+	}
+	for i := 1; i < len(name); i++ {
+		c := name[i]
+		if !(isLetter(c) || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 func ptr(item, field string) string { return providers.Pointer(item, field) }
 
@@ -251,7 +285,7 @@ func decodeItem(env *providers.Env, w *walker, name string, raw json.RawMessage,
 		}
 	}
 	for field, v := range map[string]string{"owner": in.Owner, "group": in.Group} {
-		if v != "" && !accountRE.MatchString(v) {
+		if v != "" && !validAccount(v) {
 			errs.Add(ptr(name, field), "%q is neither a user/group name nor a numeric id", v)
 		}
 	}
