@@ -260,6 +260,9 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 	o := &Observed{Definitions: sortedKeys(s.Defs), Runs: map[string]RunReport{}, known: map[string]bool{}}
 	for _, sid := range doc.Seen {
 		o.known[sid.CommandID] = true
+		if _, asked := s.Runs[sid.CommandID]; asked {
+			o.Runs[sid.CommandID] = RunReport{State: sid.State, Error: "the result is no longer kept (results.keep)"}
+		}
 	}
 	now := time.Now().UTC()
 	recent := map[string]bool{}
@@ -313,6 +316,7 @@ func cut(s string, n int) string {
 type runData struct {
 	id, origin string
 	def        Def
+	keep       int
 	missing    string // the name, when no definition has it any more
 }
 
@@ -338,7 +342,7 @@ func (Provider) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 			errs.Add(ptr("runs", id, "name"), "command %q is not allowed by cloudAllow %q", name, s.CloudAllow)
 			continue
 		}
-		out = append(out, change(id, "twin", def, ""))
+		out = append(out, change(id, "twin", def, "", s.Keep))
 	}
 	if err := errs.OrNil(); err != nil {
 		return nil, err
@@ -350,12 +354,12 @@ func (Provider) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 			missing = r.Name
 		}
 		def.Name = r.Name
-		out = append(out, change(r.CommandID, "method", def, missing))
+		out = append(out, change(r.CommandID, "method", def, missing, s.Keep))
 	}
 	return out, nil
 }
 
-func change(id, origin string, def Def, missing string) providers.Change {
+func change(id, origin string, def Def, missing string, keep int) providers.Change {
 	after := fmt.Sprintf("run %s as %s", def.Name, or(def.User, "root"))
 	if missing == "" {
 		after += fmt.Sprintf(": %s, timeout %v", def.Argv[0], or(def.Timeout, DefaultTimeout))
@@ -366,7 +370,7 @@ func change(id, origin string, def Def, missing string) providers.Change {
 		after += " (commands.run)"
 	}
 	return providers.Change{Action: providers.Create, Item: "runs/" + id, Key: id, Once: true, After: after,
-		Data: runData{id: id, origin: origin, def: def, missing: missing}}
+		Data: runData{id: id, origin: origin, def: def, missing: missing, keep: keep}}
 }
 
 func or[T comparable](v, def T) T {
@@ -383,7 +387,7 @@ func or[T comparable](v, def T) T {
 // its result, not an error of Apply.
 func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Change) error {
 	d := c.Data.(runData)
-	_, err := execute(ctx, env, newStore(env.StateDir, 0), d)
+	_, err := execute(ctx, env, newStore(env.StateDir, d.keep), d)
 	if errors.Is(err, errSeen) {
 		return nil
 	}
