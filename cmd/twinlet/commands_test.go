@@ -107,7 +107,7 @@ func TestCommandsFromTheTwin(t *testing.T) {
 	os.WriteFile(twin, []byte(`{"commands":{"definitions":{"hello":{"argv":["/bin/sh","-c","echo pwned"]}},`+
 		`"runs":{"r1":{"name":"hello"}}},"$version":2}`), 0o644)
 	code, out, errs := twinlet(t, s.args("plan", "--twin-desired", twin)...)
-	if !strings.Contains(out, "+ runs/r1: run hello as root: echo") {
+	if !strings.Contains(out, "+ runs/r1: run hello: echo") {
 		t.Fatalf("plan: %d\n%s%s", code, out, errs)
 	}
 	doc := applyJSON(t, s, twin)

@@ -360,7 +360,10 @@ func (Provider) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 }
 
 func change(id, origin string, def Def, missing string, keep int) providers.Change {
-	after := fmt.Sprintf("run %s as %s", def.Name, or(def.User, "root"))
+	after := "run " + def.Name
+	if def.User != "" {
+		after += " as " + def.User
+	}
 	if missing == "" {
 		after += fmt.Sprintf(": %s, timeout %v", def.Argv[0], or(def.Timeout, DefaultTimeout))
 	} else {

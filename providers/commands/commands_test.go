@@ -290,7 +290,7 @@ func TestRunMethod(t *testing.T) {
 		t.Fatalf("pending: %+v", o.Runs["m2"])
 	}
 	plan := providertest.PlanOnly(t, Provider{}, env, raw)
-	if got := providertest.Lines(plan); len(got) != 1 || got[0] != "+ runs/m2: run echo as root: echo, timeout 30s (commands.run)" || !plan[0].Once {
+	if got := providertest.Lines(plan); len(got) != 1 || got[0] != "+ runs/m2: run echo: echo, timeout 30s (commands.run)" || !plan[0].Once {
 		t.Fatalf("plan: %q", got)
 	}
 	providertest.Converge(t, Provider{}, env, raw)

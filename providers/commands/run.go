@@ -57,7 +57,8 @@ type Def struct {
 	// definition's, else DefaultPath). Nothing goes through a shell.
 	Argv []string
 	// User runs the command (looked up in <root>/etc/passwd, with its
-	// groups from <root>/etc/group); "" is root.
+	// groups from <root>/etc/group); "" is the agent's own user (root on a
+	// device), whose credentials are kept as they are.
 	User string
 	// WorkingDir is a device path inside the root; "" is the user's home
 	// directory, or / when it has none.
@@ -238,34 +239,40 @@ type account struct {
 	uid, gid uint32
 	home     string
 	groups   []uint32
+	self     bool // the agent's own user: no change of credentials
 }
 
 // lookupUser reads name from <root>/etc/passwd and its supplementary
-// groups from <root>/etc/group, confined to the root.
+// groups from <root>/etc/group, confined to the root. The name "" is the
+// agent's own user (its uid, looked up for HOME).
 func lookupUser(d *providers.Dir, name string) (*account, error) {
 	passwd, err := d.ReadFileIfExists("etc/passwd")
 	if err != nil {
 		return nil, fmt.Errorf("read /etc/passwd: %w", err)
 	}
+	self := strconv.Itoa(os.Geteuid())
 	var a *account
 	for _, line := range strings.Split(string(passwd), "\n") {
 		f := strings.Split(line, ":")
-		if len(f) < 7 || f[0] != name {
+		if len(f) < 7 || name != "" && f[0] != name || name == "" && f[2] != self {
 			continue
 		}
 		uid, err1 := strconv.ParseUint(f[2], 10, 32)
 		gid, err2 := strconv.ParseUint(f[3], 10, 32)
 		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("/etc/passwd: user %s has a bad uid or gid", name)
+			return nil, fmt.Errorf("/etc/passwd: user %s has a bad uid or gid", f[0])
 		}
-		a = &account{name: name, uid: uint32(uid), gid: uint32(gid), home: f[5]}
+		a = &account{name: f[0], uid: uint32(uid), gid: uint32(gid), home: f[5]}
 		break
 	}
-	if a == nil {
-		if name == "root" {
-			return &account{name: "root", home: "/root"}, nil
-		}
+	switch {
+	case a == nil && name == "":
+		return &account{name: self, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), home: "/", self: true}, nil
+	case a == nil:
 		return nil, fmt.Errorf("no user %q in the root's /etc/passwd", name)
+	case name == "":
+		a.self = true
+		return a, nil
 	}
 	group, err := d.ReadFileIfExists("etc/group")
 	if err != nil {
@@ -303,11 +310,7 @@ func prepare(env *providers.Env, def Def) (*exec.Cmd, error) {
 		return nil, err
 	}
 	defer d.Close()
-	user := def.User
-	if user == "" {
-		user = "root"
-	}
-	acct, err := lookupUser(d, user)
+	acct, err := lookupUser(d, def.User)
 	if err != nil {
 		return nil, err
 	}
@@ -361,7 +364,7 @@ func prepare(env *providers.Env, def Def) (*exec.Cmd, error) {
 		attr.Chroot = env.Root
 	}
 	euid, egid := uint32(os.Geteuid()), uint32(os.Getegid())
-	if acct.uid != euid || acct.gid != egid || euid == 0 {
+	if !acct.self && (acct.uid != euid || acct.gid != egid || euid == 0) {
 		if euid != 0 {
 			return nil, fmt.Errorf("cannot run as %s (uid %d): the agent runs as uid %d without CAP_SETUID/CAP_SETGID", acct.name, acct.uid, euid)
 		}
