@@ -379,3 +379,71 @@ func TestMethodRunKilled(t *testing.T) {
 		t.Fatalf("record: %+v", r)
 	}
 }
+
+// copyProgram copies a host program and the libraries ldd names into the
+// root, so that it runs chrooted there.
+func copyProgram(t *testing.T, root, prog string) {
+	t.Helper()
+	out, err := exec.Command("ldd", prog).Output()
+	if err != nil {
+		t.Skipf("ldd %s: %v", prog, err)
+	}
+	files := []string{prog}
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "/") {
+			files = append(files, f)
+		}
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(root, f)
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// With chroot: true on a sandbox root, the program is the root's and runs
+// chrooted there: its working directory is the device path, and a program
+// that only the host has is not found.
+func TestChroot(t *testing.T) {
+	asRoot(t)
+	env := newEnv(t)
+	pwd, err := exec.LookPath("pwd")
+	if err != nil {
+		t.Skip("no pwd")
+	}
+	copyProgram(t, env.Root, pwd)
+	res := Run(context.Background(), env, Def{Name: "pwd", Argv: []string{"pwd"}, WorkingDir: "/srv/app", Chroot: true, User: "runner"}, nil)
+	if res.State != Succeeded || res.Stdout != "/srv/app\n" {
+		t.Fatalf("chrooted: %+v", res)
+	}
+	res = Run(context.Background(), env, Def{Name: "sleep", Argv: []string{"sleep", "1"}, Chroot: true}, nil)
+	if res.State != Failed || !strings.Contains(res.Error, "not found in PATH") {
+		t.Fatalf("host program in a chroot: %+v", res)
+	}
+}
+
+// A running command reports progress: its step, the seconds so far and
+// the timeout's.
+func TestProgress(t *testing.T) {
+	env := newEnv(t)
+	old := progressEvery
+	progressEvery = 10 * time.Millisecond
+	defer func() { progressEvery = old }()
+	var steps []string
+	env.OnProgress = func(step string, done, total int) {
+		if total != 60 {
+			t.Errorf("total %d", total)
+		}
+		steps = append(steps, step)
+	}
+	res := Run(context.Background(), env, Def{Name: "nap", Argv: []string{"sleep", "0.2"}, Timeout: time.Minute}, nil)
+	if res.State != Succeeded || len(steps) < 2 || !strings.HasPrefix(steps[0], "run nap (pid ") {
+		t.Fatalf("%+v %q", res, steps)
+	}
+}
