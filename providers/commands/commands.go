@@ -169,7 +169,7 @@ func decode(raw json.RawMessage) (*Spec, error) {
 			switch {
 			case err != nil:
 				errs.Add(ptr("definitions", name, "timeout"), "not a duration: %v", err)
-			case t <= 0 || t > MaxTimeout:
+			case t < time.Second || t > MaxTimeout:
 				errs.Add(ptr("definitions", name, "timeout"), "%v is outside 1s…%v", t, MaxTimeout)
 			}
 			d.Timeout = t
@@ -235,7 +235,8 @@ type Observed struct {
 }
 
 // RunReport is one run as reported to the twin: the tails are cut to the
-// section's reportOutput (commands.get returns the whole kept tails).
+// section's reportOutput, and shown only for its report most recent runs
+// (commands.get returns the whole kept tails).
 type RunReport struct {
 	Name       string `json:"name,omitempty"`
 	Origin     string `json:"origin,omitempty"`
@@ -279,7 +280,12 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 			o.pending = append(o.pending, &r)
 		}
 		if _, asked := s.Runs[r.CommandID]; asked || recent[r.CommandID] || r.State == Running || r.State == Pending {
-			o.Runs[r.CommandID] = report(&r, s.ReportOutput)
+			// Tails only for the most recent: the twin's document is small.
+			n := 0
+			if recent[r.CommandID] {
+				n = s.ReportOutput
+			}
+			o.Runs[r.CommandID] = report(&r, n)
 		}
 	}
 	for id := range env.Interrupted {

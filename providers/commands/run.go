@@ -155,7 +155,10 @@ func Run(ctx context.Context, env *providers.Env, def Def, started func(pid int)
 	cmd.WaitDelay = 2 * time.Second
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
-		return fail("start %s: %v", def.Argv[0], errors.Unwrap(err))
+		if u := errors.Unwrap(err); u != nil {
+			err = u
+		}
+		return fail("start %s: %v", def.Argv[0], err)
 	}
 	res.PID = cmd.Process.Pid
 	if started != nil {
