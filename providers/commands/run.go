@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -154,6 +155,11 @@ func Run(ctx context.Context, env *providers.Env, def Def, started func(pid int)
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.WaitDelay = 2 * time.Second
 	t0 := time.Now()
+	// Pdeathsig fires when the thread that forked the process exits: the
+	// goroutine keeps that thread until the process ended, so that only
+	// the agent's death sends it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
 		if u := errors.Unwrap(err); u != nil {
 			err = u
