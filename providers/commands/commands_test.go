@@ -24,7 +24,9 @@ const passwd = "root:x:0:0:root:/root:/bin/sh\nrunner:x:4242:4343:Runner:/home/r
 const group = "root:x:0:\nrunner:x:4343:\nadm:x:4:runner\n"
 
 // newEnv is a temporary root with a passwd and a group file.
-func newEnv(t *testing.T) *providers.Env {
+func newEnv(t *testing.T) *providers.Env { return newEnvB(t) }
+
+func newEnvB(t testing.TB) *providers.Env {
 	t.Helper()
 	env := providertest.NewEnv(t)
 	// Commands run as another user reach their working directory inside
