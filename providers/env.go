@@ -48,6 +48,13 @@ type Env struct {
 	// Interrupted holds the keys of Once changes of this section that were
 	// in flight when the agent stopped (a crash, a kill -9). Read-only.
 	Interrupted map[string]bool
+	// Desired is, for a direct method only, the section's last good
+	// desired value (merged, schema-valid, without the reconciler's
+	// reserved keys __meta and reportingMode), so that a method can act on
+	// what policy defines (commands.run runs a command by its name); nil
+	// when nothing desires the section. Reconciles leave it nil: they get
+	// the decoded Spec.
+	Desired []byte
 	// OnProgress receives progress of a long Apply; nil when nobody
 	// listens. Providers call Progress, never this.
 	OnProgress func(step string, done, total int)

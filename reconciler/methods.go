@@ -30,7 +30,9 @@ func (r *Reconciler) MethodNames() []string {
 // The call runs under the provider's timeout and is cancelled when ctx
 // ends or the loop stops (Run returns, Close); a panic is an error. Errors
 // of the method itself are returned as it returned them (*InvalidError,
-// *MethodError, or any other for a failure).
+// *MethodError, or any other for a failure). The method sees the section's
+// last good desired value in Env.Desired; after it succeeds the section is
+// enqueued, so that what the method changed is reconciled and reported.
 func (r *Reconciler) CallMethod(ctx context.Context, section, name string, payload json.RawMessage) (any, error) {
 	c := r.ctrls[section]
 	if c == nil {
@@ -73,13 +75,26 @@ func (r *Reconciler) CallMethod(ctx context.Context, section, name string, paylo
 	for _, k := range sec.Interrupted {
 		interrupted[k] = true
 	}
+	lastGood := sec.LastGood
 	r.stMu.Unlock()
 	env := r.env(section, managed, interrupted, r.log.With("section", section, "method", name))
+	if lastGood != nil {
+		var lg map[string]json.RawMessage
+		if json.Unmarshal(lastGood, &lg) == nil {
+			env.Desired = stripReserved(lg)
+		}
+	}
 	var out any
 	err = c.guard(ctx, section+"."+name, func(ctx context.Context) error {
 		var err error
 		out, err = m.Call(ctx, env, payload)
 		return err
 	})
+	if err == nil {
+		// A method may have changed what the section observes (a command
+		// run, a request recorded for the loop): reconcile it, so that the
+		// twin reports it.
+		r.Enqueue(section)
+	}
 	return out, err
 }

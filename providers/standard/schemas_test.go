@@ -22,6 +22,12 @@ func TestSchemas(t *testing.T) {
 		valid   bool
 		ptr     string // where the problem is, for an invalid document
 	}{
+		{"commands", `{` + meta + `, "definitions": {"df": {"argv": ["df", "-h"], "user": "nobody", "workingDir": "/", "timeout": "30s", "env": {"TOKEN": "x"}, "maxOutput": 100, "chroot": false}}, "runs": {"req-1": {"name": "df"}}, "cloudAllow": ["d*"], "results": {"keep": 5, "report": 2, "reportOutput": 64}}`, true, ""},
+		{"commands", `{"definitions": {"df": {"argv": []}}}`, false, "/definitions/df/argv"},
+		{"commands", `{"definitions": {"df": {"argv": ["df"], "timeout": 30}}}`, false, "/definitions/df/timeout"},
+		{"commands", `{"definitions": {"df": {"argv": ["df"], "workingDir": "srv"}}}`, false, "/definitions/df/workingDir"},
+		{"commands", `{"runs": {"req-1": {"name": "df", "argv": ["rm"]}}}`, false, "/runs/req-1/argv"},
+		{"commands", `{"results": {"keep": 0}}`, false, "/results/keep"},
 		{"deviceInfo", `{}`, true, ""},
 		{"deviceInfo", `{` + meta + `}`, true, ""},
 		{"deviceInfo", `{"hostname": "x"}`, false, "/hostname"},
@@ -91,7 +97,7 @@ func TestSchemas(t *testing.T) {
 // TestSchemaDocs checks that every schema is self-describing: a title,
 // a description, and a description on every property.
 func TestSchemaDocs(t *testing.T) {
-	for _, id := range []string{"deviceInfo", "files", "hostname", "sysctl", "timezone"} {
+	for _, id := range []string{"commands", "deviceInfo", "files", "hostname", "sysctl", "timezone"} {
 		raw, ok := schemas.Raw(id)
 		if !ok {
 			t.Fatalf("no schema %s", id)
