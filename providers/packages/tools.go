@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/twinlet/twinlet/internal/atomicfile"
@@ -59,6 +60,9 @@ func (t tools) dpkgArgs() []string {
 		return nil
 	}
 	args := []string{"--root=" + t.root, "--log=" + t.hostPath("var/log/dpkg.log")}
+	if os.Geteuid() != 0 {
+		args = append(args, "--force-not-root")
+	}
 	if t.chrootless() {
 		args = append(args, "--force-script-chrootless")
 	}
@@ -146,6 +150,11 @@ func (t tools) run(ctx context.Context, name string, args []string, stdin []byte
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
+	// The tool runs in a process group of its own, so that a timeout or a
+	// shutdown stops dpkg and the maintainer scripts too, not just apt-get
+	// (which would leave them holding the lock).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	var res result
 	var r *os.File
