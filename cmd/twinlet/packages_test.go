@@ -1,7 +1,11 @@
 package main
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/twinlet/twinlet/providers/packages/debtest"
@@ -16,7 +20,8 @@ func TestPackagesDriftThroughCLI(t *testing.T) {
 	s := newSandbox(t)
 	debtest.InitRoot(t, s.root)
 	repo := debtest.NewRepo(t, debtest.Deb{Name: "libgreet", Version: "1.0-1"},
-		debtest.Deb{Name: "hello", Version: "2.10-3", Depends: "libgreet (>= 1.0)"})
+		debtest.Deb{Name: "hello", Version: "2.10-3", Depends: "libgreet (>= 1.0)"},
+		debtest.Deb{Name: "bad", Version: "1.0", Postinst: "exit 3"})
 	s.write(t, "pkgs.yaml", policyDoc("default", `  packages:
     sources:
       local: { uri: "`+repo.URI()+`", suite: ./, trusted: true }
@@ -45,4 +50,44 @@ func TestPackagesDriftThroughCLI(t *testing.T) {
 	if code, out, errs = twinlet(t, s.args("plan")...); code != 0 || strings.Contains(out, "hello:") {
 		t.Fatalf("plan after converging (exit %d):\n%s%s", code, out, errs)
 	}
+
+	// dpkg's lock held by someone else: Waiting, not Failed, nothing done.
+	pol := policyDoc("default", `  packages:
+    sources:
+      local: { uri: "`+repo.URI()+`", suite: ./, trusted: true }
+    hello: { version: 2.10-3 }
+    bad: {}
+`)
+	s.write(t, "pkgs.yaml", pol)
+	lock, err := os.OpenFile(filepath.Join(s.root, "var/lib/dpkg/lock-frontend"), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.FcntlFlock(lock.Fd(), syscall.F_SETLK, &syscall.Flock_t{Type: syscall.F_WRLCK}); err != nil {
+		t.Fatal(err)
+	}
+	_, out, errs = twinlet(t, s.args("apply", "--output", "json")...)
+	if st := packagesStatus(t, out); st.State != "Waiting" || st.Reason != "LockHeld" || !strings.Contains(st.Message, "lock") {
+		t.Fatalf("apply with the lock held: %+v\n%s", st, errs)
+	}
+	lock.Close()
+	// A failing postinst: Failed, with dpkg's message and the item.
+	_, out, errs = twinlet(t, s.args("apply", "--output", "json")...)
+	st := packagesStatus(t, out)
+	if st.State != "Failed" || st.Reason != "ApplyFailed" || !strings.Contains(st.Message, "apply packages/bad") ||
+		!strings.Contains(st.Message, "bad: installed bad package post-installation script subprocess returned error exit status 3") {
+		t.Fatalf("apply of a failing postinst: %+v\n%s", st, errs)
+	}
+}
+
+func packagesStatus(t *testing.T, out string) (st struct{ State, Reason, Message string }) {
+	t.Helper()
+	var doc map[string]map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("output: %v\n%s", err, out)
+	}
+	if err := json.Unmarshal(doc["packages"]["__status"], &st); err != nil {
+		t.Fatalf("packages.__status: %v\n%s", err, out)
+	}
+	return st
 }
