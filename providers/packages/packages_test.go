@@ -470,3 +470,14 @@ libc6:amd64:
 		t.Fatalf("libc6: %+v", got)
 	}
 }
+
+func TestNotADebianRoot(t *testing.T) {
+	debtest.Require(t)
+	env := providertest.NewEnv(t)
+	p := New()
+	spec := providertest.Decode(t, p, env, json.RawMessage(`{"hello": {}}`))
+	_, err := p.Observe(context.Background(), env, spec)
+	if err == nil || !strings.Contains(err.Error(), "no dpkg database") {
+		t.Fatalf("observe of an empty root: %v", err)
+	}
+}

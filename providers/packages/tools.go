@@ -307,6 +307,11 @@ func (t tools) queryArgs() []string {
 
 // query reads the whole dpkg database with one dpkg-query.
 func (t tools) query(ctx context.Context) (*database, error) {
+	if !t.host {
+		if _, err := os.Stat(t.hostPath("var/lib/dpkg/status")); err != nil {
+			return nil, fmt.Errorf("the root %s has no dpkg database (var/lib/dpkg/status): not a Debian system: %w", t.root, err)
+		}
+	}
 	args := append(t.queryArgs(), "-W", "-f", queryFormat)
 	res := t.run(ctx, "dpkg-query", args, nil, nil)
 	if res.err != nil {
