@@ -686,7 +686,6 @@ func (Provider) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 			continue
 		}
 		op := pkgOp{item: item, name: pk.Name, version: pk.Version, hold: pk.Hold, held: st.Held}
-		var notes []string
 		switch {
 		case !present:
 			op.install = true
@@ -694,10 +693,10 @@ func (Provider) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 			op.install = true
 		case st.Status != "installed":
 			op.install, op.broken = true, true
-			notes = append(notes, "reconfigure ("+st.Status+")")
 		}
+		want := st.Version
 		if op.install && !op.broken {
-			want := pk.Version
+			want = pk.Version
 			if want == "" {
 				want = st.Candidate
 			}
@@ -716,25 +715,24 @@ func (Provider) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 			} else {
 				check = append(check, checkItem{item: item, name: pk.Name, version: pk.Version})
 			}
-			if present {
-				notes = append(notes, st.Version+" -> "+orUnknown(want))
-			} else {
-				notes = append(notes, "install "+pk.Name+" "+orUnknown(want))
-			}
 		}
-		if pk.Hold != nil && *pk.Hold != st.Held {
-			notes = append(notes, map[bool]string{true: "hold", false: "unhold"}[*pk.Hold])
-		}
-		if len(notes) == 0 {
+		holdChange := pk.Hold != nil && *pk.Hold != st.Held
+		if !op.install && !holdChange {
 			continue
 		}
-		c := providers.Change{Action: providers.Update, Item: item, Data: op}
-		if !present {
-			c.Action, c.Key = providers.Create, pkgKey(pk.Name)
-			c.After = strings.Join(notes, ", ")
-		} else {
-			c.Before = pk.Name + " " + st.Version + map[bool]string{true: " (held)", false: ""}[st.Held]
-			c.After = strings.Join(notes, ", ")
+		heldAfter := st.Held
+		if pk.Hold != nil {
+			heldAfter = *pk.Hold
+		}
+		c := providers.Change{Action: providers.Update, Item: item, Data: op,
+			Before: pk.Name + " " + st.Version + heldNote(st.Held), After: pk.Name + " " + orUnknown(want) + heldNote(heldAfter)}
+		switch {
+		case !present:
+			c.Action, c.Key, c.Before = providers.Create, pkgKey(pk.Name), ""
+			c.After = "install " + c.After
+		case op.broken:
+			c.Before = pk.Name + " " + st.Version + " (" + st.Status + ")"
+			c.After = "reconfigure" + heldNote(heldAfter)
 		}
 		installs = append(installs, c)
 	}
@@ -766,6 +764,13 @@ func orNone(l []string) string {
 		return "none"
 	}
 	return strings.Join(l, ", ")
+}
+
+func heldNote(held bool) string {
+	if held {
+		return " (held)"
+	}
+	return ""
 }
 
 func orUnknown(v string) string {

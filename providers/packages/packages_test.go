@@ -71,7 +71,7 @@ func TestDriftTimeline(t *testing.T) {
 	plan := providertest.PlanOnly(t, p, f.env, raw)
 	want := "+ sources/local: /etc/apt/sources.list.d/twinlet-local.sources: " + f.repo.URI() + " ./\n" +
 		"~ lists: package lists -> apt-get update\n" +
-		"+ hello: install hello 2.10-3, hold"
+		"+ hello: install hello 2.10-3 (held)"
 	if got := lines(plan); got != want {
 		t.Fatalf("plan:\n%s\nwant:\n%s", got, want)
 	}
@@ -104,7 +104,7 @@ func TestDriftTimeline(t *testing.T) {
 	// 2. Behind twinlet's back: hello removed. The plan puts it back.
 	debtest.Dpkg(t, f.env.Root, "-r", "hello")
 	plan = providertest.PlanOnly(t, p, f.env, raw)
-	if got := lines(plan); got != "+ hello: install hello 2.10-3, hold" {
+	if got := lines(plan); got != "+ hello: install hello 2.10-3 (held)" {
 		t.Fatalf("plan after tampering: %s", got)
 	}
 	if fp := providertest.ObserveJSON(t, p, f.env, raw)["__installed"].(map[string]any)["fingerprint"]; fp == fp1 {
@@ -119,14 +119,14 @@ func TestDriftTimeline(t *testing.T) {
 	if err := newTools(f.env).setHold(context.Background(), "hello", false); err != nil {
 		t.Fatal(err)
 	}
-	if got := lines(providertest.PlanOnly(t, p, f.env, raw)); got != "~ hello: hello 2.10-3 -> hold" {
+	if got := lines(providertest.PlanOnly(t, p, f.env, raw)); got != "~ hello: hello 2.10-3 -> hello 2.10-3 (held)" {
 		t.Fatalf("plan after unhold: %s", got)
 	}
 	providertest.Converge(t, p, f.env, raw)
 
 	// 4. A downgrade of the held package, then its removal.
 	raw = f.section(`"hello": {"version": "2.10-2", "hold": true}`)
-	if got := lines(providertest.PlanOnly(t, p, f.env, raw)); got != "~ hello: hello 2.10-3 (held) -> 2.10-3 -> 2.10-2" {
+	if got := lines(providertest.PlanOnly(t, p, f.env, raw)); got != "~ hello: hello 2.10-3 (held) -> hello 2.10-2 (held)" {
 		t.Fatalf("plan of the downgrade: %s", got)
 	}
 	providertest.Converge(t, p, f.env, raw)
@@ -211,7 +211,7 @@ func TestFailingPostinst(t *testing.T) {
 	}
 	// The package is left half-configured; the next plan configures it
 	// again (and fails again, until the package is fixed).
-	if got := lines(providertest.PlanOnly(t, p, f.env, raw)); got != "~ bad: bad 1.0 -> reconfigure (half-configured)" {
+	if got := lines(providertest.PlanOnly(t, p, f.env, raw)); got != "~ bad: bad 1.0 (half-configured) -> reconfigure" {
 		t.Fatalf("plan: %s", got)
 	}
 	obs := providertest.ObserveJSON(t, p, f.env, raw)

@@ -117,9 +117,10 @@ func (t tools) aptConfig() (string, error) {
 	return f.Name(), f.Close()
 }
 
-// commonAptArgs are the options of every apt-get run by twinlet.
+// commonAptArgs are the options of every apt-get run by twinlet. Without
+// a pty, dpkg stays in apt-get's process group, which a timeout stops.
 var commonAptArgs = []string{"-q", "-y",
-	"-o", "DPkg::Lock::Timeout=0",
+	"-o", "DPkg::Lock::Timeout=0", "-o", "Dpkg::Use-Pty=0",
 	"-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"}
 
 // result of one run.
@@ -194,6 +195,9 @@ func (t tools) run(ctx context.Context, name string, args []string, stdin []byte
 	} else {
 		res.err = cmd.Run()
 	}
+	if ctx.Err() != nil && cmd.Process != nil {
+		stopGroup(cmd.Process.Pid)
+	}
 	res.stdout, res.stderr = stdout.String(), stderr.String()
 	if res.err != nil {
 		if ctx.Err() != nil {
@@ -203,6 +207,25 @@ func (t tools) run(ctx context.Context, name string, args []string, stdin []byte
 		}
 	}
 	return res
+}
+
+// stopGroup makes sure that a cancelled tool's process group (dpkg, a
+// maintainer script) is gone before the call returns, so that the next
+// call does not find dpkg's lock held by the remains of this one: it has
+// had SIGTERM (cmd.Cancel); after a grace period it gets SIGKILL.
+func stopGroup(pgid int) {
+	gone := func(d time.Duration) bool {
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+				return true
+			}
+		}
+		return false
+	}
+	if !gone(5 * time.Second) {
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		gone(2 * time.Second)
+	}
 }
 
 // lockHeld recognises apt's and dpkg's "someone else holds the lock".
