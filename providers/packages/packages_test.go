@@ -481,3 +481,22 @@ func TestNotADebianRoot(t *testing.T) {
 		t.Fatalf("observe of an empty root: %v", err)
 	}
 }
+
+// dpkg refuses to remove a package others depend on (apt would remove
+// them too): the section fails with dpkg's reason, and nothing is removed.
+func TestRemoveWithDependents(t *testing.T) {
+	f := newFixture(t, libgreet, hello3)
+	p := New()
+	providertest.Converge(t, p, f.env, f.section(`"hello": {}`))
+	plan := providertest.PlanOnly(t, p, f.env, f.section(`"libgreet": {"ensure": "absent"}`))
+	if got := lines(plan); got != "- libgreet: remove libgreet 1.0-1" {
+		t.Fatalf("plan: %s", got)
+	}
+	err := p.Apply(context.Background(), f.env, plan[0])
+	if err == nil || !strings.Contains(err.Error(), "hello depends on libgreet (>= 1.0)") || !strings.Contains(err.Error(), "apply packages/libgreet") {
+		t.Fatalf("want dpkg's reason, got %v", err)
+	}
+	if got := debtest.Installed(t, f.env.Root); got["hello"] == "" || got["libgreet"] == "" {
+		t.Fatalf("removed: %v", got)
+	}
+}

@@ -257,9 +257,17 @@ func failure(what string, res result) error {
 			}
 		}
 	}
+	// With dpkg's own per-package errors, apt's E: lines; without, every
+	// line of the tool's standard error but warnings (dpkg says what is
+	// wrong over several lines: "dependency problems prevent removal of
+	// libgreet:", " hello depends on libgreet (>= 1.0).").
+	perPackage := len(msgs) > 0
 	for _, l := range strings.Split(res.stderr, "\n") {
 		l = strings.TrimSpace(l)
-		if strings.HasPrefix(l, "E: ") || strings.HasPrefix(l, "dpkg: ") || (len(msgs) == 0 && l != "" && !strings.HasPrefix(l, "W: ")) {
+		switch {
+		case l == "" || strings.HasPrefix(l, "W: ") || strings.HasPrefix(l, "dpkg: warning: "):
+		case perPackage && !strings.HasPrefix(l, "E: "):
+		default:
 			msgs = append(msgs, strings.TrimPrefix(l, "E: "))
 		}
 	}
