@@ -91,3 +91,22 @@ func packagesStatus(t *testing.T, out string) (st struct{ State, Reason, Message
 	}
 	return st
 }
+
+// The cloud scope of packages through the CLI and the agent config: the
+// twin may install only what the allowlist names, and may not remove an
+// essential package without privilege.
+func TestPackagesCloudScope(t *testing.T) {
+	debtest.Require(t)
+	s := newSandbox(t)
+	debtest.InitRoot(t, s.root)
+	twin := filepath.Join(t.TempDir(), "twin.json")
+	os.WriteFile(twin, []byte(`{"packages":{"curl":{},"hello":{},"base":{"name":"base-files","ensure":"absent","allowEssential":true}},"$version":2}`), 0o644)
+	cfg := filepath.Join(t.TempDir(), "twinlet.yaml")
+	os.WriteFile(cfg, []byte("cloud:\n  packages:\n    allow: [hello, base-*]\n"), 0o644)
+	a := s.args("plan", "--twin-desired", twin, "--output", "json")
+	a[2] = cfg // --config
+	code, out, errs := twinlet(t, a...)
+	if code != 1 || !strings.Contains(out, `"twin:/packages/curl/name"`) || !strings.Contains(out, `"twin:/packages/base/allowEssential"`) || strings.Contains(out, `/packages/hello`) {
+		t.Fatalf("plan: %d\n%s%s", code, out, errs)
+	}
+}
