@@ -121,6 +121,8 @@ var (
 	// versionRE is Debian policy 5.6.12: [epoch:]upstream[-revision].
 	versionRE = regexp.MustCompile(`^([0-9]+:)?[0-9][A-Za-z0-9.+~:-]*$`)
 	tokenRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+~/-]*$`)
+	epochRE   = regexp.MustCompile(`^[0-9]+$`)
+	archRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 )
 
 // validVersion checks a Debian version: an epoch only as a leading number
@@ -131,7 +133,7 @@ func validVersion(v string) bool {
 		return false
 	}
 	upstream := v
-	if i := strings.IndexByte(v, ':'); i >= 0 && regexp.MustCompile(`^[0-9]+$`).MatchString(v[:i]) {
+	if i := strings.IndexByte(v, ':'); i >= 0 && epochRE.MatchString(v[:i]) {
 		upstream = v[i+1:]
 		if upstream == "" || upstream[0] < '0' || upstream[0] > '9' {
 			return false
@@ -383,7 +385,7 @@ func decodeSource(in sourceIn, p string, keys map[string]Key, haveKeys bool, err
 		}
 	}
 	for i, a := range s.Architectures {
-		if !regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`).MatchString(a) {
+		if !archRE.MatchString(a) {
 			errs.Add(fmt.Sprintf("%s/architectures/%d", p, i), "%q is not an architecture", a)
 		}
 	}
@@ -674,7 +676,7 @@ func (Provider) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 		}
 		present := st.Version != ""
 		if pk.Absent {
-			if !present && st.Status == "not-installed" || st.Status == "config-files" {
+			if !present {
 				continue
 			}
 			if st.Essential && !pk.AllowEssential {
