@@ -983,7 +983,16 @@ func (Provider) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []p
 }
 
 // WatchPaths implements providers.PathWatcher: dpkg's status file (every
-// install and removal rewrites it) and the apt sources directory.
+// install and removal rewrites it), and the files of the keys and sources
+// (whose directories are watched).
 func (Provider) WatchPaths(env *providers.Env, spec providers.Spec) []string {
-	return []string{env.HostPath("/var/lib/dpkg/status"), env.HostPath(SourcesDir)}
+	s, _ := spec.(Spec)
+	out := []string{env.HostPath("/var/lib/dpkg/status")}
+	for _, name := range sortedKeys(s.Keys) {
+		out = append(out, env.HostPath(KeyPath(name)))
+	}
+	for _, name := range sortedKeys(s.Sources) {
+		out = append(out, env.HostPath(SourcePath(name)))
+	}
+	return out
 }
