@@ -500,3 +500,22 @@ func TestRemoveWithDependents(t *testing.T) {
 		t.Fatalf("removed: %v", got)
 	}
 }
+
+// A dpkg run cut off by a kill leaves its journal behind, and apt refuses
+// to go on ("dpkg was interrupted"): the next install finishes it with
+// dpkg --configure -a, as dpkg asks, then installs.
+func TestInterruptedDpkgIsFinished(t *testing.T) {
+	f := newFixture(t, libgreet, hello3)
+	p := New()
+	raw := f.section(`"hello": {}`)
+	providertest.Converge(t, p, f.env, raw)
+	debtest.Dpkg(t, f.env.Root, "-r", "hello")
+	// What a killed dpkg leaves: a pending journal entry.
+	if err := os.WriteFile(filepath.Join(f.env.Root, "var/lib/dpkg/updates/0000"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	providertest.Converge(t, p, f.env, raw)
+	if got := debtest.Installed(t, f.env.Root)["hello"]; got != "2.10-3 install ok installed" {
+		t.Fatalf("hello: %q", got)
+	}
+}
