@@ -214,7 +214,7 @@ func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.
 			c.mu.Lock()
 			n := c.failures
 			c.mu.Unlock()
-			d := b.Delay(n)
+			d := max(b.Delay(n), res.retryAfter)
 			r.log.Info("retry later", "section", id, "in", d.Round(time.Millisecond).String())
 			q.AddAfter(id, d)
 		}

@@ -22,7 +22,8 @@ import (
 // notes as files under <root>/etc/notes/, so that the loop's mechanics
 // (layers, validation, prune records, retries) are tested on a real
 // directory. Its value "panic" panics, "slow" blocks until the call's
-// deadline, "bad…" is invalid, and "reboot" asks for a reboot.
+// deadline, "bad…" is invalid, "reboot" asks for a reboot, and "busy"
+// fails as if someone else held its lock.
 type note struct{}
 
 type noteSpec struct {
@@ -122,6 +123,9 @@ func (note) Apply(ctx context.Context, env *providers.Env, c providers.Change) e
 	}
 	if c.Data.(string) == "crash" {
 		return errors.New("disk on fire")
+	}
+	if c.Data.(string) == "busy" {
+		return &providers.BusyError{Reason: "LockHeld", RetryAfter: 3 * time.Second, Err: errors.New("the notes lock is held by process 42")}
 	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err

@@ -522,6 +522,16 @@ func (p *pass) apply() bool {
 	if p.observe() == nil {
 		p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
 	}
+	var busy *providers.BusyError
+	if errors.As(applyErr, &busy) {
+		// Someone else holds what the provider needs: wait, retry later.
+		reason := busy.Reason
+		if reason == "" {
+			reason = ReasonBusy
+		}
+		p.res.retryAfter = busy.RetryAfter
+		return p.finish(StateWaiting, reason, applyErr.Error(), true)
+	}
 	return p.finish(StateFailed, reasonFor(applyErr, ReasonApplyFailed), applyErr.Error(), true)
 }
 

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"encoding/json"
+	"time"
 
 	"github.com/twinlet/twinlet/providers"
 )
@@ -33,6 +34,9 @@ const (
 	// ReasonInterrupted: a change that must not run twice was in flight
 	// when the agent stopped; it is not run again.
 	ReasonInterrupted = "Interrupted"
+	// ReasonBusy: something else holds what the provider needs (a
+	// providers.BusyError without a reason of its own); retried.
+	ReasonBusy = "Busy"
 )
 
 // Progress is how far a long Apply has come (providers.Env.Progress).
@@ -98,6 +102,8 @@ type SectionResult struct {
 	RebootRequired bool
 	// Retry is set for transient failures.
 	Retry bool
+	// retryAfter is the least delay before the retry (a BusyError's).
+	retryAfter time.Duration
 	// Absent is set when nothing desires the section any more.
 	Absent bool
 	// inputHash identifies the desired input this result is for.
