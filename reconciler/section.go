@@ -417,7 +417,7 @@ func (p *pass) planStep() bool {
 	if !p.dryRun {
 		return true
 	}
-	p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+	p.report()
 	if len(p.plan) > 0 {
 		return p.finish(StateReconciling, ReasonPending, fmt.Sprintf("%d change(s) pending", len(p.plan)), false)
 	}
@@ -495,7 +495,7 @@ func (p *pass) apply() bool {
 		return p.finish(StateFailed, ReasonInvalid, applyErr.Error(), false)
 	}
 	if p.observe() == nil {
-		p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+		p.report()
 	}
 	return p.finish(StateFailed, reasonFor(applyErr, ReasonApplyFailed), applyErr.Error(), true)
 }
@@ -517,7 +517,7 @@ func (p *pass) progress(step string, done, total int) {
 	res.Status.Progress = &Progress{Step: step, Done: done, Total: total}
 	res.Status.LastTransitionTime = now.UTC().Format(time.RFC3339)
 	if p.prev != nil {
-		res.Observed = p.prev.Observed
+		res.Observed, res.Counters = p.prev.Observed, p.prev.Counters
 		if p.prev.Status.State == StateReconciling {
 			res.Status.LastTransitionTime = p.prev.Status.LastTransitionTime
 		}
@@ -540,7 +540,7 @@ func (p *pass) verify() bool {
 			return p.finish(StateFailed, reasonFor(err, ReasonProviderBug), "verify: plan: "+err.Error(), true)
 		}
 	}
-	p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+	p.report()
 	if p.c.info.ReadOnly {
 		return true
 	}
@@ -696,6 +696,22 @@ func (r *Reconciler) unreadyDependency(info providers.Info) string {
 // autoMinimalItems is the number of items above which a collection that
 // names no reportingMode reports minimally.
 const autoMinimalItems = 50
+
+// report renders the observed state for the twin (observedJSON) and
+// takes the provider's __summary counters from it (SummaryCounter).
+func (p *pass) report() {
+	p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+	p.res.Counters = nil
+	if sc, ok := p.c.p.(providers.SummaryCounter); ok && p.observed != nil {
+		err := p.c.guard(p.ctx, "summary counters", func(context.Context) error {
+			p.res.Counters = sc.SummaryCounters(p.observed)
+			return nil
+		})
+		if err != nil {
+			p.log.Warn("summary counters", "err", err)
+		}
+	}
+}
 
 // itemCount counts the items of a collection section.
 func itemCount(v map[string]json.RawMessage) int {
