@@ -4,6 +4,7 @@ package standard
 
 import (
 	// The built-in providers register themselves in init.
+	_ "github.com/twinlet/twinlet/providers/certificates"
 	_ "github.com/twinlet/twinlet/providers/deviceinfo"
 	_ "github.com/twinlet/twinlet/providers/files"
 	_ "github.com/twinlet/twinlet/providers/hostname"
