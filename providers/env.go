@@ -78,10 +78,10 @@ func (e *Env) RebootRequiredBy() []string {
 	return e.RebootRequired()
 }
 
-// Requeue asks for another reconcile of the section after d; a no-op
-// without a runtime or for d <= 0.
+// Requeue asks for another reconcile of the section after d (at once for
+// d <= 0); a no-op without a runtime.
 func (e *Env) Requeue(d time.Duration) {
-	if e != nil && e.RequeueAfter != nil && d > 0 {
+	if e != nil && e.RequeueAfter != nil {
 		e.RequeueAfter(d)
 	}
 }

@@ -69,10 +69,12 @@ type Info struct {
 	// to start with a provider that has neither, so that no section goes
 	// unvalidated.
 	Schema json.RawMessage
-	// WatchesRebootLatch marks the provider that carries out reboots: its
-	// section is reconciled again whenever another section latches
+	// RebootPolicy marks the provider that carries out reboots: its
+	// section is reconciled even when nothing desires it (as an empty
+	// section, so that a reboot.now and the latch are carried out and the
+	// boot is reported), and again whenever another section latches
 	// "reboot required" (Change.RebootRequired).
-	WatchesRebootLatch bool
+	RebootPolicy bool
 	// New returns a provider. It must not have side effects.
 	New func() Provider
 }

@@ -83,7 +83,7 @@ func (r *Reconciler) latchReboot(id string) {
 	// The reboot policy decides when: wake the sections that watch the
 	// latch.
 	for other, c := range r.ctrls {
-		if c.info.WatchesRebootLatch && other != id {
+		if c.info.RebootPolicy && other != id {
 			r.Enqueue(other)
 		}
 	}

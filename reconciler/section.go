@@ -113,7 +113,7 @@ func (p *pass) gather() bool {
 	p.ins, p.probs = p.r.inputs(p.c.id)
 	p.res.inputHash = hashInputs(p.ins, p.probs)
 	p.res.Status.DesiredVersion = p.r.TwinVersion()
-	if len(p.ins) > 0 || len(p.probs) > 0 || p.c.info.ReadOnly {
+	if len(p.ins) > 0 || len(p.probs) > 0 || p.c.info.ReadOnly || p.c.info.RebootPolicy {
 		return true
 	}
 	p.res.Absent = true

@@ -8,6 +8,7 @@ import (
 	_ "github.com/twinlet/twinlet/providers/deviceinfo"
 	_ "github.com/twinlet/twinlet/providers/files"
 	_ "github.com/twinlet/twinlet/providers/hostname"
+	_ "github.com/twinlet/twinlet/providers/reboot"
 	_ "github.com/twinlet/twinlet/providers/sysctl"
 	_ "github.com/twinlet/twinlet/providers/timezone"
 )

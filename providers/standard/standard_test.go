@@ -7,7 +7,7 @@ import (
 )
 
 func TestBuiltinsRegistered(t *testing.T) {
-	for _, id := range []string{"certificates", "deviceInfo", "files", "hostname", "sysctl", "timezone"} {
+	for _, id := range []string{"certificates", "deviceInfo", "files", "hostname", "reboot", "sysctl", "timezone"} {
 		info, ok := providers.Lookup(id)
 		if !ok {
 			t.Errorf("%s is not registered", id)
