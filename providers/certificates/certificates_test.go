@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"math/big"
 	"os"
 	"os/exec"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/providers/providertest"
+	"github.com/twinlet/twinlet/reconciler"
 )
 
 // needTools skips when the Debian tools the tests drive are missing.
@@ -417,5 +419,55 @@ func TestGet(t *testing.T) {
 	var me *providers.MethodError
 	if !errors.As(err, &me) || me.Status != 404 {
 		t.Fatalf("unknown thumbprint: %v", err)
+	}
+}
+
+// TestThroughRuntime drives the real reconciler: the summary counts the
+// expiring certificate, and a key from the twin is Forbidden with its
+// pointer while the rest of the section converges.
+func TestThroughRuntime(t *testing.T) {
+	needTools(t)
+	root, stateDir := t.TempDir(), t.TempDir()
+	ca := mint(t, "Runtime Root", true, 365*24*time.Hour, nil)
+	leaf := mint(t, "runtime-leaf", false, 5*24*time.Hour, ca)
+	twin := filepath.Join(t.TempDir(), "twin.json")
+	b, _ := json.Marshal(map[string]any{"certificates": map[string]any{
+		"root": map[string]any{"type": "trustAnchor", "pem": ca.certPEM},
+		"leaf": map[string]any{"type": "device", "pem": leaf.certPEM, "key": leaf.keyPEM},
+		"ok":   map[string]any{"type": "device", "pem": leaf.certPEM, "path": "/etc/twinlet/certs/ok.pem"},
+	}})
+	os.WriteFile(twin, b, 0o600)
+	info, _ := providers.Lookup(ID)
+	r, err := reconciler.New(reconciler.Options{Root: root, StateDir: stateDir, TwinDesiredFile: twin,
+		Providers: []providers.Info{info}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := r.ReconcileAll(context.Background(), false)
+	var d struct {
+		Summary      map[string]any `json:"__summary"`
+		Certificates struct {
+			Status reconciler.Status      `json:"__status"`
+			Errors []reconciler.ErrorItem `json:"__errors"`
+			OK     map[string]any         `json:"ok"`
+			Root   map[string]any         `json:"root"`
+			Leaf   *map[string]any        `json:"leaf"`
+		} `json:"certificates"`
+	}
+	if err := json.Unmarshal(rep.Document, &d); err != nil {
+		t.Fatal(err)
+	}
+	c := d.Certificates
+	if c.Status.Reason != reconciler.ReasonForbidden || len(c.Errors) != 1 || c.Errors[0].Pointer != "/leaf/key" || c.Errors[0].At != "twin:/certificates/leaf/key" {
+		t.Fatalf("certificates: %+v %+v", c.Status, c.Errors)
+	}
+	if c.OK["state"] != StateExpiring || c.Root["state"] != StateValid || c.Leaf != nil {
+		t.Fatalf("items: ok=%v root=%v leaf=%v", c.OK, c.Root, c.Leaf)
+	}
+	if d.Summary["certificatesExpiring"] != float64(1) || d.Summary["certificatesExpired"] != float64(0) {
+		t.Fatalf("summary %v", d.Summary)
+	}
+	if _, err := os.Stat(filepath.Join(root, "etc/twinlet/certs/leaf.key")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the twin's key was written: %v", err)
 	}
 }
