@@ -42,6 +42,12 @@ func (r *Reconciler) checkBoot() {
 // reboot it asked for is not asked again once it happened.
 func (r *Reconciler) recheckBoot() {
 	boot := r.opts.BootID()
+	r.stMu.Lock()
+	stale := r.st.Reboot != nil && r.st.Reboot.BootID != boot
+	r.stMu.Unlock()
+	if !stale {
+		return // nothing to write: a dry run writes nothing
+	}
 	cleared := false
 	if err := r.persist(func(st *state.State) {
 		if st.Reboot != nil && st.Reboot.BootID != boot {
