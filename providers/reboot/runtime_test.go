@@ -140,3 +140,42 @@ func TestLatchThroughRuntime(t *testing.T) {
 		t.Fatalf("denied by the config: %v", err)
 	}
 }
+
+// TestNowThroughLoop: reboot.now on a running loop is carried out by the
+// section's next reconcile, which the method asks for (Env.Requeue).
+func TestNowThroughLoop(t *testing.T) {
+	root, stateDir := t.TempDir(), t.TempDir()
+	env := &providers.Env{Root: root}
+	boot(t, env, "boot-1", time.Now().Add(-time.Hour))
+	info, _ := providers.Lookup(ID)
+	r, err := reconciler.New(reconciler.Options{Root: root, StateDir: stateDir, Providers: []providers.Info{info},
+		Logger: slog.New(slog.DiscardHandler), CallTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, reconciler.RunOptions{Resync: time.Hour}) }()
+	defer func() { cancel(); <-done }()
+	state := func() string {
+		var d doc
+		if json.Unmarshal(r.Document(), &d) != nil || d.Reboot.Pending == nil {
+			return ""
+		}
+		return d.Reboot.Pending.State
+	}
+	// The first pass publishes the section (nothing desires it).
+	for deadline := time.Now().Add(30 * time.Second); r.Document() == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no report")
+		}
+	}
+	if _, err := r.CallMethod(ctx, ID, "now", json.RawMessage(`{"reason": "operator"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); state() != "Recorded"; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("reboot.now was not carried out: %s", r.Document())
+		}
+	}
+}
