@@ -54,6 +54,11 @@ const StateFile = "reboot.json"
 // missed (it was not running) is still carried out.
 const DefaultCatchUp = time.Hour
 
+// LatchInterval is the least time between a reboot twinlet carried out and
+// the next one a latched "reboot required" asks for, so that a change that
+// latches again after every boot cannot reboot the device in a loop.
+const LatchInterval = 30 * time.Minute
+
 // Values of whenRequired.
 const (
 	WhenWindow      = "window"
@@ -495,15 +500,22 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 		}
 		if o.RebootRequired {
 			reason := "required by " + strings.Join(o.RequiredBy, ", ")
-			switch s.WhenRequired {
-			case WhenImmediately:
+			// A change that latches again after every boot must not
+			// reboot the device in a loop.
+			guard := time.Time{}
+			if rec.Last != nil {
+				guard = rec.Last.RequestedAt.Add(LatchInterval)
+			}
+			switch {
+			case s.WhenRequired == WhenNever:
+			case now.Before(guard):
+				consider(guard, reason+" (not sooner than "+LatchInterval.String()+" after the last reboot)")
+			case s.WhenRequired == WhenImmediately:
 				ask(reason, o.RequiredBy...)
-			case WhenWindow:
-				if *o.WindowOpen {
-					ask(reason+" (maintenance window)", o.RequiredBy...)
-				} else {
-					consider(s.Window.next(now), reason+" (maintenance window)")
-				}
+			case *o.WindowOpen:
+				ask(reason+" (maintenance window)", o.RequiredBy...)
+			default:
+				consider(s.Window.next(now), reason+" (maintenance window)")
 			}
 		}
 		if d != nil {
@@ -540,7 +552,11 @@ func (Provider) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 		if d.retry {
 			after += " (again: the command did not run)"
 		}
-		out = append(out, providers.Change{Action: providers.Update, Item: "reboot", Before: "running since " + o.LastBootTime, After: after, Data: op{reboot: d}})
+		before := "running"
+		if o.LastBootTime != "" {
+			before += " since " + o.LastBootTime
+		}
+		out = append(out, providers.Change{Action: providers.Update, Item: "reboot", Before: before, After: after, Data: op{reboot: d}})
 	}
 	return out, nil
 }

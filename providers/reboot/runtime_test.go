@@ -116,6 +116,22 @@ func TestLatchThroughRuntime(t *testing.T) {
 		t.Fatalf("after the boot: %+v %+v", d.Summary, d.Reboot)
 	}
 
+	// Another change latches in the same window: no second reboot sooner
+	// than LatchInterval after the last one.
+	os.WriteFile(twin, []byte(`{"kmod": {"option": "b"}, "reboot": {"maintenanceWindow": {"start": "02:00", "duration": "2h"}}}`), 0o600)
+	if _, err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	d = document(t, r.ReconcileAll(ctx, false))
+	if !d.Summary.RebootRequired || d.Reboot.Pending == nil || d.Reboot.Pending.State != "Scheduled" || d.Reboot.Pending.At != "2026-12-26T01:30:00Z" {
+		t.Fatalf("latched again: %+v", d.Reboot.Pending)
+	}
+	clk.Set(at("2026-12-26 02:30"))
+	if d = document(t, r.ReconcileAll(ctx, false)); d.Reboot.Pending == nil || d.Reboot.Pending.State != "Recorded" {
+		t.Fatalf("after the guard: %+v", d.Reboot.Pending)
+	}
+	os.Remove(filepath.Join(stateDir, StateFile))
+
 	// reboot.now through the runtime: a bad payload is located, the
 	// cloud scope is obeyed.
 	_, err = r.CallMethod(ctx, ID, "now", json.RawMessage(`{"delay": "soon", "reason": "x"}`))
@@ -127,7 +143,7 @@ func TestLatchThroughRuntime(t *testing.T) {
 		t.Fatalf("no reason: %v", err)
 	}
 	out, err := r.CallMethod(ctx, ID, "now", json.RawMessage(`{"delay": 60, "reason": "support asked"}`))
-	if err != nil || out.(*NowResult).ScheduledFor != "2026-12-26T01:04:00Z" {
+	if err != nil || out.(*NowResult).ScheduledFor != "2026-12-26T01:31:00Z" {
 		t.Fatalf("reboot.now: %+v, %v", out, err)
 	}
 	opts.CloudRules = map[string]providers.ScopeRules{ID: {Deny: []string{"now"}}}
