@@ -470,4 +470,15 @@ func TestThroughRuntime(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "etc/twinlet/certs/leaf.key")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the twin's key was written: %v", err)
 	}
+	// certificates.get through the runtime: the payload is validated
+	// (400 with the pointer), a known thumbprint found.
+	_, err = r.CallMethod(context.Background(), ID, "get", json.RawMessage(`{"thumbprint": "not-hex"}`))
+	var inv *providers.InvalidError
+	if !errors.As(err, &inv) || inv.Errors[0].Pointer != "/thumbprint" {
+		t.Fatalf("bad payload: %v", err)
+	}
+	out, err := r.CallMethod(context.Background(), ID, "get", json.RawMessage(`{"thumbprint": "`+c.Root["sha256"].(string)+`"}`))
+	if err != nil || out.(*GetResult).Subject != "CN=Runtime Root,O=twinlet test" {
+		t.Fatalf("get: %+v, %v", out, err)
+	}
 }
