@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools release
 
 all: build
 
@@ -47,6 +47,20 @@ deb-tools:
 	  else echo "the packaging tests need:$$missing (apt-get install$$missing)" >&2; fi; \
 	fi
 
+# What the certificates tests drive: update-ca-certificates and openssl
+# (normally present on Debian). Installed as Debian packages when missing
+# (as root).
+ca-tools:
+	@missing=""; for t in update-ca-certificates:ca-certificates openssl:openssl; do \
+	  command -v $${t%%:*} >/dev/null || [ -x /usr/sbin/$${t%%:*} ] || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (Debian packages) for the certificates tests"; \
+	    (apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing >/dev/null 2>&1 || \
+	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing >/dev/null; }); \
+	  else echo "the certificates tests need:$$missing (apt-get install$$missing)" >&2; fi; \
+	fi
+
 # The agent in the foreground on the example policy, acting on a sandbox root
 # inside the checkout (git-ignored): it never touches this machine's /etc.
 run: build
@@ -57,7 +71,7 @@ run: build
 test: lint unit conformance
 
 # Every Go test under the race detector.
-unit: tpm-tools deb-tools
+unit: tpm-tools deb-tools ca-tools
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:

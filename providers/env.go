@@ -58,6 +58,39 @@ type Env struct {
 	// OnProgress receives progress of a long Apply; nil when nobody
 	// listens. Providers call Progress, never this.
 	OnProgress func(step string, done, total int)
+	// RebootRequired returns, sorted, the sections whose applied changes
+	// asked for a reboot that has not happened yet (the runtime's latch,
+	// cleared first when the boot id changed since it was set); nil when
+	// none is needed or no runtime is attached. Providers call
+	// RebootRequiredBy, never this.
+	RebootRequired func() []string
+	// RequeueAfter asks the runtime to reconcile this section again after
+	// d (a reboot window that opens later): a provider never sleeps. Nil
+	// when no runtime is attached; providers call Requeue.
+	RequeueAfter func(d time.Duration)
+	// CloudAllowed reports whether the agent config lets the twin set this
+	// section at all, and CloudRules are the section's cloud scope (the
+	// config's, else Info.CloudDeny): a direct method, which comes from the
+	// cloud, obeys the same scope as the twin.
+	CloudAllowed bool
+	CloudRules   ScopeRules
+}
+
+// RebootRequiredBy returns the sections that latched "reboot required";
+// nil without a runtime.
+func (e *Env) RebootRequiredBy() []string {
+	if e == nil || e.RebootRequired == nil {
+		return nil
+	}
+	return e.RebootRequired()
+}
+
+// Requeue asks for another reconcile of the section after d (at once for
+// d <= 0); a no-op without a runtime.
+func (e *Env) Requeue(d time.Duration) {
+	if e != nil && e.RequeueAfter != nil {
+		e.RequeueAfter(d)
+	}
 }
 
 // Progress reports how far a long Apply has come ("install hello", 3 of

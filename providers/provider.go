@@ -69,6 +69,12 @@ type Info struct {
 	// to start with a provider that has neither, so that no section goes
 	// unvalidated.
 	Schema json.RawMessage
+	// RebootPolicy marks the provider that carries out reboots: its
+	// section is reconciled even when nothing desires it (as an empty
+	// section, so that a reboot.now and the latch are carried out and the
+	// boot is reported), and again whenever another section latches
+	// "reboot required" (Change.RebootRequired).
+	RebootPolicy bool
 	// New returns a provider. It must not have side effects.
 	New func() Provider
 }
@@ -193,6 +199,16 @@ type Provider interface {
 	// Writes are atomic (see Dir.WriteFileAtomic). An *InvalidError is
 	// terminal; any other error is transient and is retried with backoff.
 	Apply(ctx context.Context, env *Env, c Change) error
+}
+
+// SummaryCounter is an optional capability: a provider that adds counters
+// to the reported __summary (certificatesExpiring), so that an ADM metric
+// query can count devices fleet-wide whatever the section's reporting
+// mode. SummaryCounters is pure; it gets what Observe returned. Counter
+// names are camelCase and must not be a field __summary already has
+// (such a counter is dropped); the same name from two sections is summed.
+type SummaryCounter interface {
+	SummaryCounters(observed Observed) map[string]int
 }
 
 // PathWatcher is an optional capability: a provider whose state lives in

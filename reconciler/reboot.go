@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/twinlet/twinlet/state"
 )
@@ -36,6 +37,42 @@ func (r *Reconciler) checkBoot() {
 	}
 }
 
+// recheckBoot clears the latch, and publishes, when the system booted
+// since it was set: a reboot provider looks before it decides, so that a
+// reboot it asked for is not asked again once it happened.
+func (r *Reconciler) recheckBoot() {
+	boot := r.opts.BootID()
+	r.stMu.Lock()
+	stale := r.st.Reboot != nil && r.st.Reboot.BootID != boot
+	r.stMu.Unlock()
+	if !stale {
+		return // nothing to write: a dry run writes nothing
+	}
+	cleared := false
+	if err := r.persist(func(st *state.State) {
+		if st.Reboot != nil && st.Reboot.BootID != boot {
+			r.log.Info("rebooted since a reboot was required; cleared", "by", strings.Join(st.Reboot.By, ","))
+			st.Reboot, cleared = nil, true
+		}
+	}); err != nil {
+		r.log.Error("save state", "err", err)
+	}
+	if cleared {
+		r.Publish()
+	}
+}
+
+// requeueAfter reconciles the section again after d, for a provider that
+// waits for a time (a reboot window); a no-op when no loop runs.
+func (r *Reconciler) requeueAfter(id string, d time.Duration) {
+	r.mu.Lock()
+	q := r.q
+	r.mu.Unlock()
+	if q != nil {
+		q.AddAfter(id, d)
+	}
+}
+
 // latchReboot records that a change of the section asks for a reboot.
 func (r *Reconciler) latchReboot(id string) {
 	boot := r.opts.BootID()
@@ -48,6 +85,13 @@ func (r *Reconciler) latchReboot(id string) {
 		}
 	}); err != nil {
 		r.log.Error("save state", "err", err)
+	}
+	// The reboot policy decides when: wake the sections that watch the
+	// latch.
+	for other, c := range r.ctrls {
+		if c.info.RebootPolicy && other != id {
+			r.Enqueue(other)
+		}
 	}
 }
 

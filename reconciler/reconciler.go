@@ -628,9 +628,17 @@ type bugError struct{ msg, stack string }
 func (e *bugError) Error() string { return "provider bug: " + e.msg }
 
 func (r *Reconciler) env(id string, managed, interrupted map[string]bool, log *slog.Logger) *providers.Env {
+	rules, ok := r.opts.CloudRules[id]
+	if !ok {
+		rules = providers.ScopeRules{Deny: r.ctrls[id].info.CloudDeny}
+	}
 	return &providers.Env{
 		Root: r.opts.Root, StateDir: r.opts.StateDir, AllowedRoots: r.opts.AllowedRoots,
 		Runner: r.opts.Runner, Now: r.opts.Now, Logger: log, Managed: managed, Interrupted: interrupted,
+		RebootRequired: func() []string { r.recheckBoot(); return r.RebootRequiredBy() },
+		RequeueAfter:   func(d time.Duration) { r.requeueAfter(id, d) },
+		CloudAllowed:   r.cloud == nil || r.cloud[id],
+		CloudRules:     rules,
 	}
 }
 

@@ -130,6 +130,12 @@ func (r *Reconciler) buildReport(results []*SectionResult, dryRun bool) *Report 
 			sum.Failed++
 			failed = append(failed, res.ID)
 		}
+		for k, v := range res.Counters {
+			if sum.Counters == nil {
+				sum.Counters = map[string]int{}
+			}
+			sum.Counters[k] += v
+		}
 		sec := map[string]json.RawMessage{}
 		var obj map[string]json.RawMessage
 		if len(res.Observed) > 0 && json.Unmarshal(res.Observed, &obj) == nil {

@@ -114,7 +114,7 @@ func (p *pass) gather() bool {
 	p.ins, p.probs = p.r.inputs(p.c.id)
 	p.res.inputHash = hashInputs(p.ins, p.probs)
 	p.res.Status.DesiredVersion = p.r.TwinVersion()
-	if len(p.ins) > 0 || len(p.probs) > 0 || p.c.info.ReadOnly {
+	if len(p.ins) > 0 || len(p.probs) > 0 || p.c.info.ReadOnly || p.c.info.RebootPolicy {
 		return true
 	}
 	p.res.Absent = true
@@ -442,7 +442,7 @@ func (p *pass) planStep() bool {
 	if !p.dryRun {
 		return true
 	}
-	p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+	p.report()
 	if len(p.plan) > 0 {
 		return p.finish(StateReconciling, ReasonPending, fmt.Sprintf("%d change(s) pending", len(p.plan)), false)
 	}
@@ -520,7 +520,7 @@ func (p *pass) apply() bool {
 		return p.finish(StateFailed, ReasonInvalid, applyErr.Error(), false)
 	}
 	if p.observe() == nil {
-		p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+		p.report()
 	}
 	var busy *providers.BusyError
 	if errors.As(applyErr, &busy) {
@@ -552,7 +552,7 @@ func (p *pass) progress(step string, done, total int) {
 	res.Status.Progress = &Progress{Step: step, Done: done, Total: total}
 	res.Status.LastTransitionTime = now.UTC().Format(time.RFC3339)
 	if p.prev != nil {
-		res.Observed = p.prev.Observed
+		res.Observed, res.Counters = p.prev.Observed, p.prev.Counters
 		if p.prev.Status.State == StateReconciling {
 			res.Status.LastTransitionTime = p.prev.Status.LastTransitionTime
 		}
@@ -575,7 +575,7 @@ func (p *pass) verify() bool {
 			return p.finish(StateFailed, reasonFor(err, ReasonProviderBug), "verify: plan: "+err.Error(), true)
 		}
 	}
-	p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+	p.report()
 	if p.c.info.ReadOnly {
 		return true
 	}
@@ -733,6 +733,22 @@ func (r *Reconciler) unreadyDependency(info providers.Info) string {
 // autoMinimalItems is the number of items above which a collection that
 // names no reportingMode reports minimally.
 const autoMinimalItems = 50
+
+// report renders the observed state for the twin (observedJSON) and
+// takes the provider's __summary counters from it (SummaryCounter).
+func (p *pass) report() {
+	p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+	p.res.Counters = nil
+	if sc, ok := p.c.p.(providers.SummaryCounter); ok && p.observed != nil {
+		err := p.c.guard(p.ctx, "summary counters", func(context.Context) error {
+			p.res.Counters = sc.SummaryCounters(p.observed)
+			return nil
+		})
+		if err != nil {
+			p.log.Warn("summary counters", "err", err)
+		}
+	}
+}
 
 // itemCount counts the items of a collection section.
 func itemCount(v map[string]json.RawMessage) int {

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"encoding/json"
+	"strconv"
 	"time"
 
 	"github.com/twinlet/twinlet/providers"
@@ -87,6 +88,31 @@ type Summary struct {
 	AgentVersion     string   `json:"agentVersion"`
 	LastReconcile    string   `json:"lastReconcile"`
 	PolicyErrors     []string `json:"policyErrors,omitempty"`
+	// Counters are the providers' summary counters (SummaryCounter),
+	// summed over sections and reported as further __summary fields
+	// (certificatesExpiring), so that an ADM metric query can count
+	// devices fleet-wide.
+	Counters map[string]int `json:"-"`
+}
+
+// MarshalJSON reports the counters as fields of __summary next to the
+// fixed ones; a counter named like a fixed field is dropped.
+func (s Summary) MarshalJSON() ([]byte, error) {
+	type plain Summary
+	b, err := json.Marshal(plain(s))
+	if err != nil || len(s.Counters) == 0 {
+		return b, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	for k, v := range s.Counters {
+		if _, fixed := m[k]; !fixed {
+			m[k] = json.RawMessage(strconv.Itoa(v))
+		}
+	}
+	return json.Marshal(m)
 }
 
 // SectionResult is the outcome of one reconcile of one section.
@@ -98,6 +124,8 @@ type SectionResult struct {
 	Plan []providers.Change
 	// Observed is the section's reported body.
 	Observed json.RawMessage
+	// Counters are the provider's __summary counters for this result.
+	Counters map[string]int
 	// RebootRequired is set when an applied change asked for a reboot.
 	RebootRequired bool
 	// Retry is set for transient failures.

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -86,6 +87,17 @@ func New(r *reconciler.Reconciler, cfg iothub.DeviceConfig, opts Options) (*Agen
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Reboot == nil && slices.Contains(r.MethodNames(), "reboot.now") {
+		// The built-in reboot method goes to the reboot provider's
+		// reboot.now, under the same cloud scope.
+		opts.Reboot = func(ctx context.Context, reason string) error {
+			b, err := json.Marshal(map[string]string{"reason": reason})
+			if err == nil {
+				_, err = r.CallMethod(ctx, "reboot", "now", b)
+			}
+			return err
+		}
 	}
 	a := &Agent{r: r, opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), twinWake: make(chan struct{}, 1),
 		owned: map[string]bool{"__summary": true}}

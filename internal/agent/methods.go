@@ -137,6 +137,10 @@ func (a *Agent) onMethod(ctx context.Context, name string, payload []byte) (int,
 			return fail(501, "reboot is not supported: this agent has no reboot provider")
 		}
 		if err := a.opts.Reboot(ctx, arg.Reason); err != nil {
+			var me *providers.MethodError
+			if errors.As(err, &me) && me.Status >= 400 && me.Status <= 599 {
+				return reply(me.Status, methodError{Error: "reboot: " + me.Message})
+			}
 			return fail(500, "reboot: %v", err)
 		}
 		return reply(202, map[string]any{"reboot": "requested", "reason": arg.Reason})

@@ -97,7 +97,7 @@ func TestSchemas(t *testing.T) {
 // TestSchemaDocs checks that every schema is self-describing: a title,
 // a description, and a description on every property.
 func TestSchemaDocs(t *testing.T) {
-	for _, id := range []string{"commands", "deviceInfo", "files", "hostname", "sysctl", "timezone"} {
+	for _, id := range []string{"certificates", "commands", "deviceInfo", "files", "hostname", "reboot", "sysctl", "timezone"} {
 		raw, ok := schemas.Raw(id)
 		if !ok {
 			t.Fatalf("no schema %s", id)

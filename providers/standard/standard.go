@@ -4,11 +4,13 @@ package standard
 
 import (
 	// The built-in providers register themselves in init.
+	_ "github.com/twinlet/twinlet/providers/certificates"
 	_ "github.com/twinlet/twinlet/providers/commands"
 	_ "github.com/twinlet/twinlet/providers/deviceinfo"
 	_ "github.com/twinlet/twinlet/providers/files"
 	_ "github.com/twinlet/twinlet/providers/hostname"
 	_ "github.com/twinlet/twinlet/providers/packages"
+	_ "github.com/twinlet/twinlet/providers/reboot"
 	_ "github.com/twinlet/twinlet/providers/sysctl"
 	_ "github.com/twinlet/twinlet/providers/timezone"
 )

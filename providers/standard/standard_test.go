@@ -21,7 +21,7 @@ func TestMethodSchemasCompile(t *testing.T) {
 }
 
 func TestBuiltinsRegistered(t *testing.T) {
-	for _, id := range []string{"commands", "deviceInfo", "files", "hostname", "sysctl", "timezone"} {
+	for _, id := range []string{"certificates", "commands", "deviceInfo", "files", "hostname", "reboot", "sysctl", "timezone"} {
 		info, ok := providers.Lookup(id)
 		if !ok {
 			t.Errorf("%s is not registered", id)
