@@ -51,14 +51,32 @@ func checkKey(line string) error {
 	if err != nil {
 		return fmt.Errorf("the key's base64 does not decode: %v", err)
 	}
-	if len(blob) < 4 {
-		return errors.New("the key blob is too short")
-	}
-	n := binary.BigEndian.Uint32(blob)
-	if uint64(n) > uint64(len(blob)-4) || string(blob[4:4+n]) != f[0] {
+	typ, rest, ok := sshString(blob)
+	if !ok || string(typ) != f[0] {
 		return fmt.Errorf("the key blob is not a %s key", f[0])
 	}
+	// The key material: at least one more well-formed field; for
+	// ed25519, exactly the 32-byte public key.
+	pub, after, ok := sshString(rest)
+	switch {
+	case !ok || len(pub) == 0:
+		return fmt.Errorf("the %s key blob holds no key", f[0])
+	case f[0] == "ssh-ed25519" && (len(pub) != 32 || len(after) != 0):
+		return errors.New("the ssh-ed25519 key blob is not a 32-byte key")
+	}
 	return nil
+}
+
+// sshString reads one length-prefixed string of the SSH wire format.
+func sshString(b []byte) (s, rest []byte, ok bool) {
+	if len(b) < 4 {
+		return nil, nil, false
+	}
+	n := binary.BigEndian.Uint32(b)
+	if uint64(n) > uint64(len(b)-4) {
+		return nil, nil, false
+	}
+	return b[4 : 4+n], b[4+n:], true
 }
 
 // renderKeys is the authorized_keys file for keys: the header, then one

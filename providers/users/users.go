@@ -45,16 +45,22 @@ func New() providers.Provider { return Provider{} }
 // Provider implements the users section.
 type Provider struct{}
 
-// secret holds a password hash. It never prints nor marshals.
-type secret string
+// secret holds a password hash. It never prints nor marshals: it is a
+// pointer, so that even fmt's %+v of a struct holding it shows an address.
+type secret = *hidden
 
-func (secret) String() string                { return "(hidden)" }
-func (secret) GoString() string              { return "(hidden)" }
-func (secret) MarshalJSON() ([]byte, error)  { return []byte(`"(hidden)"`), nil }
-func (secret) MarshalText() ([]byte, error)  { return []byte("(hidden)"), nil }
-func (s secret) reveal() string              { return string(s) }
-func (s secret) set() bool                   { return s != "" }
-func (s secret) matches(current string) bool { return string(s) == current }
+type hidden struct{ v string }
+
+func newSecret(v string) secret { return &hidden{v: v} }
+
+func (*hidden) String() string               { return "(hidden)" }
+func (*hidden) GoString() string             { return "(hidden)" }
+func (*hidden) MarshalJSON() ([]byte, error) { return []byte(`"(hidden)"`), nil }
+func (h *hidden) reveal() string             { return h.v }
+func (h *hidden) set() bool                  { return h != nil }
+func (h *hidden) matches(current string) bool {
+	return h != nil && h.v == current
+}
 
 // Item is one desired user.
 type Item struct {
@@ -228,7 +234,7 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 			if !hashRE.MatchString(*in.PasswordHash) {
 				errs.Add(ptr("passwordHash"), "must be a crypt(3) hash such as $y$… or $6$…, or \"!\" to lock the password")
 			}
-			it.Hash = secret(*in.PasswordHash)
+			it.Hash = newSecret(*in.PasswordHash)
 		}
 		switch in.Ensure {
 		case "", "present":
