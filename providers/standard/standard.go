@@ -6,7 +6,9 @@ import (
 	// The built-in providers register themselves in init.
 	_ "github.com/twinlet/twinlet/providers/deviceinfo"
 	_ "github.com/twinlet/twinlet/providers/files"
+	_ "github.com/twinlet/twinlet/providers/groups"
 	_ "github.com/twinlet/twinlet/providers/hostname"
 	_ "github.com/twinlet/twinlet/providers/sysctl"
 	_ "github.com/twinlet/twinlet/providers/timezone"
+	_ "github.com/twinlet/twinlet/providers/users"
 )
