@@ -50,15 +50,25 @@ func Need(t testing.TB) {
 	}
 }
 
-// NewEnv returns an Env on a fresh root holding etc/passwd, group, shadow,
-// gshadow, login.defs and shells, with root, daemon and nobody, and the
-// groups root, sudo, adm, users and nogroup. It skips the test when Need
-// does.
+// NewEnv returns an Env on a fresh root that Populate filled. It skips
+// the test when Need does.
 func NewEnv(t testing.TB) *providers.Env {
 	t.Helper()
 	Need(t)
 	env := providertest.NewEnv(t)
-	etc := filepath.Join(env.Root, "etc")
+	Populate(t, env.Root)
+	return env
+}
+
+// Populate writes into root etc/passwd, group, shadow, gshadow,
+// login.defs and shells, with the users root, daemon and nobody and the
+// groups root, daemon, adm, sudo, users and nogroup, and an empty home.
+func Populate(t testing.TB, root string) {
+	t.Helper()
+	etc := filepath.Join(root, "etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range []struct {
 		name, content string
 		mode          os.FileMode
@@ -70,15 +80,11 @@ func NewEnv(t testing.TB) *providers.Env {
 		{"login.defs", LoginDefs, 0o644},
 		{"shells", "# /etc/shells: valid login shells\n/bin/sh\n/usr/bin/sh\n/bin/bash\n/usr/bin/bash\n", 0o644},
 	} {
-		if err := os.MkdirAll(etc, 0o755); err != nil {
-			t.Fatal(err)
-		}
 		if err := os.WriteFile(filepath.Join(etc, f.name), []byte(f.content), f.mode); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(env.Root, "home"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(root, "home"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return env
 }
