@@ -121,8 +121,8 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 		}
 		if in.GID != nil {
 			switch other, dup := byGID[*in.GID]; {
-			case *in.GID < 0 || *in.GID > 65533:
-				errs.Add(providers.Pointer(key, "gid"), "must be 0 to 65533")
+			case *in.GID < 0 || *in.GID > 2147483647 || *in.GID == 65535:
+				errs.Add(providers.Pointer(key, "gid"), "must be 0 to 2147483647, not 65535 (the 16-bit -1)")
 			case dup:
 				errs.Add(providers.Pointer(key, "gid"), "gid %d is also item %q's", *in.GID, other)
 			default:

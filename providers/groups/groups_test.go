@@ -134,7 +134,7 @@ func TestInvalid(t *testing.T) {
 		{`{"a": {"name": "b"}, "b": {}}`, "/b"},
 		{`{"a": {"gid": 5}, "b": {"gid": 5}}`, "/b/gid"},
 		{`{"a": {"gid": -1}}`, "/a/gid"},
-		{`{"a": {"gid": 70000}}`, "/a/gid"},
+		{`{"a": {"gid": 65535}}`, "/a/gid"},
 		{`{"a": {"members": ["ok", "Not Ok"]}}`, "/a/members/1"},
 		{`{"a": {"members": ["x", "x"]}}`, "/a/members/1"},
 		{`{"a": {"ensure": "gone"}}`, "/a/ensure"},

@@ -27,6 +27,8 @@ func TestAccountSchemas(t *testing.T) {
 		{"groups", `{"docker": {"owner": "x"}}`, false, "/docker/owner"},
 		{"users", `{"prune": true, "alice": {"uid": 1001, "primaryGroup": "staff", "groups": ["docker"], "shell": "/bin/bash", "home": "/home/alice", "createHome": true, "authorizedKeys": ["` + key + `"], "passwordHash": "$6$salt$abc"}, "svc": {"name": "svc.app", "system": true}, "gone": {"ensure": "absent"}}`, true, ""},
 		{"users", `{"alice": {"uid": "1001"}}`, false, "/alice/uid"},
+		{"users", `{"alice": {"uid": 65535}}`, false, "/alice/uid"},
+		{"users", `{"alice": {"uid": 100000}}`, true, ""},
 		{"users", `{"alice": {"shell": "bash"}}`, false, "/alice/shell"},
 		{"users", `{"alice": {"authorizedKeys": ["from=\"x\" ` + key + `"]}}`, false, "/alice/authorizedKeys/0"},
 		{"users", `{"alice": {"passwordHash": "plain text"}}`, false, "/alice/passwordHash"},

@@ -186,8 +186,8 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 		}
 		if in.UID != nil {
 			switch other, dup := byUID[*in.UID]; {
-			case *in.UID < 0 || *in.UID > 65533:
-				errs.Add(ptr("uid"), "must be 0 to 65533")
+			case *in.UID < 0 || *in.UID > 2147483647 || *in.UID == 65535:
+				errs.Add(ptr("uid"), "must be 0 to 2147483647, not 65535 (the 16-bit -1)")
 			case dup:
 				errs.Add(ptr("uid"), "uid %d is also item %q's", *in.UID, other)
 			default:
