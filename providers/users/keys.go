@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"strings"
 	"syscall"
 
@@ -205,4 +206,54 @@ func writeKeys(root *providers.Dir, home string, uid, gid int, data []byte) erro
 		return fmt.Errorf("%s/.ssh: %w", home, err)
 	}
 	return sd.WriteFileAtomic("authorized_keys", data, providers.FileMeta{Mode: 0o600, SetOwner: true, UID: uid, GID: gid})
+}
+
+// homeMissing reports whether the home directory is missing. A home that
+// cannot be reached without following a link counts as present: twinlet
+// neither creates nor writes through it.
+func homeMissing(root *providers.Dir, home string) (bool, error) {
+	rel, err := providers.Rel(home)
+	if err != nil || rel == "." {
+		return false, nil
+	}
+	d, err := root.Walk(rel, false, 0)
+	if err == nil {
+		d.Close()
+		return false, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
+	return false, ignoreMissing(err)
+}
+
+// makeHome creates a missing home directory, mode 0700, owned by
+// uid:gid (without a copy of /etc/skel: useradd copies it when it
+// creates the user; this only heals a home deleted later). Missing
+// parents are created 0755; no link is followed on the way.
+func makeHome(root *providers.Dir, home string, uid, gid int) error {
+	rel, err := providers.Rel(home)
+	if err != nil || rel == "." {
+		return fmt.Errorf("home %q: not a directory twinlet creates", home)
+	}
+	parent, base := path.Split(rel)
+	pd, err := root.Walk(strings.TrimSuffix(parent, "/"), true, 0o755)
+	if err != nil {
+		return fmt.Errorf("home %s: %w", home, err)
+	}
+	defer pd.Close()
+	if err := pd.Mkdir(base, 0o700); errors.Is(err, fs.ErrExist) {
+		return nil // there now: never take over what twinlet did not create
+	} else if err != nil {
+		return fmt.Errorf("home %s: %w", home, err)
+	}
+	self, err := pd.OpenNoFollow(base, os.O_RDONLY|syscall.O_DIRECTORY)
+	if err != nil {
+		return fmt.Errorf("home %s: %w", home, err)
+	}
+	defer self.Close()
+	if err := self.Chown(uid, gid); err != nil {
+		return err
+	}
+	return self.Chmod(0o700)
 }

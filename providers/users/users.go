@@ -72,8 +72,10 @@ type Item struct {
 	// Groups is the exact list of supplementary groups; nil leaves them.
 	Groups     []string
 	CreateHome bool
-	System     bool
-	Absent     bool
+	// createHomeSet is true when the item says createHome itself.
+	createHomeSet bool
+	System        bool
+	Absent        bool
 	// Keys are the authorized keys; nil leaves the file alone.
 	Keys []string
 	// Hash is the password hash from local policy.
@@ -104,6 +106,7 @@ type ItemState struct {
 	gid       int
 	hashOK    bool
 	keysOK    bool
+	noHome    bool // the home directory is missing (reported when createHome)
 	problems  []providers.FieldError
 	groupsSet bool
 }
@@ -171,7 +174,7 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 		}
 		it := Item{Name: in.Name, UID: -1, PrimaryGroup: in.PrimaryGroup, Shell: in.Shell, Home: in.Home, System: in.System, CreateHome: !in.System}
 		if in.CreateHome != nil {
-			it.CreateHome = *in.CreateHome
+			it.CreateHome, it.createHomeSet = *in.CreateHome, true
 		}
 		nameAt := ptr("name")
 		if it.Name == "" {
@@ -291,11 +294,24 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 				st.problems = append(st.problems, providers.FieldError{Pointer: providers.Pointer(key, "shell"), Message: msg})
 			}
 		}
-		if u != nil && it.Keys != nil && !it.Absent {
-			home := u.Home
+		home := ""
+		if u != nil {
+			home = u.Home
 			if it.Home != "" {
 				home = it.Home
 			}
+		}
+		// A missing home is made again for a user twinlet created, or
+		// one whose item asks for createHome itself; never for a user
+		// found on the device with a home such as /nonexistent.
+		if u != nil && it.CreateHome && (it.createHomeSet || env.Managed[it.Name]) && !it.Absent {
+			missing, err := homeMissing(root, home)
+			if err != nil {
+				return nil, fmt.Errorf("observe users/%s: home: %w", key, err)
+			}
+			st.noHome = missing
+		}
+		if u != nil && it.Keys != nil && !it.Absent {
 			ks, err := observeKeys(root, home, u.UID, u.GID, renderKeys(it.Keys))
 			if err != nil {
 				return nil, fmt.Errorf("observe users/%s: authorized keys: %w", key, err)
@@ -338,6 +354,11 @@ type account struct {
 type password struct {
 	name string
 	hash secret
+}
+
+type homeDir struct {
+	name string
+	home string // "": the user's home
 }
 
 type keys struct {
@@ -418,6 +439,13 @@ func planUser(key string, it Item, st *ItemState) []providers.Change {
 			out = append(out, providers.Change{Action: providers.Update, Item: key, Before: strings.Join(before, ", "), After: strings.Join(after, ", "), Data: a})
 		}
 	}
+	if st.Present && st.noHome {
+		home := st.Home
+		if it.Home != "" {
+			home = it.Home
+		}
+		out = append(out, providers.Change{Action: providers.Create, Item: key + "/home", After: "directory " + home + " (0700)", Data: homeDir{name: it.Name, home: it.Home}})
+	}
 	if it.Hash.set() && (!st.Present || !st.hashOK) {
 		before := "no password"
 		if st.PasswordSet != nil && *st.PasswordSet {
@@ -487,6 +515,8 @@ func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 		err = applyAccount(ctx, env, d)
 	case password:
 		err = applyPassword(ctx, env, d)
+	case homeDir:
+		err = applyHome(env, d)
 	case keys:
 		err = applyKeys(env, d)
 	default:
@@ -518,6 +548,11 @@ func applyAccount(ctx context.Context, env *providers.Env, d account) error {
 			return nil
 		}
 		return accounts.Run(ctx, env, "userdel", "--", d.name)
+	}
+	for _, g := range append([]string{d.group}, d.groups...) {
+		if g != "" && db.Group(g) == nil {
+			return fmt.Errorf("group %s does not exist (yet): create it in the groups section or locally", g)
+		}
 	}
 	if u == nil {
 		if !d.create {
@@ -591,6 +626,27 @@ func applyPassword(ctx context.Context, env *providers.Env, d password) error {
 		return nil
 	}
 	return accounts.SetHash(ctx, env, d.name, d.hash.reveal())
+}
+
+func applyHome(env *providers.Env, d homeDir) error {
+	root, err := env.OpenRoot()
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	db, err := accounts.Read(root, false)
+	if err != nil {
+		return err
+	}
+	u := db.User(d.name)
+	if u == nil {
+		return fmt.Errorf("user %s does not exist", d.name)
+	}
+	home := u.Home
+	if d.home != "" {
+		home = d.home
+	}
+	return makeHome(root, home, u.UID, u.GID)
 }
 
 func applyKeys(env *providers.Env, d keys) error {

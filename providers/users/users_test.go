@@ -157,6 +157,15 @@ func TestDriftTimeline(t *testing.T) {
 	if u, _, m := owner(t, keys); u != 1001 || m != 0o600 {
 		t.Fatalf("authorized_keys %d %o", u, m)
 	}
+	// The home is deleted: it is made again (0700, alice's), with the keys.
+	os.RemoveAll(filepath.Join(env.Root, "home/alice"))
+	heal = providertest.Converge(t, p, env, raw)
+	if got := providertest.Lines(heal); !reflect.DeepEqual(got, []string{"+ alice/home: directory /home/alice (0700)", "+ alice/authorizedKeys: 2 keys"}) {
+		t.Fatalf("home heal plan %q", got)
+	}
+	if u, g, m := owner(t, filepath.Join(env.Root, "home/alice")); u != 1001 || g != 1001 || m != 0o700 {
+		t.Fatalf("home %d:%d %o", u, g, m)
+	}
 	if left := providertest.PlanOnly(t, p, env, raw); len(left) != 0 {
 		t.Fatalf("further plan %q", providertest.Lines(left))
 	}
@@ -333,5 +342,26 @@ func TestAccountsRead(t *testing.T) {
 	u := db.User("zoe")
 	if u == nil || u.UID != 1000 || u.PasswordOK || !reflect.DeepEqual(db.SupplementaryGroups("zoe"), []string{"sudo", "users"}) {
 		t.Fatalf("zoe %+v groups %v", u, db.SupplementaryGroups("zoe"))
+	}
+}
+
+// TestMissingGroupIsTransient: a group that does not exist yet fails the
+// change with a clear message and leaves the root alone; once the group
+// exists, the same plan converges.
+func TestMissingGroupIsTransient(t *testing.T) {
+	p, env := New(), accountstest.NewEnv(t)
+	raw := json.RawMessage(`{"ann": {"groups": ["video"]}}`)
+	changes := providertest.PlanOnly(t, p, env, raw)
+	err := p.Apply(context.Background(), env, changes[0])
+	if err == nil || !strings.Contains(err.Error(), "group video does not exist") {
+		t.Fatalf("apply: %v", err)
+	}
+	if line(t, env, "passwd", "ann") != "" {
+		t.Fatal("ann was created")
+	}
+	run(t, "groupadd", "--root", env.Root, "video")
+	providertest.Converge(t, p, env, raw)
+	if got := line(t, env, "group", "video"); !strings.HasSuffix(got, ":ann") {
+		t.Fatalf("video %q", got)
 	}
 }
