@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/twinlet/twinlet/internal/accounts/accountstest"
 	"github.com/twinlet/twinlet/providers"
@@ -73,20 +74,54 @@ func BenchmarkNoopObserve20Users(b *testing.B) { benchObserve(b, false) }
 // (walked without following links, read and compared).
 func BenchmarkNoopObserve20UsersWithKeys(b *testing.B) { benchObserve(b, true) }
 
-// BenchmarkAwkFloor20Users is the floor the no-op observe is measured
-// against: what a getent-style lookup of the same 20 users costs from the
-// outside, one exec of awk that reads the root's etc/passwd and etc/group
-// and prints each user's entry and the groups that list them (getent
-// itself cannot be pointed at another root).
+const awkProg = `BEGIN{FS=":"} FNR==NR{if($1 ~ /^u[0-9][0-9]$/) print; next} {n=split($4,m,","); for(i=1;i<=n;i++) if(m[i] ~ /^u[0-9][0-9]$/) print m[i], $1}`
+
+// awkFloor is the floor the no-op observe is measured against: what a
+// getent-style lookup of the same 20 users costs from the outside, one
+// exec of awk that reads the root's etc/passwd and etc/group and prints
+// each user's entry and the groups that list them (getent itself cannot
+// be pointed at another root).
+func awkFloor(b *testing.B, env *providers.Env) {
+	out, err := exec.Command("awk", awkProg, filepath.Join(env.Root, "etc/passwd"), filepath.Join(env.Root, "etc/group")).Output()
+	if err != nil || strings.Count(string(out), "\n") != 2*benchUsers {
+		b.Fatalf("awk: %v\n%s", err, out)
+	}
+}
+
+// BenchmarkAwkFloor20Users is the awk floor alone.
 func BenchmarkAwkFloor20Users(b *testing.B) {
 	env, _ := benchRoot(b, benchSection(false))
-	prog := `BEGIN{FS=":"} FNR==NR{if($1 ~ /^u[0-9][0-9]$/) print; next} {n=split($4,m,","); for(i=1;i<=n;i++) if(m[i] ~ /^u[0-9][0-9]$/) print m[i], $1}`
-	passwd, group := filepath.Join(env.Root, "etc/passwd"), filepath.Join(env.Root, "etc/group")
 	b.ResetTimer()
 	for b.Loop() {
-		out, err := exec.Command("awk", prog, passwd, group).Output()
-		if err != nil || strings.Count(string(out), "\n") != 2*benchUsers {
-			b.Fatalf("awk: %v\n%s", err, out)
-		}
+		awkFloor(b, env)
 	}
+}
+
+// BenchmarkObserveVsAwk20Users alternates a no-op Observe and Plan of the
+// 20 users (with their authorized keys) and the awk floor in the same
+// loop, so that both see the same load on a shared machine, and reports
+// each one's time per op and their ratio (observe/awk).
+func BenchmarkObserveVsAwk20Users(b *testing.B) {
+	raw := benchSection(true)
+	env, spec := benchRoot(b, raw)
+	p, ctx := New(), context.Background()
+	var obsT, awkT time.Duration
+	n := 0
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		obs, err := p.Observe(ctx, env, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if ch, err := p.Plan(spec, obs); err != nil || len(ch) != 0 {
+			b.Fatalf("not a no-op: %v %v", providertest.Lines(ch), err)
+		}
+		t1 := time.Now()
+		awkFloor(b, env)
+		obsT, awkT, n = obsT+t1.Sub(t0), awkT+time.Since(t1), n+1
+	}
+	b.ReportMetric(float64(obsT.Nanoseconds())/float64(n), "observe-ns/op")
+	b.ReportMetric(float64(awkT.Nanoseconds())/float64(n), "awk-ns/op")
+	b.ReportMetric(float64(obsT)/float64(awkT), "observe/awk")
 }

@@ -101,19 +101,33 @@ type keysState struct {
 	inSync bool
 }
 
-// observeKeys reads <home>/.ssh/authorized_keys without following a link
-// anywhere on the way, and compares it with want for a user uid:gid.
-func observeKeys(root *providers.Dir, home string, uid, gid int, want []byte) (keysState, error) {
-	st := keysState{count: -1}
+// openHome opens a user's home directory without following a link on
+// the way. missing is true when it does not exist; a home that cannot be
+// reached without following a link is neither opened nor missing: twinlet
+// neither creates nor writes through it. The caller closes the Dir.
+func openHome(root *providers.Dir, home string) (hd *providers.Dir, missing bool, err error) {
 	rel, err := providers.Rel(home)
-	if err != nil {
+	if err != nil || rel == "." {
+		return nil, false, nil
+	}
+	hd, err = root.Walk(rel, false, 0)
+	switch {
+	case err == nil:
+		return hd, false, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, true, nil
+	}
+	return nil, false, ignoreMissing(err)
+}
+
+// observeKeys reads .ssh/authorized_keys in the home hd (nil: no home)
+// without following a link, and compares it with want for a user
+// uid:gid.
+func observeKeys(hd *providers.Dir, uid, gid int, want []byte) (keysState, error) {
+	st := keysState{count: -1}
+	if hd == nil {
 		return st, nil
 	}
-	hd, err := root.Walk(rel, false, 0)
-	if err != nil {
-		return st, ignoreMissing(err)
-	}
-	defer hd.Close()
 	sd, err := hd.Walk(".ssh", false, 0)
 	if err != nil {
 		return st, ignoreMissing(err)
@@ -206,25 +220,6 @@ func writeKeys(root *providers.Dir, home string, uid, gid int, data []byte) erro
 		return fmt.Errorf("%s/.ssh: %w", home, err)
 	}
 	return sd.WriteFileAtomic("authorized_keys", data, providers.FileMeta{Mode: 0o600, SetOwner: true, UID: uid, GID: gid})
-}
-
-// homeMissing reports whether the home directory is missing. A home that
-// cannot be reached without following a link counts as present: twinlet
-// neither creates nor writes through it.
-func homeMissing(root *providers.Dir, home string) (bool, error) {
-	rel, err := providers.Rel(home)
-	if err != nil || rel == "." {
-		return false, nil
-	}
-	d, err := root.Walk(rel, false, 0)
-	if err == nil {
-		d.Close()
-		return false, nil
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return true, nil
-	}
-	return false, ignoreMissing(err)
 }
 
 // makeHome creates a missing home directory, mode 0700, owned by

@@ -294,32 +294,34 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 				st.problems = append(st.problems, providers.FieldError{Pointer: providers.Pointer(key, "shell"), Message: msg})
 			}
 		}
-		home := ""
-		if u != nil {
-			home = u.Home
+		manageHome := it.CreateHome && (it.createHomeSet || env.Managed[it.Name])
+		if u != nil && !it.Absent && (manageHome || it.Keys != nil) {
+			home := u.Home
 			if it.Home != "" {
 				home = it.Home
 			}
-		}
-		// A missing home is made again for a user twinlet created, or
-		// one whose item asks for createHome itself; never for a user
-		// found on the device with a home such as /nonexistent.
-		if u != nil && it.CreateHome && (it.createHomeSet || env.Managed[it.Name]) && !it.Absent {
-			missing, err := homeMissing(root, home)
+			hd, missing, err := openHome(root, home)
 			if err != nil {
-				return nil, fmt.Errorf("observe users/%s: home: %w", key, err)
+				return nil, fmt.Errorf("observe users/%s: home %s: %w", key, home, err)
 			}
-			st.noHome = missing
-		}
-		if u != nil && it.Keys != nil && !it.Absent {
-			ks, err := observeKeys(root, home, u.UID, u.GID, renderKeys(it.Keys))
-			if err != nil {
-				return nil, fmt.Errorf("observe users/%s: authorized keys: %w", key, err)
+			// A missing home is made again for a user twinlet created,
+			// or one whose item asks for createHome itself; never for a
+			// user found on the device with a home such as /nonexistent.
+			st.noHome = missing && manageHome
+			if it.Keys != nil {
+				ks, err := observeKeys(hd, u.UID, u.GID, renderKeys(it.Keys))
+				if err != nil {
+					hd.Close()
+					return nil, fmt.Errorf("observe users/%s: authorized keys: %w", key, err)
+				}
+				st.keysOK = ks.inSync
+				if ks.count >= 0 {
+					n := ks.count
+					st.AuthorizedKeys = &n
+				}
 			}
-			st.keysOK = ks.inSync
-			if ks.count >= 0 {
-				n := ks.count
-				st.AuthorizedKeys = &n
+			if hd != nil {
+				hd.Close()
 			}
 		}
 		o.Items[key] = st
@@ -667,7 +669,14 @@ func applyKeys(env *providers.Env, d keys) error {
 	if d.home != "" {
 		home = d.home
 	}
-	ks, err := observeKeys(root, home, u.UID, u.GID, d.data)
+	hd, _, err := openHome(root, home)
+	if err != nil {
+		return err
+	}
+	ks, err := observeKeys(hd, u.UID, u.GID, d.data)
+	if hd != nil {
+		hd.Close()
+	}
 	if err != nil || ks.inSync {
 		return err
 	}
