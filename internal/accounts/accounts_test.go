@@ -80,6 +80,6 @@ func TestScopeCheck(t *testing.T) {
 		t.Error("privileged scope forbids a group")
 	}
 	if _, no := ScopeCheck(r, "bob", false); !no {
-		t.Error("privileged scope lifts the name globs")
+		t.Error("privileged must not lift the name globs")
 	}
 }
