@@ -718,6 +718,9 @@ func sourceKind(m *Merged) string {
 func (r *Reconciler) unreadyDependency(info providers.Info) string {
 	for _, d := range info.DependsOn {
 		dc := r.ctrls[d]
+		if dc == nil {
+			continue // no provider owns it here: never desired
+		}
 		ins, probs := r.inputs(d)
 		if len(ins) == 0 && len(probs) == 0 && !dc.info.ReadOnly {
 			continue // nothing desires it

@@ -61,7 +61,10 @@ var CloudDeny = []string{
 }
 
 func init() {
-	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New, CloudDeny: CloudDeny})
+	// An owner or group named by a file may be a user or group that the
+	// users section creates; the reconciler skips a dependency that
+	// nothing desires, so files never waits when no users are desired.
+	providers.Register(providers.Info{ID: ID, Kind: providers.Collection, New: New, CloudDeny: CloudDeny, DependsOn: []string{"users"}})
 }
 
 // New returns the files provider.

@@ -8,9 +8,11 @@ import (
 	_ "github.com/twinlet/twinlet/providers/commands"
 	_ "github.com/twinlet/twinlet/providers/deviceinfo"
 	_ "github.com/twinlet/twinlet/providers/files"
+	_ "github.com/twinlet/twinlet/providers/groups"
 	_ "github.com/twinlet/twinlet/providers/hostname"
 	_ "github.com/twinlet/twinlet/providers/packages"
 	_ "github.com/twinlet/twinlet/providers/reboot"
 	_ "github.com/twinlet/twinlet/providers/sysctl"
 	_ "github.com/twinlet/twinlet/providers/timezone"
+	_ "github.com/twinlet/twinlet/providers/users"
 )
