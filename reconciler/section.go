@@ -541,6 +541,7 @@ func (p *pass) verify() bool {
 		}
 	}
 	p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+	p.res.observedValue = p.observed
 	if p.c.info.ReadOnly {
 		return true
 	}
@@ -681,6 +682,9 @@ func sourceKind(m *Merged) string {
 func (r *Reconciler) unreadyDependency(info providers.Info) string {
 	for _, d := range info.DependsOn {
 		dc := r.ctrls[d]
+		if dc == nil {
+			continue // no provider owns it: nothing can desire it
+		}
 		ins, probs := r.inputs(d)
 		if len(ins) == 0 && len(probs) == 0 && !dc.info.ReadOnly {
 			continue // nothing desires it
