@@ -7,6 +7,8 @@ import (
 	_ "github.com/twinlet/twinlet/providers/deviceinfo"
 	_ "github.com/twinlet/twinlet/providers/files"
 	_ "github.com/twinlet/twinlet/providers/hostname"
+	_ "github.com/twinlet/twinlet/providers/ntp"
+	_ "github.com/twinlet/twinlet/providers/services"
 	_ "github.com/twinlet/twinlet/providers/sysctl"
 	_ "github.com/twinlet/twinlet/providers/timezone"
 )
