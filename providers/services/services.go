@@ -539,9 +539,12 @@ func observeUnits(ctx context.Context, env *providers.Env, live bool, units []st
 	}
 	args := systemctl(env, false, append([]string{"list-unit-files", "--no-legend", "--no-pager", "--full", "--"}, units...)...)
 	b, err := env.Runner.Run(ctx, "systemctl", args...)
-	if err != nil {
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
 		return nil, err
 	}
+	// It exits 1 when no pattern matches a unit file; those that do not
+	// match are asked one by one below, which tells the real errors.
 	listed := map[string]string{}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
@@ -715,7 +718,7 @@ func planUnit(name string, u Unit, st *UnitState, o *Observed, dropInChanged boo
 	case wantMask && !masked:
 		change("mask", enabled, "masked")
 		enabled, masked = "masked", true
-	case masked && (u.Masked != nil || u.Enabled != nil && *u.Enabled || u.State == "running"):
+	case masked && (u.Masked != nil && !*u.Masked || u.Enabled != nil && *u.Enabled || u.State == "running"):
 		// Unmask when masked: false, or when enabling or running needs it.
 		change("unmask", enabled, "unmasked")
 		enabled, masked = "disabled", false
