@@ -97,6 +97,8 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 		Servers  []string  `json:"servers"`
 		Fallback *[]string `json:"fallback"`
 		Enabled  *bool     `json:"enabled"`
+		// The reconciler handles reportingMode (and strips it).
+		ReportingMode json.RawMessage `json:"reportingMode"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
