@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/twinlet/twinlet/internal/testutil"
 	"github.com/twinlet/twinlet/providers"
 )
 
@@ -17,6 +18,10 @@ type peeker struct {
 	mu   *sync.Mutex
 	seen map[string]string
 }
+
+// WatchPaths watches nothing: only the reconciler's re-enqueue can bring
+// peek back after notes changed.
+func (peeker) WatchPaths(*providers.Env, providers.Spec) []string { return nil }
 
 func (p peeker) Observe(ctx context.Context, env *providers.Env, spec providers.Spec) (providers.Observed, error) {
 	p.mu.Lock()
@@ -71,4 +76,31 @@ spec:
 	if pk.seen["unowned"] != "<none>" || pk.seen["other"] != "<none>" {
 		t.Errorf("sections peek does not depend on are visible: %v", pk.seen)
 	}
+}
+
+// When a dependency changes something, the sections that depend on it
+// are reconciled again at once, though their own input did not change:
+// services restarts a unit whose files item was rewritten.
+func TestDependencyChangeReenqueuesDependents(t *testing.T) {
+	f := newFixture(t)
+	doc := "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: { name: p }\nspec:\n  notes: { a: %s }\n"
+	f.policy(t, "p.yaml", strings.Replace(doc, "%s", "one", 1))
+	f.policy(t, "q.yaml", "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: { name: q }\nspec:\n  peek: { b: two }\n")
+	pk := peeker{mu: &sync.Mutex{}, seen: map[string]string{}}
+	r := f.new(t, func(o *Options) {
+		o.Providers = []providers.Info{
+			{ID: "notes", Kind: providers.Collection, Schema: noteSchema, New: func() providers.Provider { return note{} }},
+			{ID: "peek", Kind: providers.Collection, Schema: noteSchema, DependsOn: []string{"notes"}, New: func() providers.Provider { return pk }},
+		}
+	})
+	seen := func() string { pk.mu.Lock(); defer pk.mu.Unlock(); return pk.seen["notes"] }
+	// The sources as seen, so that the change below changes notes only.
+	if _, err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	stop := runLoop(t, r)
+	defer stop()
+	testutil.Eventually(t, "peek sees notes", func() bool { return seen() == `{"a":"one"}` && resultOf(r, "peek").State == StateReady })
+	f.policy(t, "p.yaml", strings.Replace(doc, "%s", "uno", 1))
+	testutil.Eventually(t, "peek reconciled again after notes changed", func() bool { return seen() == `{"a":"uno"}` })
 }
