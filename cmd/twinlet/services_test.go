@@ -98,3 +98,43 @@ func TestServicesNTPThroughTheCLI(t *testing.T) {
 		t.Fatalf("web.service not enabled again: %v", err)
 	}
 }
+
+// TestServicesCloudScope: from the twin, a drop-in (ExecStart= is root
+// code execution) and the ssh unit are Forbidden by default, with their
+// pointers; the allowed item converges; local policy may write drop-ins.
+func TestServicesCloudScope(t *testing.T) {
+	if _, err := exec.LookPath("systemctl"); err != nil {
+		t.Skip("systemctl is not installed: run `make systemd-tools` (apt-get install systemd)")
+	}
+	s := newSandbox(t)
+	unitDir := filepath.Join(s.root, "usr/lib/systemd/system")
+	os.MkdirAll(unitDir, 0o755)
+	for _, u := range []string{"web.service", "ssh.service"} {
+		os.WriteFile(filepath.Join(unitDir, u), []byte("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"), 0o644)
+	}
+	s.write(t, "local.yaml", policyDoc("default", "  services:\n    dropIns:\n      local: { unit: web.service, content: \"[Service]\\nNice=5\\n\" }\n"))
+	twin := filepath.Join(t.TempDir(), "twin.json")
+	os.WriteFile(twin, []byte(`{"services":{"web":{"enabled":true},"ssh":{"masked":true},`+
+		`"dropIns":{"evil":{"unit":"web.service","content":"[Service]\nExecStart=/bin/sh -c id\n"}}},"$version":3}`), 0o644)
+	code, out, errs := twinlet(t, s.args("apply", "--once", "--twin-desired", twin, "--output", "json")...)
+	if code == 0 {
+		t.Fatalf("apply succeeded though the twin was out of scope:\n%s%s", out, errs)
+	}
+	for _, want := range []string{`"Forbidden"`, `"pointer": "/ssh"`, `"pointer": "/dropIns/evil"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %s:\n%s", want, out)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(s.root, "etc/systemd/system/ssh.service")); err == nil {
+		t.Error("the twin masked ssh.service")
+	}
+	if _, err := os.Lstat(filepath.Join(s.root, "etc/systemd/system/multi-user.target.wants/web.service")); err != nil {
+		t.Errorf("the allowed twin item did not converge: %v", err)
+	}
+	if got := s.file("etc/systemd/system/web.service.d/evil.conf"); got != "<missing>" {
+		t.Errorf("the twin wrote a drop-in: %q", got)
+	}
+	if got := s.file("etc/systemd/system/web.service.d/local.conf"); got != "[Service]\nNice=5\n" {
+		t.Errorf("local drop-in: %q", got)
+	}
+}
