@@ -43,7 +43,9 @@ type Info struct {
 	// Kind says how layers of this section merge.
 	Kind Kind
 	// DependsOn lists section ids that must be Ready before this section
-	// is reconciled (users before files, for example).
+	// is reconciled (users before files, for example). A dependency that
+	// nothing desires, or that no provider in the binary owns, does not
+	// hold the section back.
 	DependsOn []string
 	// ReadOnly providers only observe and report (deviceInfo); they have
 	// no desired state, their Plan always returns no change, and they are

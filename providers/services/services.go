@@ -844,7 +844,12 @@ func (p *Provider) apply(ctx context.Context, env *providers.Env, o op) error {
 		_, err := env.Runner.Run(ctx, "systemctl", "daemon-reload")
 		return err
 	case opSystemctl:
-		if _, err := env.Runner.Run(ctx, "systemctl", systemctl(env, o.live, o.verb, "--", o.unit)...); err != nil {
+		args := []string{o.verb, "--", o.unit}
+		if o.verb == "mask" && o.live {
+			// Masked means it cannot run: stop it too.
+			args = []string{"mask", "--now", "--", o.unit}
+		}
+		if _, err := env.Runner.Run(ctx, "systemctl", systemctl(env, o.live, args...)...); err != nil {
 			return err
 		}
 	}
