@@ -261,12 +261,16 @@ func TestLivePlan(t *testing.T) {
 	  "db":    {"state": "stopped"},
 	  "cache": {"state": "running", "restartOn": ["cacheConf"]},
 	  "idle":  {"restartOn": ["idleConf"]},
+	  "fresh": {"restartOn": ["freshConf"]},
 	  "dropIns": {"x": {"unit": "db.service", "content": "[Service]\nNice=5\n"}}}`))
 	o := &Observed{Live: true, DropIns: map[string]*DropInState{"x": {Unit: "db.service", Path: dropInPath("db.service", "x")}}, Units: map[string]*UnitState{
 		"web":   {Unit: "web.service", Enabled: "enabled", Active: "active", RestartOn: map[string]string{"webConf": "sha256:new"}, Restarted: map[string]string{"webConf": "sha256:old"}},
 		"db":    {Unit: "db.service", Enabled: "enabled", Active: "active"},
 		"cache": {Unit: "cache.service", Enabled: "enabled", Active: "inactive", RestartOn: map[string]string{"cacheConf": "sha256:c"}},
 		"idle":  {Unit: "idle.service", Enabled: "enabled", Active: "failed", RestartOn: map[string]string{"idleConf": "sha256:i"}},
+		// Running, never recorded: it may have started before the file
+		// was written, so it restarts once.
+		"fresh": {Unit: "fresh.service", Enabled: "enabled", Active: "active", RestartOn: map[string]string{"freshConf": "sha256:f"}},
 	}}
 	changes, err := p.Plan(spec, o)
 	if err != nil {
@@ -278,6 +282,7 @@ func TestLivePlan(t *testing.T) {
 		"~ daemon-reload: reload systemd's unit files",
 		"~ cache: cache.service inactive -> running",
 		"~ db: db.service active -> stopped",
+		"~ fresh: fresh.service restartOn files/freshConf none→sha256:f -> restart",
 		"~ idle: restartOn files/idleConf none→sha256:i -> recorded (idle.service is not running: its next start reads the new files)",
 		"~ web: web.service restartOn files/webConf sha256:old→sha256:new -> restart",
 	}
