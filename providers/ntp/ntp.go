@@ -49,7 +49,9 @@ const fallbackMark = "# fallback (chrony has none: used like the servers above)\
 const header = "# Managed by twinlet (section \"ntp\"): edits are overwritten.\n"
 
 func init() {
-	providers.Register(providers.Info{ID: ID, Kind: providers.Object, New: New})
+	// After packages, which may install chrony: the daemon is detected
+	// from what the root has.
+	providers.Register(providers.Info{ID: ID, Kind: providers.Object, New: New, DependsOn: []string{"packages"}})
 }
 
 // New returns the ntp provider.

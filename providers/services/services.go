@@ -864,6 +864,9 @@ func (p *Provider) apply(ctx context.Context, env *providers.Env, o op) error {
 type records map[string]map[string]string
 
 func readRecords(stateDir string) (records, error) {
+	if stateDir == "" {
+		return records{}, nil
+	}
 	b, err := os.ReadFile(filepath.Join(stateDir, RecordFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return records{}, nil
@@ -880,8 +883,14 @@ func readRecords(stateDir string) (records, error) {
 }
 
 func (p *Provider) writeRecord(stateDir, unit string, rec map[string]string) error {
+	if stateDir == "" {
+		return errors.New("no state directory to remember restartOn fingerprints in")
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return err
+	}
 	r, err := readRecords(stateDir)
 	if err != nil {
 		return err
