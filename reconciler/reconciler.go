@@ -613,8 +613,9 @@ func (r *Reconciler) env(id string, managed, interrupted map[string]bool, log *s
 }
 
 // dependencyObserved is Env.DependencyObserved for section id: the last
-// complete observation of a section that id depends on, as its provider
-// returned it (not cut down by its reporting mode). It reads the other
+// complete observation of a Ready section that id depends on, as its
+// provider returned it (not cut down by its reporting mode; providers
+// never change an Observed after returning it). It reads the other
 // section's last result under that controller's own lock only, and never
 // blocks on a reconcile.
 func (r *Reconciler) dependencyObserved(id string) func(string) (json.RawMessage, bool) {
@@ -627,7 +628,7 @@ func (r *Reconciler) dependencyObserved(id string) func(string) (json.RawMessage
 			return nil, false
 		}
 		res := r.ctrls[dep].lastResult()
-		if res == nil || res.observedValue == nil {
+		if res == nil || res.observedValue == nil || res.Status.State != StateReady {
 			return nil, false
 		}
 		b, err := json.Marshal(res.observedValue)
