@@ -175,12 +175,20 @@ func daemon(root *providers.Dir) (string, string) {
 	if fi, err := root.Stat("etc/chrony"); err == nil && fi.IsDir() {
 		return Chrony, ChronyPath
 	}
-	for _, p := range []string{"usr/lib/systemd/system/chrony.service", "lib/systemd/system/chrony.service", "etc/systemd/system/chrony.service"} {
-		if _, err := root.Stat(p); err == nil {
-			return Chrony, ChronyPath
-		}
+	if hasUnit(root, "chrony.service") {
+		return Chrony, ChronyPath
 	}
 	return Timesyncd, TimesyncdPath
+}
+
+// hasUnit reports whether the root has a unit file for unit.
+func hasUnit(root *providers.Dir, unit string) bool {
+	for _, dir := range []string{"usr/lib/systemd/system/", "lib/systemd/system/", "etc/systemd/system/"} {
+		if _, err := root.Stat(dir + unit); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func booted(root *providers.Dir) bool {
@@ -206,6 +214,9 @@ func (Provider) Observe(ctx context.Context, env *providers.Env, spec providers.
 		o.Servers, o.Fallback = parse(o.Daemon, b)
 	}
 	var notes []string
+	if o.Daemon == Timesyncd && !hasUnit(root, "systemd-timesyncd.service") {
+		notes = append(notes, "neither chrony nor systemd-timesyncd is installed in this root: the timesyncd drop-in takes effect once timesyncd is")
+	}
 	if o.Daemon == Chrony {
 		conf, _ := root.ReadFileIfExists("etc/chrony/chrony.conf")
 		if conf != nil && !readsSourcesDir(conf) {

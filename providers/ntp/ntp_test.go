@@ -48,6 +48,14 @@ func TestTimesyncdTimeline(t *testing.T) {
 		t.Fatalf("drop-in:\n%s", s)
 	}
 	obs := providertest.ObserveJSON(t, p, env, raw)
+	if !strings.Contains(obs["message"].(string), "neither chrony nor systemd-timesyncd is installed") {
+		t.Errorf("a root without a daemon is not reported: %v", obs["message"])
+	}
+	write(t, env, "usr/lib/systemd/system/systemd-timesyncd.service", "[Service]\n")
+	obs = providertest.ObserveJSON(t, p, env, raw)
+	if strings.Contains(obs["message"].(string), "installed") {
+		t.Errorf("timesyncd installed but reported missing: %v", obs["message"])
+	}
 	if obs["daemon"] != Timesyncd || obs["synchronized"] != "unknown" || !strings.Contains(obs["message"].(string), "not observable") ||
 		!reflect.DeepEqual(obs["servers"], []any{"ntp1.corp.example", "10.0.0.1", "2001:db8::1"}) || !reflect.DeepEqual(obs["fallback"], []any{"pool.ntp.org"}) {
 		t.Fatalf("observed %v", obs)
