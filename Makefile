@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools release
 
 all: build
 
@@ -61,6 +61,16 @@ ca-tools:
 	  else echo "the certificates tests need:$$missing (apt-get install$$missing)" >&2; fi; \
 	fi
 
+# systemctl (package systemd) for the services provider's tests, which
+# drive systemctl --root on temporary roots; no running systemd is needed.
+systemd-tools:
+	@command -v systemctl >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing systemd (Debian package) for the services tests"; \
+	    (apt-get install -y -qq -o DPkg::Lock::Timeout=600 systemd >/dev/null 2>&1 || \
+	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 systemd >/dev/null; }); \
+	  else echo "the services tests need systemctl (apt-get install systemd)" >&2; fi; }
+
 # The agent in the foreground on the example policy, acting on a sandbox root
 # inside the checkout (git-ignored): it never touches this machine's /etc.
 run: build
@@ -71,7 +81,7 @@ run: build
 test: lint unit conformance
 
 # Every Go test under the race detector.
-unit: tpm-tools deb-tools ca-tools
+unit: tpm-tools deb-tools ca-tools systemd-tools
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:

@@ -2,6 +2,7 @@ package providers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -55,6 +56,13 @@ type Env struct {
 	// when nothing desires the section. Reconciles leave it nil: they get
 	// the decoded Spec.
 	Desired []byte
+	// DependencyObserved returns the last verified observation of another
+	// section, whole (whatever its reporting mode) and as JSON, and
+	// whether there is one. Only the sections of the provider's DependsOn
+	// are visible; one that is not desired, not reconciled yet since the
+	// agent started, or not Ready has none. Nil when the runtime offers
+	// none (a test Env). services reads the files items it restarts on.
+	DependencyObserved func(section string) (json.RawMessage, bool)
 	// OnProgress receives progress of a long Apply; nil when nobody
 	// listens. Providers call Progress, never this.
 	OnProgress func(step string, done, total int)

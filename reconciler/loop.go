@@ -221,9 +221,11 @@ func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.
 		if res.Status.State == StateReady {
 			// Sections that wait on this one may go on: those not Ready,
 			// and those running now, which may have looked before this
-			// result was in.
+			// result was in. When this one changed something, all of
+			// them: they may act on what changed (services restart a
+			// unit whose files item was rewritten).
 			for _, other := range r.deps[id] {
-				if or := r.ctrls[other].lastResult(); q.Active(other) || or == nil || or.Status.State != StateReady {
+				if or := r.ctrls[other].lastResult(); res.Status.Changes > 0 || q.Active(other) || or == nil || or.Status.State != StateReady {
 					q.Add(other)
 				}
 			}

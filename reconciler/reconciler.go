@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -166,9 +167,10 @@ type Reconciler struct {
 }
 
 // New builds a Reconciler: it checks every registration (a section or a
-// direct method without a schema, a schema that does not compile, a cycle
-// or a missing dependency is an error), orders the providers by their
-// dependencies and loads the state (a corrupt state is logged and replaced
+// direct method without a schema, a schema that does not compile or a
+// cycle is an error), orders the providers by their dependencies (a
+// dependency on a section that no provider owns is ignored: nothing can
+// desire it) and loads the state (a corrupt state is logged and replaced
 // by a fresh one). Once changes still recorded as in flight were cut off
 // by a crash: they become interrupted and are never applied again.
 func New(opts Options) (*Reconciler, error) {
@@ -641,10 +643,38 @@ func (r *Reconciler) env(id string, managed, interrupted map[string]bool, log *s
 	return &providers.Env{
 		Root: r.opts.Root, StateDir: r.opts.StateDir, AllowedRoots: r.opts.AllowedRoots,
 		Runner: r.opts.Runner, Now: r.opts.Now, Logger: log, Managed: managed, Interrupted: interrupted,
-		RebootRequired: func() []string { r.recheckBoot(); return r.RebootRequiredBy() },
-		RequeueAfter:   func(d time.Duration) { r.requeueAfter(id, d) },
-		CloudAllowed:   r.cloud == nil || r.cloud[id],
-		CloudRules:     rules,
+		RebootRequired:     func() []string { r.recheckBoot(); return r.RebootRequiredBy() },
+		RequeueAfter:       func(d time.Duration) { r.requeueAfter(id, d) },
+		CloudAllowed:       r.cloud == nil || r.cloud[id],
+		CloudRules:         rules,
+		DependencyObserved: r.dependencyObserved(id),
+	}
+}
+
+// dependencyObserved is Env.DependencyObserved for section id: the last
+// complete observation of a Ready section that id depends on, as its
+// provider returned it (not cut down by its reporting mode; providers
+// never change an Observed after returning it). It reads the other
+// section's last result under that controller's own lock only, and never
+// blocks on a reconcile.
+func (r *Reconciler) dependencyObserved(id string) func(string) (json.RawMessage, bool) {
+	c := r.ctrls[id]
+	if c == nil {
+		return nil
+	}
+	return func(dep string) (json.RawMessage, bool) {
+		if !slices.Contains(c.info.DependsOn, dep) || r.ctrls[dep] == nil {
+			return nil, false
+		}
+		res := r.ctrls[dep].lastResult()
+		if res == nil || res.observedValue == nil || res.Status.State != StateReady {
+			return nil, false
+		}
+		b, err := json.Marshal(res.observedValue)
+		if err != nil {
+			return nil, false
+		}
+		return b, true
 	}
 }
 

@@ -741,6 +741,7 @@ const autoMinimalItems = 50
 // takes the provider's __summary counters from it (SummaryCounter).
 func (p *pass) report() {
 	p.res.Observed = p.r.observedJSON(p.c, p.meta.ReportingMode, itemCount(p.merged.Value), p.observed, p.plan)
+	p.res.observedValue = p.observed
 	p.res.Counters = nil
 	if sc, ok := p.c.p.(providers.SummaryCounter); ok && p.observed != nil {
 		err := p.c.guard(p.ctx, "summary counters", func(context.Context) error {

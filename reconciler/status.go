@@ -136,4 +136,7 @@ type SectionResult struct {
 	Absent bool
 	// inputHash identifies the desired input this result is for.
 	inputHash string
+	// observedValue is the provider's last verified observation, whole,
+	// for the sections that depend on this one (Env.DependencyObserved).
+	observedValue providers.Observed
 }

@@ -62,6 +62,20 @@ func TestSchemas(t *testing.T) {
 		{"sysctl", `{"a": {"key": "net.ipv4.ip_forward"}}`, false, "/a"},
 		{"sysctl", `{"a": {"key": "net.ipv4.ip_forward", "value": true}}`, false, "/a/value"},
 		{"sysctl", `{"a.b": {"key": "vm.swappiness", "value": "1"}}`, false, "/a.b"},
+		{"services", `{"prune": true, ` + meta + `, "nginx": {"unit": "nginx.service", "enabled": true, "state": "running", "restartOn": ["conf"]}, "bt": {"masked": true}, "dropIns": {"limits": {"unit": "nginx.service", "content": "[Service]\nLimitNOFILE=65536\n"}}}`, true, ""},
+		{"services", `{"getty": {"unit": "getty@tty1.service", "enabled": true}, "dropIns": {"old": {"unit": "x.service", "ensure": "absent"}}}`, true, ""},
+		{"services", `{"nginx": {"unit": "nginx"}}`, false, "/nginx/unit"},
+		{"services", `{"nginx": {"unit": "ng/inx.service"}}`, false, "/nginx/unit"},
+		{"services", `{"nginx": {"state": "started"}}`, false, "/nginx/state"},
+		{"services", `{"nginx": {"masked": true, "enabled": true}}`, false, "/nginx/enabled"},
+		{"services", `{"nginx": {"restartOn": ["a", "a"]}}`, false, "/nginx/restartOn"},
+		{"services", `{"dropIns": {"l": {"unit": "x.service"}}}`, false, "/dropIns/l"},
+		{"services", `{"dropIns": {"l": {"unit": "x.service", "content": "[Service]\n", "mode": "0600"}}}`, false, "/dropIns/l/mode"},
+		{"ntp", `{"servers": ["ntp1.example", "10.0.0.1", "2001:db8::1"], "fallback": ["pool.ntp.org"], "enabled": true, ` + meta + `}`, true, ""},
+		{"ntp", `{"enabled": false}`, true, ""},
+		{"ntp", `{"servers": ["a b"]}`, false, "/servers/0"},
+		{"ntp", `{"servers": "pool.ntp.org"}`, false, "/servers"},
+		{"ntp", `{"pool": ["x"]}`, false, "/pool"},
 	} {
 		t.Run(tc.id+" "+tc.doc, func(t *testing.T) {
 			problems, err := schemas.Validate(tc.id, []byte(tc.doc))
@@ -97,7 +111,7 @@ func TestSchemas(t *testing.T) {
 // TestSchemaDocs checks that every schema is self-describing: a title,
 // a description, and a description on every property.
 func TestSchemaDocs(t *testing.T) {
-	for _, id := range []string{"certificates", "commands", "deviceInfo", "files", "hostname", "reboot", "sysctl", "timezone"} {
+	for _, id := range []string{"certificates", "commands", "deviceInfo", "files", "hostname", "ntp", "reboot", "services", "sysctl", "timezone"} {
 		raw, ok := schemas.Raw(id)
 		if !ok {
 			t.Fatalf("no schema %s", id)
