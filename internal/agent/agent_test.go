@@ -195,9 +195,17 @@ func TestDesiredPatchBecomesReady(t *testing.T) {
 			path(rep, "files", "__status", "state") == "Ready" &&
 			path(rep, "timezone", "__status", "state") == "Failed"
 	})
-	// Once converged, an idle agent sends nothing (no patch loop).
+	// Once converged, an idle agent sends nothing (no patch loop). The
+	// states above can be reached one reconcile before the last report
+	// (a section's own write wakes it once more: Applied → Unchanged), so
+	// first wait for a quiet moment; a patch loop never has one.
+	testutil.Eventually(t, "a quiet moment", func() bool {
+		n := a.Attempts()
+		time.Sleep(300 * time.Millisecond) // a window in which nothing may happen
+		return a.Attempts() == n
+	})
 	before := a.Attempts()
-	time.Sleep(500 * time.Millisecond) // a window in which nothing may happen
+	time.Sleep(time.Second) // a window in which nothing may happen
 	if n := a.Attempts() - before; n != 0 {
 		t.Fatalf("%d reported patches while idle", n)
 	}
