@@ -153,6 +153,9 @@ type Reconciler struct {
 	stMu    sync.Mutex // the persisted state
 	st      *state.State
 	saveSeq uint64 // snapshots taken (under stMu)
+	// policyDirty: st.PolicyValidated changed since the state was last
+	// saved (under stMu).
+	policyDirty bool
 
 	writeMu sync.Mutex // state writes, in snapshot order
 	written uint64     // the last snapshot written
@@ -394,10 +397,33 @@ func (r *Reconciler) loadSources() error {
 	var pol *policy.Set
 	if r.opts.PolicyDir != "" {
 		var err error
-		pol, err = policy.LoadDir(r.opts.PolicyDir, r.Known)
+		r.stMu.Lock()
+		validated := map[string]bool{}
+		for _, d := range r.st.PolicyValidated {
+			validated[d] = true
+		}
+		r.stMu.Unlock()
+		pol, err = policy.LoadDirValidated(r.opts.PolicyDir, r.Known, validated)
 		if err != nil {
 			return err
 		}
+		// Remember the documents read now, and only those.
+		var now []string
+		for _, d := range pol.Docs {
+			if d.Validated != "" {
+				now = append(now, d.Validated)
+			}
+		}
+		sort.Strings(now)
+		now = slices.Compact(now)
+		r.stMu.Lock()
+		if !slices.Equal(now, r.st.PolicyValidated) {
+			// Saved by the next reconcile that is not a dry run
+			// (`twinlet plan` writes nothing).
+			r.st.PolicyValidated = now
+			r.policyDirty = true
+		}
+		r.stMu.Unlock()
 	} else {
 		pol = &policy.Set{Failed: map[string]bool{}}
 	}

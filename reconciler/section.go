@@ -92,6 +92,17 @@ type pass struct {
 }
 
 func (r *Reconciler) newPass(ctx context.Context, c *controller, dryRun bool) *pass {
+	if !dryRun {
+		r.stMu.Lock()
+		dirty := r.policyDirty
+		r.policyDirty = false
+		r.stMu.Unlock()
+		if dirty {
+			if err := r.saveState(); err != nil {
+				r.log.Warn("state not saved", "err", err)
+			}
+		}
+	}
 	r.mu.Lock()
 	r.seq++
 	rid := r.seq
@@ -509,8 +520,11 @@ func (p *pass) apply() bool {
 	}
 	p.env.OnProgress = nil
 	p.res.Status.Changes = p.applied
-	if err := p.r.saveSection(id, func(sec *state.Section) { sec.SetManaged(p.managed) }); err != nil && applyErr == nil {
-		applyErr = err
+	// Deletes forget their keys; an empty plan changed nothing to save.
+	if len(p.plan) > 0 {
+		if err := p.r.saveSection(id, func(sec *state.Section) { sec.SetManaged(p.managed) }); err != nil && applyErr == nil {
+			applyErr = err
+		}
 	}
 	if applyErr == nil {
 		return true

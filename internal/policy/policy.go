@@ -41,7 +41,10 @@ type Document struct {
 	Mode  Mode
 	// Sections maps section ids to their JSON.
 	Sections map[string]json.RawMessage
-	root     *yaml.Node
+	// Validated is the document's ValidatedDigest when it was loaded by
+	// LoadDirValidated, "" otherwise.
+	Validated string
+	root      *yaml.Node
 }
 
 // Source names a document for status and errors: "base.yaml" or
@@ -100,6 +103,15 @@ const MaxFileSize = 4 << 20
 // missing directory is an empty set. known reports whether a section id
 // belongs to a provider; unknown sections are problems.
 func LoadDir(dir string, known func(string) bool) (*Set, error) {
+	return LoadDirValidated(dir, known, nil)
+}
+
+// LoadDirValidated is LoadDir that skips the policy schema for documents it
+// validated before: validated holds digests (ValidatedDigest) of documents
+// that passed the policy schema, and gains those that pass now. The agent
+// keeps it in its state, so that a run from a timer does not compile the
+// schema to check files that have not changed. A nil map validates all.
+func LoadDirValidated(dir string, known func(string) bool, validated map[string]bool) (*Set, error) {
 	set := &Set{Failed: map[string]bool{}}
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -131,7 +143,7 @@ func LoadDir(dir string, known func(string) bool) (*Set, error) {
 			set.Problems = append(set.Problems, Problem{File: path, Pos: path, Message: strings.TrimPrefix(err.Error(), path+": ")})
 			continue
 		}
-		docs, probs := Parse(path, data, known)
+		docs, probs := parse(path, data, known, validated)
 		set.Docs = append(set.Docs, docs...)
 		set.Problems = append(set.Problems, probs...)
 		if len(docs) == 0 && len(probs) > 0 {
@@ -170,6 +182,10 @@ func hashOf(b []byte) string {
 // Parse parses the documents of one policy file. Documents with problems
 // are left out; the problems say where they are.
 func Parse(file string, data []byte, known func(string) bool) ([]*Document, []Problem) {
+	return parse(file, data, known, nil)
+}
+
+func parse(file string, data []byte, known func(string) bool, validated map[string]bool) ([]*Document, []Problem) {
 	var docs []*Document
 	var probs []Problem
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -186,7 +202,7 @@ func Parse(file string, data []byte, known func(string) bool) ([]*Document, []Pr
 		if node.Kind == 0 || (len(node.Content) == 1 && node.Content[0].Tag == "!!null") {
 			continue // an empty document
 		}
-		d, p := parseDoc(file, i, &node, known)
+		d, p := parseDoc(file, i, &node, known, validated)
 		probs = append(probs, p...)
 		if d != nil {
 			docs = append(docs, d)
@@ -195,7 +211,14 @@ func Parse(file string, data []byte, known func(string) bool) ([]*Document, []Pr
 	return docs, probs
 }
 
-func parseDoc(file string, index int, node *yaml.Node, known func(string) bool) (*Document, []Problem) {
+// ValidatedDigest identifies a policy document (as JSON) under the policy
+// schema, for LoadDirValidated.
+func ValidatedDigest(raw []byte) string {
+	schema, _ := schemas.Raw(schemas.PolicyID)
+	return schemas.Digest(append(append([]byte(schemas.Digest(schema)), '\n'), raw...))
+}
+
+func parseDoc(file string, index int, node *yaml.Node, known func(string) bool, validated map[string]bool) (*Document, []Problem) {
 	at := func(ptr string) string { return locate(file, node, ptr) }
 	v, err := YAMLToJSON(node)
 	if err != nil {
@@ -209,16 +232,25 @@ func parseDoc(file string, index int, node *yaml.Node, known func(string) bool) 
 	if err != nil {
 		return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
 	}
-	schemaProbs, err := schemas.Validate(schemas.PolicyID, raw)
-	if err != nil {
-		return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
+	digest := ""
+	if validated != nil {
+		digest = ValidatedDigest(raw)
 	}
-	if len(schemaProbs) > 0 {
-		var out []Problem
-		for _, sp := range schemaProbs {
-			out = append(out, Problem{File: file, Pos: at(sp.Pointer), Pointer: sp.Pointer, Message: sp.Message})
+	if digest == "" || !validated[digest] {
+		schemaProbs, err := schemas.Validate(schemas.PolicyID, raw)
+		if err != nil {
+			return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
 		}
-		return nil, out
+		if len(schemaProbs) > 0 {
+			var out []Problem
+			for _, sp := range schemaProbs {
+				out = append(out, Problem{File: file, Pos: at(sp.Pointer), Pointer: sp.Pointer, Message: sp.Message})
+			}
+			return nil, out
+		}
+		if digest != "" {
+			validated[digest] = true
+		}
 	}
 	var doc struct {
 		Metadata struct{ Name string }
@@ -227,7 +259,7 @@ func parseDoc(file string, index int, node *yaml.Node, known func(string) bool) 
 	if err := json.Unmarshal(raw, &doc); err != nil {
 		return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
 	}
-	d := &Document{File: file, Index: index, Name: doc.Metadata.Name, Mode: Default, Sections: map[string]json.RawMessage{}, root: node}
+	d := &Document{File: file, Index: index, Name: doc.Metadata.Name, Mode: Default, Sections: map[string]json.RawMessage{}, Validated: digest, root: node}
 	var probs []Problem
 	for id, sec := range doc.Spec {
 		if id == "mode" {

@@ -1,10 +1,13 @@
 package policy
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 func known(id string) bool { return id == "hostname" || id == "files" }
@@ -126,4 +129,57 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLoadDirValidated: a document that passed the policy schema is
+// remembered by its digest and not validated again; a changed or invalid
+// document always is.
+func TestLoadDirValidated(t *testing.T) {
+	dir := t.TempDir()
+	good := "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: {name: base}\nspec:\n  hostname: {name: a}\n"
+	if err := os.WriteFile(filepath.Join(dir, "base.yaml"), []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	validated := map[string]bool{}
+	set, err := LoadDirValidated(dir, nil, validated)
+	if err != nil || len(set.Problems) != 0 || len(set.Docs) != 1 {
+		t.Fatalf("first load: %v %v", err, set.Problems)
+	}
+	if d := set.Docs[0].Validated; d == "" || !validated[d] || len(validated) != 1 {
+		t.Fatalf("digest %q not remembered: %v", d, validated)
+	}
+	// An invalid document is refused and not remembered.
+	bad := strings.Replace(good, "name: base", "name: Base_", 1)
+	os.WriteFile(filepath.Join(dir, "base.yaml"), []byte(bad), 0o644)
+	set, _ = LoadDirValidated(dir, nil, validated)
+	if len(set.Problems) != 1 || set.Problems[0].Pointer != "/metadata/name" || len(validated) != 1 {
+		t.Fatalf("invalid document: %v, %d remembered", set.Problems, len(validated))
+	}
+	// The digest covers the whole document: one the map says passed
+	// before is trusted as it is (this is what saves the schema).
+	v, _ := YAMLToJSONBytes(t, bad)
+	validated[ValidatedDigest(v)] = true
+	set, _ = LoadDirValidated(dir, nil, validated)
+	if len(set.Problems) != 0 || len(set.Docs) != 1 {
+		t.Fatalf("a remembered digest was validated again: %v", set.Problems)
+	}
+	// Without a map, everything is validated.
+	if set, _ := LoadDir(dir, nil); len(set.Problems) != 1 {
+		t.Fatalf("LoadDir: %v", set.Problems)
+	}
+}
+
+// YAMLToJSONBytes converts one YAML document to the JSON that parseDoc
+// validates.
+func YAMLToJSONBytes(t *testing.T, doc string) ([]byte, error) {
+	t.Helper()
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte(doc), &n); err != nil {
+		t.Fatal(err)
+	}
+	v, err := YAMLToJSON(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return json.Marshal(v)
 }
