@@ -9,35 +9,13 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
-	"sort"
 	"time"
 
 	"github.com/twinlet/twinlet/internal/console"
-	"github.com/twinlet/twinlet/providers"
-	"github.com/twinlet/twinlet/schemas"
 )
 
 func init() {
 	register(&command{name: "console", nargs: 0, setup: consoleCmd})
-}
-
-// consoleSections are the sections twinlet knows, with the schemas the
-// agent validates them with and their providers' direct methods.
-func consoleSections() []console.Section {
-	var out []console.Section
-	for _, info := range providers.All() {
-		raw := []byte(info.Schema)
-		if len(raw) == 0 {
-			raw, _ = schemas.Raw(info.ID)
-		}
-		sec := console.Section{ID: info.ID, Writable: !info.ReadOnly, Schema: raw}
-		for name, m := range info.Methods {
-			sec.Methods = append(sec.Methods, console.Method{Name: name, Description: m.Description, Schema: m.Schema})
-		}
-		sort.Slice(sec.Methods, func(i, j int) bool { return sec.Methods[i].Name < sec.Methods[j].Name })
-		out = append(out, sec)
-	}
-	return out
 }
 
 func consoleCmd(fs *flag.FlagSet) runFunc {
@@ -80,7 +58,7 @@ func consoleCmd(fs *flag.FlagSet) runFunc {
 				hosts = append(hosts, fmt.Sprintf("%s:%d", h, port))
 			}
 		}
-		srv, err := console.New(console.Options{Client: sc, Token: tok, Hosts: hosts, Interval: *every, Sections: consoleSections()})
+		srv, err := console.New(console.Options{Client: sc, Token: tok, Hosts: hosts, Interval: *every, Sections: console.KnownSections()})
 		if err != nil {
 			ln.Close()
 			return err
