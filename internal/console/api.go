@@ -296,14 +296,17 @@ func (s *Server) putSection(w http.ResponseWriter, r *http.Request) {
 	}
 	var body struct {
 		Value json.RawMessage `json:"value"`
-		ETag  string          `json:"etag"`
+		// ETag and DesiredVersion are those of the twin the edit started
+		// from.
+		ETag           string `json:"etag"`
+		DesiredVersion int64  `json:"desiredVersion"`
 	}
 	if err := decodeBody(r, &body); err != nil {
 		fail(w, 400, "%v", err)
 		return
 	}
-	if body.ETag == "" {
-		fail(w, 400, "etag: required (the twin's etag the edit started from)")
+	if body.ETag == "" || body.DesiredVersion <= 0 {
+		fail(w, 400, "etag and desiredVersion: required (the twin the edit started from)")
 		return
 	}
 	problems, err := s.validate(name, body.Value)
@@ -326,14 +329,19 @@ func (s *Server) putSection(w http.ResponseWriter, r *http.Request) {
 		s.hubError(w, err)
 		return
 	}
-	if t.ETag != body.ETag {
-		writeJSON(w, 412, apiError{Error: "the twin changed since the page read it (etag " + body.ETag + ", now " + t.ETag + "); reload and edit again", ETag: t.ETag})
+	// The twin's etag changes with every reported property too; what must
+	// not have changed since the page read the twin is its desired
+	// properties. The write then carries the etag just read, so that the
+	// hub refuses it if anything changed in between.
+	if t.ETag != body.ETag && num(t.Properties.Desired["$version"]) != body.DesiredVersion {
+		writeJSON(w, 412, apiError{Error: fmt.Sprintf("the twin's desired properties changed since the page read them (version %d, now %d); reload and edit again",
+			body.DesiredVersion, num(t.Properties.Desired["$version"])), ETag: t.ETag})
 		return
 	}
 	// A twin patch merges: keys the new value no longer has are set to
 	// null so that the section becomes exactly the value.
 	patch := replacement(t.Properties.Desired[name], value)
-	nt, err := s.opts.Client.PatchTwin(ctx, id, iothub.TwinPatch{Desired: map[string]any{name: patch}}, body.ETag)
+	nt, err := s.opts.Client.PatchTwin(ctx, id, iothub.TwinPatch{Desired: map[string]any{name: patch}}, t.ETag)
 	if err != nil {
 		var se *iothub.ServiceError
 		if errors.As(err, &se) && se.StatusCode == http.StatusPreconditionFailed {

@@ -281,16 +281,16 @@
       desiredPre.textContent = s.desired === undefined ? "(not desired)" : pretty(s.desired);
       reportedPre.textContent = s.reported === undefined ? "(nothing reported)" : pretty(s.reported);
       record(st);
-      if (editor) editor.twinChanged(etag);
+      if (editor) editor.twinChanged(device());
     }
 
     function edit() {
       if (editor) return;
-      editor = sectionEditor(deviceId, sid, sec && sec.desired, device().etag, () => {
+      editor = sectionEditor(deviceId, sid, sec && sec.desired, device(), () => {
         editor = null;
         editorBox.replaceChildren();
         update(sec, device().etag);
-      }, () => sec, () => device().etag);
+      }, () => sec, device);
       editorBox.replaceChildren(editor.node);
       update(sec, device().etag);
       editor.focus();
@@ -313,7 +313,8 @@
 
   // sectionEditor edits one desired section as a form (flat sections) or
   // as JSON, validated with the agent's schema before anything is sent.
-  function sectionEditor(deviceId, sid, desired, etag, close, getSec, currentEtag) {
+  function sectionEditor(deviceId, sid, desired, base, close, getSec, currentDevice) {
+    let etag = base.etag, version = base.desiredVersion;
     let value = desired === undefined || desired === null ? {} : JSON.parse(JSON.stringify(desired));
     const node = el("form", { class: "edit-form", "aria-label": "Edit " + sid, novalidate: true });
     const text = el("textarea", { id: "json-" + sid, "aria-label": sid + " desired JSON", spellcheck: "false" });
@@ -326,7 +327,7 @@
     const tabs = el("div", { class: "tabs", role: "group", "aria-label": "Editor" });
     const save = el("button", { class: "primary", type: "submit" }, "Validate and save");
     const cancel = el("button", { type: "button", onclick: () => close() }, "Cancel");
-    node.append(el("h3", {}, "Edit desired ", sid, " ", el("span", { class: "dim mono" }, "(etag " + etag + ")")), tabs, formBox, text, changed, out, el("div", { class: "row" }, save, cancel));
+    node.append(el("h3", {}, "Edit desired ", sid, " ", el("span", { class: "dim mono" }, "(desired version " + version + ")")), tabs, formBox, text, changed, out, el("div", { class: "row" }, save, cancel));
 
     schemaFor(sid).then((schema) => {
       fields = simpleFields(schema);
@@ -420,10 +421,10 @@
       }
       save.disabled = true;
       out.replaceChildren(notice("ok", "Sending…"));
-      const r = await api("PUT", "/api/devices/" + encodeURIComponent(deviceId) + "/sections/" + encodeURIComponent(sid), { value: v, etag });
+      const r = await api("PUT", "/api/devices/" + encodeURIComponent(deviceId) + "/sections/" + encodeURIComponent(sid), { value: v, etag, desiredVersion: version });
       save.disabled = false;
       if (r.status === 412) {
-        out.replaceChildren(notice("warn", "Conflict: someone else changed this twin since you started editing. Nothing was written. ",
+        out.replaceChildren(notice("warn", "Conflict: someone else changed this twin's desired properties since you started editing. Nothing was written. ",
           el("button", { type: "button", class: "reload", onclick: () => reload() }, "Reload the current desired value")));
         return;
       }
@@ -437,18 +438,20 @@
 
     function reload() {
       const s = getSec();
-      etag = currentEtag();
+      const d = currentDevice();
+      etag = d.etag;
+      version = d.desiredVersion;
       value = s && s.desired !== undefined ? JSON.parse(JSON.stringify(s.desired)) : {};
       text.value = pretty(value);
       if (mode === "form") buildForm();
-      node.querySelector("h3 .mono").textContent = "(etag " + etag + ")";
-      out.replaceChildren(notice("ok", "Reloaded at etag " + etag + ": edit and save again."));
+      node.querySelector("h3 .mono").textContent = "(desired version " + version + ")";
+      out.replaceChildren(notice("ok", "Reloaded at desired version " + version + ": edit and save again."));
       changed.replaceChildren();
     }
 
-    function twinChanged(now) {
+    function twinChanged(d) {
       changed.replaceChildren();
-      if (now && now !== etag) changed.append(notice("warn", "The twin changed since you started editing (etag now " + now + "); saving will be refused."));
+      if (d && d.desiredVersion !== version) changed.append(notice("warn", "The twin's desired properties changed since you started editing (version " + version + ", now " + d.desiredVersion + "); saving will be refused."));
     }
 
     return { node, twinChanged, focus: () => (mode === "form" ? (formBox.querySelector("input,select") || text) : text).focus() };
