@@ -29,9 +29,23 @@ var (
 
 // apiError is the JSON body of every failed API call.
 type apiError struct {
-	Error    string            `json:"error"`
-	Problems []schemas.Problem `json:"problems,omitempty"`
-	ETag     string            `json:"etag,omitempty"`
+	Error    string    `json:"error"`
+	Problems []problem `json:"problems,omitempty"`
+	ETag     string    `json:"etag,omitempty"`
+}
+
+// problem is a validation problem located by a JSON pointer.
+type problem struct {
+	Pointer string `json:"pointer"`
+	Message string `json:"message"`
+}
+
+func problems(ps []schemas.Problem) []problem {
+	out := make([]problem, len(ps))
+	for i, p := range ps {
+		out[i] = problem{p.Pointer, p.Message}
+	}
+	return out
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -255,7 +269,14 @@ func (s *Server) viewOf(t *iothub.Twin) *deviceView {
 		}
 		v.Sections = append(v.Sections, sv)
 	}
-	sort.Slice(v.Sections, func(i, j int) bool { return v.Sections[i].ID < v.Sections[j].ID })
+	// What is desired first, what only reports (deviceInfo) after.
+	sort.Slice(v.Sections, func(i, j int) bool {
+		a, b := v.Sections[i], v.Sections[j]
+		if (a.Desired == nil) != (b.Desired == nil) {
+			return a.Desired != nil
+		}
+		return a.ID < b.ID
+	})
 	if v.Sections == nil {
 		v.Sections = []sectionView{}
 	}
@@ -305,17 +326,17 @@ func (s *Server) putSection(w http.ResponseWriter, r *http.Request) {
 		fail(w, 400, "%v", err)
 		return
 	}
-	if body.ETag == "" || body.DesiredVersion <= 0 {
-		fail(w, 400, "etag and desiredVersion: required (the twin the edit started from)")
+	if body.DesiredVersion <= 0 {
+		fail(w, 400, "desiredVersion: required (that of the twin the edit started from)")
 		return
 	}
-	problems, err := s.validate(name, body.Value)
+	ps, err := s.validate(name, body.Value)
 	if err != nil {
 		fail(w, 400, "%v", err)
 		return
 	}
-	if len(problems) > 0 {
-		writeJSON(w, 422, apiError{Error: fmt.Sprintf("%s: %d problem(s), nothing sent", name, len(problems)), Problems: problems})
+	if len(ps) > 0 {
+		writeJSON(w, 422, apiError{Error: fmt.Sprintf("%s: %d problem(s), nothing sent", name, len(ps)), Problems: problems(ps)})
 		return
 	}
 	var value any
@@ -333,7 +354,7 @@ func (s *Server) putSection(w http.ResponseWriter, r *http.Request) {
 	// not have changed since the page read the twin is its desired
 	// properties. The write then carries the etag just read, so that the
 	// hub refuses it if anything changed in between.
-	if t.ETag != body.ETag && num(t.Properties.Desired["$version"]) != body.DesiredVersion {
+	if num(t.Properties.Desired["$version"]) != body.DesiredVersion {
 		writeJSON(w, 412, apiError{Error: fmt.Sprintf("the twin's desired properties changed since the page read them (version %d, now %d); reload and edit again",
 			body.DesiredVersion, num(t.Properties.Desired["$version"])), ETag: t.ETag})
 		return
@@ -402,13 +423,13 @@ func (s *Server) invoke(w http.ResponseWriter, r *http.Request) {
 				if len(p) == 0 {
 					p = json.RawMessage("null")
 				}
-				problems, err := sch.Validate(p)
+				ps, err := sch.Validate(p)
 				if err != nil {
 					fail(w, 400, "%v", err)
 					return
 				}
-				if len(problems) > 0 {
-					writeJSON(w, 422, apiError{Error: fmt.Sprintf("%s payload: %d problem(s), nothing sent", name, len(problems)), Problems: problems})
+				if len(ps) > 0 {
+					writeJSON(w, 422, apiError{Error: fmt.Sprintf("%s payload: %d problem(s), nothing sent", name, len(ps)), Problems: problems(ps)})
 					return
 				}
 			}
@@ -542,28 +563,28 @@ func (s *Server) createConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	content := map[string]any{}
-	var problems []schemas.Problem
+	var all []problem
 	var names []string
 	for name, raw := range in.Sections {
 		if !sectionRE.MatchString(name) {
 			fail(w, 400, "sections/%s: not a section name", name)
 			return
 		}
-		ps, err := s.validate(name, raw)
+		found, err := s.validate(name, raw)
 		if err != nil {
 			fail(w, 400, "sections/%s: %v", name, err)
 			return
 		}
-		for _, p := range ps {
-			problems = append(problems, schemas.Problem{Pointer: "/sections/" + name + p.Pointer, Message: p.Message})
+		for _, p := range found {
+			all = append(all, problem{Pointer: "/sections/" + name + p.Pointer, Message: p.Message})
 		}
 		var v any
 		json.Unmarshal(raw, &v)
 		content["properties.desired."+name] = v
 		names = append(names, name)
 	}
-	if len(problems) > 0 {
-		writeJSON(w, 422, apiError{Error: fmt.Sprintf("%d problem(s), nothing sent", len(problems)), Problems: problems})
+	if len(all) > 0 {
+		writeJSON(w, 422, apiError{Error: fmt.Sprintf("%d problem(s), nothing sent", len(all)), Problems: all})
 		return
 	}
 	sort.Strings(names)
@@ -572,7 +593,7 @@ func (s *Server) createConfig(w http.ResponseWriter, r *http.Request) {
 		s.hubError(w, err)
 		return
 	} else if !res.OK() {
-		writeJSON(w, 422, apiError{Error: "targetCondition: " + res.TargetConditionError, Problems: []schemas.Problem{{Pointer: "/targetCondition", Message: res.TargetConditionError}}})
+		writeJSON(w, 422, apiError{Error: "targetCondition: " + res.TargetConditionError, Problems: []problem{{Pointer: "/targetCondition", Message: res.TargetConditionError}}})
 		return
 	}
 	cfg := iothub.Configuration{ID: in.ID, Labels: in.Labels, TargetCondition: in.TargetCondition, Priority: in.Priority,
@@ -621,7 +642,7 @@ func (s *Server) updateConfig(w http.ResponseWriter, r *http.Request) {
 			s.hubError(w, err)
 			return
 		} else if !res.OK() {
-			writeJSON(w, 422, apiError{Error: "targetCondition: " + res.TargetConditionError, Problems: []schemas.Problem{{Pointer: "/targetCondition", Message: res.TargetConditionError}}})
+			writeJSON(w, 422, apiError{Error: "targetCondition: " + res.TargetConditionError, Problems: []problem{{Pointer: "/targetCondition", Message: res.TargetConditionError}}})
 			return
 		}
 		cfg.TargetCondition = in.TargetCondition

@@ -186,10 +186,11 @@ func TestConsoleEndToEnd(t *testing.T) {
 	}
 
 	// The devices table, live: every agent's Ready arrives without a reload.
-	do(t, ctx, "open the console", chromedp.Navigate(e.url+"/?token="+token),
+	do(t, ctx, "open the console", chromedp.EmulateViewport(1280, 800), chromedp.Navigate(e.url+"/?token="+token),
 		chromedp.WaitVisible(`tr[data-device="kiosk-03"]`),
 		chromedp.Evaluate[chromedp.Void]("window.__sameDocument = true"),
 		poll(`[...document.querySelectorAll('tbody tr')].filter(r => r.cells[2].textContent === 'Ready').length === 3`))
+	shoot(t, ctx, "devices.png")
 	do(t, ctx, "filter", chromedp.SetValue(`#filter`, "tags.ring = 'canary'"), chromedp.Click(`form[role=search] button[type=submit]`),
 		poll(`document.querySelectorAll('tbody tr').length === 1 && !!document.querySelector('tr[data-device="kiosk-01"]')`))
 	do(t, ctx, "open the device", chromedp.Click(`tr[data-device="kiosk-01"] a`), chromedp.WaitVisible(`#section-hostname`),
@@ -206,7 +207,9 @@ func TestConsoleEndToEnd(t *testing.T) {
 	do(t, ctx, "the agent's Ready for the new version, without a reload",
 		poll(fmt.Sprintf(`[...document.querySelectorAll('#section-hostname .history li')].some(li => li.textContent.includes('Ready') && li.textContent.includes('desired v%d'))`, v)),
 		poll(`document.querySelector('#section-hostname pre.reported').textContent.includes('kiosk-renamed')`),
-		poll(`window.__sameDocument === true`))
+		poll(`window.__sameDocument === true`),
+		chromedp.WaitNotPresent(`#section-hostname .edit-form`),
+		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
 	if got := e.onDisk("kiosk-01", "etc/hostname"); got != "kiosk-renamed\n" {
 		t.Errorf("etc/hostname = %q", got)
 	}
@@ -228,7 +231,7 @@ func TestConsoleEndToEnd(t *testing.T) {
 	if after := e.twin("kiosk-01"); desiredVersion(after) != desiredVersion(before) {
 		t.Errorf("an invalid edit reached the hub: desired v%d → v%d", desiredVersion(before), desiredVersion(after))
 	}
-	do(t, ctx, "cancel", chromedp.Click(`#section-hostname .edit-form button[type=button]:not(.reload)`, chromedp.NodeVisible),
+	do(t, ctx, "cancel", chromedp.Click(`#section-hostname .edit-form button.cancel`),
 		chromedp.WaitNotPresent(`#section-hostname .edit-form`))
 
 	// A stale etag: someone else changes the twin while the page edits.

@@ -29,6 +29,11 @@
     return e;
   }
 
+  // put replaces the children of node, skipping absent ones.
+  function put(node, ...kids) {
+    node.replaceChildren(...kids.flat().filter((k) => k !== undefined && k !== null && k !== false));
+  }
+
   function badge(s) {
     return s ? el("span", { class: "badge " + s }, s) : el("span", { class: "dim" }, "—");
   }
@@ -108,7 +113,7 @@
     const parts = path.split("/").filter(Boolean);
     document.getElementById("nav-devices").toggleAttribute("aria-current", false);
     document.getElementById("nav-configs").toggleAttribute("aria-current", false);
-    main.replaceChildren();
+    put(main);
     if (parts[0] === "device" && parts[1]) {
       document.getElementById("nav-devices").setAttribute("aria-current", "page");
       deviceView(decodeURIComponent(parts[1]));
@@ -150,12 +155,12 @@
     main.append(el("h1", {}, "Devices"), form, status, table, el("nav", { class: "pager", "aria-label": "Pages" }, prev, pageNo, next));
 
     function render(d) {
-      status.replaceChildren();
+      put(status);
       if (d.next && pages.length === at + 1) pages.push(d.next);
       next.disabled = !d.next;
       prev.disabled = at === 0;
       pageNo.textContent = "page " + (at + 1);
-      tbody.replaceChildren(...d.rows.map((r) => el("tr", { "data-device": r.id },
+      put(tbody, ...d.rows.map((r) => el("tr", { "data-device": r.id },
         el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(r.id) }, r.id)),
         el("td", {}, badge(r.connection)),
         el("td", {}, badge(r.state)),
@@ -171,7 +176,7 @@
       cleanup = [];
       at = i;
       stream({ topic: "devices", filter, size, page: pages[i] || "" }, render,
-        (err) => status.replaceChildren(notice("error", err)));
+        (err) => put(status, notice("error", err)));
     }
     show(0);
   }
@@ -192,8 +197,8 @@
 
     function render(d) {
       current = d;
-      status.replaceChildren();
-      head.replaceChildren(el("dl", { class: "kv" },
+      put(status);
+      put(head, el("dl", { class: "kv" },
         el("dt", {}, "Connection"), el("dd", {}, badge(d.connection)),
         el("dt", {}, "Agent"), el("dd", { id: "summary-state" }, badge(d.state), d.failed ? " failed: " + d.failed : ""),
         el("dt", {}, "Desired version"), el("dd", {}, d.desiredVersion, d.summaryVersion ? " (agent reconciled " + d.summaryVersion + ")" : ""),
@@ -221,7 +226,7 @@
       const free = info.sections.filter((s) => s.writable && !have.has(s.id) && !cards.has(s.id));
       if (!free.length) { adder.remove(); return; }
       const sel = el("select", { id: "add-section", "aria-label": "Section to add" }, free.map((s) => el("option", { value: s.id }, s.id)));
-      adder.replaceChildren(el("label", { for: "add-section" }, "Add a desired section"), sel,
+      put(adder, el("label", { for: "add-section" }, "Add a desired section"), sel,
         el("button", { type: "button", onclick: () => {
           const sid = sel.value;
           const c = sectionCard(id, sid, () => current);
@@ -234,7 +239,7 @@
       sectionsBox.after(adder);
     }
 
-    stream({ topic: "device", id }, render, (err) => status.replaceChildren(notice("error", err)));
+    stream({ topic: "device", id }, render, (err) => put(status, notice("error", err)));
   }
 
   // sectionCard shows one section: its status and errors, desired and
@@ -269,11 +274,11 @@
       sec = s;
       const st = s.status || null;
       const editBtn = s.writable ? el("button", { type: "button", class: "edit", onclick: () => edit(), disabled: !!editor, "aria-label": "Edit " + sid }, "Edit") : null;
-      headRow.replaceChildren(el("h2", { id: "h-" + sid }, sid), badge(st && st.state), st && st.reason ? el("span", { class: "badge" }, st.reason) : null,
+      put(headRow, el("h2", { id: "h-" + sid }, sid), badge(st && st.state), st && st.reason ? el("span", { class: "badge" }, st.reason) : null,
         el("span", { class: "msg" }, st && st.message ? st.message : ""), el("span", { class: "spacer" }),
         st && st.source ? el("span", { class: "dim", style: "font-size:.8rem" }, "from " + st.source) : null,
         !s.known ? el("span", { class: "dim" }, "no provider") : null, editBtn);
-      errs.replaceChildren();
+      put(errs);
       if (Array.isArray(s.errors) && s.errors.length) {
         errs.append(el("ul", { class: "errors", "aria-label": sid + " errors" }, s.errors.map((e) =>
           el("li", {}, el("code", {}, e.pointer || "/"), " ", e.message, e.at ? el("span", { class: "dim" }, " (" + e.at + ")") : ""))));
@@ -288,10 +293,10 @@
       if (editor) return;
       editor = sectionEditor(deviceId, sid, sec && sec.desired, device(), () => {
         editor = null;
-        editorBox.replaceChildren();
+        put(editorBox);
         update(sec, device().etag);
       }, () => sec, device);
-      editorBox.replaceChildren(editor.node);
+      put(editorBox, editor.node);
       update(sec, device().etag);
       editor.focus();
     }
@@ -326,7 +331,7 @@
     let fields = null;
     const tabs = el("div", { class: "tabs", role: "group", "aria-label": "Editor" });
     const save = el("button", { class: "primary", type: "submit" }, "Validate and save");
-    const cancel = el("button", { type: "button", onclick: () => close() }, "Cancel");
+    const cancel = el("button", { type: "button", class: "cancel", onclick: () => close() }, "Cancel");
     node.append(el("h3", {}, "Edit desired ", sid, " ", el("span", { class: "dim mono" }, "(desired version " + version + ")")), tabs, formBox, text, changed, out, el("div", { class: "row" }, save, cancel));
 
     schemaFor(sid).then((schema) => {
@@ -343,7 +348,7 @@
       if (m === mode && formBox.children.length) return;
       if (m === "form") {
         const v = parse();
-        if (v.error) { out.replaceChildren(notice("error", "The JSON does not parse: " + v.error)); return; }
+        if (v.error) { put(out, notice("error", "The JSON does not parse: " + v.error)); return; }
         value = v.value;
         buildForm();
       } else {
@@ -357,7 +362,7 @@
     }
 
     function buildForm() {
-      formBox.replaceChildren();
+      put(formBox);
       for (const [k, p] of fields) {
         const fid = "f-" + sid + "-" + k;
         let input;
@@ -409,30 +414,30 @@
       if (mode === "form") v = readForm();
       else {
         const p = parse();
-        if (p.error) { out.replaceChildren(notice("error", "Not JSON: " + p.error)); return; }
+        if (p.error) { put(out, notice("error", "Not JSON: " + p.error)); return; }
         v = p.value;
       }
       const schema = await schemaFor(sid);
-      if (!schema) { out.replaceChildren(notice("error", "No schema for " + sid + ": the console does not send what it cannot check.")); return; }
+      if (!schema) { put(out, notice("error", "No schema for " + sid + ": the console does not send what it cannot check.")); return; }
       const problems = TwinSchema.validate(schema, v);
       if (problems.length) {
-        out.replaceChildren(notice("error", "Not sent: " + problems.length + " problem(s) against the " + sid + " schema.", problemList(problems)));
+        put(out, notice("error", "Not sent: " + problems.length + " problem(s) against the " + sid + " schema.", problemList(problems)));
         return;
       }
       save.disabled = true;
-      out.replaceChildren(notice("ok", "Sending…"));
+      put(out, notice("ok", "Sending…"));
       const r = await api("PUT", "/api/devices/" + encodeURIComponent(deviceId) + "/sections/" + encodeURIComponent(sid), { value: v, etag, desiredVersion: version });
       save.disabled = false;
       if (r.status === 412) {
-        out.replaceChildren(notice("warn", "Conflict: someone else changed this twin's desired properties since you started editing. Nothing was written. ",
+        put(out, notice("warn", "Conflict: someone else changed this twin's desired properties since you started editing. Nothing was written. ",
           el("button", { type: "button", class: "reload", onclick: () => reload() }, "Reload the current desired value")));
         return;
       }
       if (!r.ok) {
-        out.replaceChildren(notice("error", r.data.error || "HTTP " + r.status, r.data.problems ? problemList(r.data.problems) : null));
+        put(out, notice("error", r.data.error || "HTTP " + r.status, r.data.problems ? problemList(r.data.problems) : null));
         return;
       }
-      out.replaceChildren(notice("ok", "Saved: desired version " + r.data.desiredVersion + "."));
+      put(out, notice("ok", "Saved: desired version " + r.data.desiredVersion + "."));
       setTimeout(close, 800);
     });
 
@@ -445,12 +450,12 @@
       text.value = pretty(value);
       if (mode === "form") buildForm();
       node.querySelector("h3 .mono").textContent = "(desired version " + version + ")";
-      out.replaceChildren(notice("ok", "Reloaded at desired version " + version + ": edit and save again."));
-      changed.replaceChildren();
+      put(out, notice("ok", "Reloaded at desired version " + version + ": edit and save again."));
+      put(changed);
     }
 
     function twinChanged(d) {
-      changed.replaceChildren();
+      put(changed);
       if (d && d.desiredVersion !== version) changed.append(notice("warn", "The twin's desired properties changed since you started editing (version " + version + ", now " + d.desiredVersion + "); saving will be refused."));
     }
 
@@ -481,21 +486,21 @@
       if (!name) return;
       let p;
       if (withPayload && payload.value.trim()) {
-        try { p = JSON.parse(payload.value); } catch (e) { out.replaceChildren(notice("error", "Payload is not JSON: " + e.message)); return; }
+        try { p = JSON.parse(payload.value); } catch (e) { put(out, notice("error", "Payload is not JSON: " + e.message)); return; }
         const pm = provider.find((x) => x.name === name);
         if (pm && pm.m.schema) {
           const problems = TwinSchema.validate(pm.m.schema, p);
-          if (problems.length) { out.replaceChildren(notice("error", "Not sent: the payload does not match " + name + "'s schema.", problemList(problems))); return; }
+          if (problems.length) { put(out, notice("error", "Not sent: the payload does not match " + name + "'s schema.", problemList(problems))); return; }
         }
       }
-      out.replaceChildren(notice("ok", "Calling " + name + "…"));
+      put(out, notice("ok", "Calling " + name + "…"));
       const r = await api("POST", "/api/devices/" + encodeURIComponent(id) + "/methods/" + encodeURIComponent(name), p === undefined ? {} : { payload: p });
-      if (!r.ok) { out.replaceChildren(notice("error", name + ": " + (r.data.error || "HTTP " + r.status), r.data.problems ? problemList(r.data.problems) : null)); return; }
+      if (!r.ok) { put(out, notice("error", name + ": " + (r.data.error || "HTTP " + r.status), r.data.problems ? problemList(r.data.problems) : null)); return; }
       const res = r.data;
       const kids = [el("h3", {}, name + " → status " + res.status)];
       if (name === "getPlan" && res.status < 300 && res.payload && res.payload.sections) kids.push(planDiff(res.payload));
       else kids.push(el("pre", { class: "method-answer" }, pretty(res.payload)));
-      out.replaceChildren(...kids);
+      put(out, ...kids);
     }
   }
 
@@ -530,18 +535,18 @@
     if (creating) create.append(createForm());
     const cards = new Map();
     stream({ topic: "configs" }, (d) => {
-      status.replaceChildren();
+      put(status);
       const ids = new Set(d.configs.map((c) => c.id));
       for (const [cid, c] of cards) if (!ids.has(cid)) { c.node.remove(); cards.delete(cid); }
-      if (!d.configs.length) list.replaceChildren(el("p", { class: "dim" }, "No configuration on this hub."));
-      else if (list.firstChild && list.firstChild.tagName === "P") list.replaceChildren();
+      if (!d.configs.length) put(list, el("p", { class: "dim" }, "No configuration on this hub."));
+      else if (list.firstChild && list.firstChild.tagName === "P") put(list);
       for (const c of d.configs) {
         let card = cards.get(c.id);
         if (!card) { card = configCard(); cards.set(c.id, card); }
         card.update(c);
         list.append(card.node);
       }
-    }, (err) => status.replaceChildren(notice("error", err)));
+    }, (err) => put(status, notice("error", err)));
   }
 
   function bar(p, label) {
@@ -595,7 +600,7 @@
           kids.push(el("div", { style: "margin-top:.4rem" }, bar(p, c.id)));
         }
       }
-      body.replaceChildren(...kids);
+      put(body, ...kids);
     }
 
     function edit() {
@@ -612,10 +617,10 @@
       const form = el("form", { class: "edit-form", onsubmit: async (e) => {
         e.preventDefault();
         const lab = parseLabels(labels.value);
-        if (lab.error) { out.replaceChildren(notice("error", lab.error)); return; }
+        if (lab.error) { put(out, notice("error", lab.error)); return; }
         const r = await api("PUT", "/api/configs/" + encodeURIComponent(c.id), { etag, targetCondition: target.value, priority: Number(prio.value), labels: lab.value });
-        if (r.status === 412) { out.replaceChildren(notice("warn", "Conflict: the configuration changed since you opened it (a rollout moved it?). Nothing was written.", " ", el("button", { type: "button", onclick: () => { done(); edit(); } }, "Reload"))); return; }
-        if (!r.ok) { out.replaceChildren(notice("error", r.data.error || "HTTP " + r.status)); return; }
+        if (r.status === 412) { put(out, notice("warn", "Conflict: the configuration changed since you opened it (a rollout moved it?). Nothing was written.", " ", el("button", { type: "button", onclick: () => { done(); edit(); } }, "Reload"))); return; }
+        if (!r.ok) { put(out, notice("error", r.data.error || "HTTP " + r.status)); return; }
         done();
       } },
         el("h3", {}, "Edit " + c.id), el("p", { class: "dim", style: "font-size:.85rem" }, "The content of a configuration cannot change; the target condition, priority and labels can." + (c.managed ? " This one is managed by twinctl apply: the repository wins at the next apply." : "")),
@@ -626,12 +631,12 @@
           el("span", { class: "spacer" }), el("button", { type: "button", class: "danger", onclick: async () => {
             if (!confirm("Delete configuration " + c.id + "? Devices keep what it set but stop being managed by it.")) return;
             const r = await api("DELETE", "/api/configs/" + encodeURIComponent(c.id) + "?etag=" + encodeURIComponent(etag));
-            if (!r.ok) { out.replaceChildren(notice(r.status === 412 ? "warn" : "error", r.data.error || "HTTP " + r.status)); return; }
+            if (!r.ok) { put(out, notice(r.status === 412 ? "warn" : "error", r.data.error || "HTTP " + r.status)); return; }
             done();
           } }, "Delete")));
-      editBox.replaceChildren(form);
+      put(editBox, form);
       target.focus();
-      function done() { editing = false; editBox.replaceChildren(); update(cfg); }
+      function done() { editing = false; put(editBox); update(cfg); }
     }
     return { node, update };
   }
@@ -658,19 +663,19 @@
     const form = el("form", { class: "card edit-form", onsubmit: async (e) => {
       e.preventDefault();
       let secs;
-      try { secs = JSON.parse(sections.value || "{}"); } catch (err) { out.replaceChildren(notice("error", "Sections: not JSON: " + err.message)); return; }
-      if (typeof secs !== "object" || secs === null || Array.isArray(secs)) { out.replaceChildren(notice("error", "Sections: want an object of section → value")); return; }
+      try { secs = JSON.parse(sections.value || "{}"); } catch (err) { put(out, notice("error", "Sections: not JSON: " + err.message)); return; }
+      if (typeof secs !== "object" || secs === null || Array.isArray(secs)) { put(out, notice("error", "Sections: want an object of section → value")); return; }
       const problems = [];
       for (const [sid, v] of Object.entries(secs)) {
         const schema = await schemaFor(sid);
         if (!schema) { problems.push({ pointer: "/" + sid, message: "no writable section of that name" }); continue; }
         for (const p of TwinSchema.validate(schema, v)) problems.push({ pointer: "/" + sid + p.pointer, message: p.message });
       }
-      if (problems.length) { out.replaceChildren(notice("error", "Not sent:", problemList(problems))); return; }
+      if (problems.length) { put(out, notice("error", "Not sent:", problemList(problems))); return; }
       const lab = parseLabels(labels.value);
-      if (lab.error) { out.replaceChildren(notice("error", lab.error)); return; }
+      if (lab.error) { put(out, notice("error", lab.error)); return; }
       const r = await api("POST", "/api/configs", { id: id.value.trim(), targetCondition: target.value, priority: Number(prio.value), labels: lab.value, sections: secs });
-      if (!r.ok) { out.replaceChildren(notice("error", r.data.error || "HTTP " + r.status, r.data.problems ? problemList(r.data.problems) : null)); return; }
+      if (!r.ok) { put(out, notice("error", r.data.error || "HTTP " + r.status, r.data.problems ? problemList(r.data.problems) : null)); return; }
       location.hash = "#/configs";
     } },
       el("h2", {}, "New configuration"),
