@@ -191,7 +191,15 @@ func TestConsoleEndToEnd(t *testing.T) {
 		chromedp.Evaluate[chromedp.Void]("window.__sameDocument = true"),
 		poll(`[...document.querySelectorAll('tbody tr')].filter(r => r.cells[2].textContent === 'Ready').length === 3`))
 	shoot(t, ctx, "devices.png")
-	do(t, ctx, "filter", chromedp.SetValue(`#filter`, "tags.ring = 'canary'"), chromedp.Click(`form[role=search] button[type=submit]`),
+	// Paging with the hub's continuation tokens, two rows a page.
+	do(t, ctx, "paging", chromedp.Navigate(e.url+"/#/devices?size=2"),
+		poll(`document.querySelectorAll('tbody tr[data-device]').length === 2 && !document.querySelector('.pager button:last-child').disabled`),
+		chromedp.Click(`.pager button:last-child`),
+		poll(`document.querySelectorAll('tbody tr[data-device]').length === 1 && !!document.querySelector('tr[data-device="kiosk-03"]')`),
+		chromedp.Click(`.pager button:first-child`),
+		poll(`document.querySelectorAll('tbody tr[data-device]').length === 2`))
+	// The filter, with the keyboard: typed, then Enter.
+	do(t, ctx, "filter", chromedp.Focus(`#filter`), chromedp.SendKeys(`#filter`, "tags.ring = 'canary'\r"),
 		poll(`document.querySelectorAll('tbody tr').length === 1 && !!document.querySelector('tr[data-device="kiosk-01"]')`))
 	do(t, ctx, "open the device", chromedp.Click(`tr[data-device="kiosk-01"] a`), chromedp.WaitVisible(`#section-hostname`),
 		poll(`document.querySelector('#section-hostname .section-head .badge').textContent === 'Ready'`))
@@ -251,7 +259,8 @@ func TestConsoleEndToEnd(t *testing.T) {
 	}
 	do(t, ctx, "reload and save", chromedp.Click(`#section-hostname button.reload`), chromedp.WaitVisible(`#f-hostname-name`),
 		chromedp.SetValue(`#f-hostname-name`, "kiosk-third"), chromedp.Click(`#section-hostname .edit-form button.primary`),
-		poll(`document.querySelector('#section-hostname pre.reported').textContent.includes('kiosk-third')`))
+		poll(`document.querySelector('#section-hostname pre.reported').textContent.includes('kiosk-third')`),
+		chromedp.WaitNotPresent(`#section-hostname .edit-form`))
 
 	// Direct methods: the plan as a diff, the status.
 	do(t, ctx, "getPlan", chromedp.Click(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`))

@@ -135,7 +135,7 @@
     const input = el("input", { type: "text", id: "filter", class: "grow", value: filter,
       placeholder: "tags.site = 'berlin' AND properties.reported.__summary.state = 'Failed'", "aria-describedby": "filter-help" });
     const sizeSel = el("select", { id: "size", "aria-label": "Rows per page" },
-      ["20", "50", "100", "500"].map((n) => el("option", { value: n, selected: n === size }, n + " per page")));
+      [...new Set(["20", "50", "100", "500", size])].sort((a, b) => a - b).map((n) => el("option", { value: n, selected: n === size }, n + " per page")));
     const form = el("form", { class: "card", role: "search", onsubmit: (e) => {
       e.preventDefault();
       location.hash = "#/devices?" + new URLSearchParams({ filter: input.value, size: sizeSel.value });
@@ -265,7 +265,10 @@
       const key = st ? [st.state, st.reason, st.lastTransitionTime, st.desiredVersion].join("|") : "";
       if (!st || key === last) return;
       last = key;
-      historyList.append(el("li", {}, el("time", {}, when(st.lastTransitionTime) || new Date().toLocaleTimeString()),
+      // The time the page saw it: lastTransitionTime moves only when the
+      // state changes, not with every new reason or version.
+      historyList.append(el("li", {}, el("time", { title: st.lastTransitionTime ? "lastTransitionTime " + when(st.lastTransitionTime) : undefined },
+        new Date().toLocaleTimeString(undefined, { hour12: false })),
         badge(st.state), " ", st.reason || "", st.desiredVersion ? " (desired v" + st.desiredVersion + ")" : "", st.message ? " — " + st.message : ""));
       if (historyList.children.length > 1) historyBox.open = true;
     }
