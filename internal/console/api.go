@@ -580,6 +580,17 @@ func (s *Server) createConfig(w http.ResponseWriter, r *http.Request) {
 		}
 		var v any
 		json.Unmarshal(raw, &v)
+		// As twinctl apply does: the section carries the configuration's
+		// id, which the agent echoes in its __status and the default
+		// metrics count Ready and Failed by.
+		if m, ok := v.(map[string]any); ok {
+			meta, _ := m["__meta"].(map[string]any)
+			if meta == nil {
+				meta = map[string]any{}
+			}
+			meta["deploymentId"] = in.ID
+			m["__meta"] = meta
+		}
 		content["properties.desired."+name] = v
 		names = append(names, name)
 	}

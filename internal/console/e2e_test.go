@@ -160,6 +160,29 @@ func js(s string) string {
 	return string(b)
 }
 
+// samePage waits until the configurations page shows the progress of
+// configuration id that fleet.Status (twinctl rollout status) computes,
+// settled with at least ready devices Ready.
+func samePage(t *testing.T, ctx context.Context, e *fleetEnv, id string, ready int64) {
+	t.Helper()
+	bg := context.Background()
+	testutil.Eventually(t, id+": the page's rollout numbers equal fleet.Status", func() bool {
+		c, err := e.sc.GetConfiguration(bg, id)
+		if err != nil {
+			return false
+		}
+		p, err := fleet.Status(bg, e.sc, c)
+		if err != nil || !p.Settled() || p.Ready < ready {
+			return false
+		}
+		want := fmt.Sprintf("targeted %d of %dapplied %dReady %dFailed %dpending %d", p.Targeted, p.Expected, p.Applied, p.Ready, p.Failed, p.Pending)
+		c2, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		got, err := chromedp.Run(c2, chromedp.TextContent("#config-"+id+" .counts"))
+		return err == nil && got == want
+	})
+}
+
 // TestConsoleEndToEnd drives the console in headless Chromium against
 // twinhub and three real agents: the devices table and its filter, a
 // device's hostname changed in the page until the agent's Ready appears
@@ -300,21 +323,7 @@ spec:
 	sel := "#config-" + cfg.ID
 	do(t, ctx, "configurations", chromedp.Navigate(e.url+"/#/configs"), chromedp.WaitVisible(sel+" .stages"))
 	// The page shows what `twinctl rollout status` computes, live.
-	testutil.Eventually(t, "the page's rollout numbers equal fleet.Status", func() bool {
-		c, err := e.sc.GetConfiguration(bg, cfg.ID)
-		if err != nil {
-			return false
-		}
-		p, err := fleet.Status(bg, e.sc, c)
-		if err != nil || !p.Settled() || p.Ready != 1 {
-			return false
-		}
-		want := fmt.Sprintf("targeted %d of %dapplied %dReady %dFailed %dpending %d", p.Targeted, p.Expected, p.Applied, p.Ready, p.Failed, p.Pending)
-		c2, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		got, err := chromedp.Run(c2, chromedp.TextContent(sel+" .counts"))
-		return err == nil && got == want
-	})
+	samePage(t, ctx, e, cfg.ID, 1)
 	testutil.Eventually(t, "the canary's motd", func() bool { return e.onDisk("kiosk-01", "etc/motd") == "welcome\n" })
 	shoot(t, ctx, "rollout.png")
 
@@ -342,4 +351,5 @@ spec:
 	testutil.Eventually(t, "the new configuration reaches the devices", func() bool {
 		return e.onDisk("kiosk-02", "etc/timezone") == "Europe/Berlin\n"
 	})
+	samePage(t, ctx, e, "tz-berlin", 2)
 }
