@@ -245,3 +245,68 @@ func TestSharedPoll(t *testing.T) {
 	c2()
 	testutil.Eventually(t, "the poll stops", func() bool { return srv.Polls() == 0 })
 }
+
+// TestConfigurationWrites checks what the page may change on a
+// configuration: content never, twinctl's own labels never, the rest
+// with the etag it read.
+func TestConfigurationWrites(t *testing.T) {
+	base, _, sc, _ := startConsole(t, nil)
+	csrf := csrfOf(t, base)
+	hdr := map[string]string{"Authorization": "Bearer " + token, "X-Twinctl-Csrf": csrf, "Content-Type": "application/json"}
+	ctx := context.Background()
+	call := func(method, path, body string) (int, string) {
+		code, b, _ := do1(t, base, req{method: method, path: path, body: body, header: hdr})
+		return code, b
+	}
+	if code, b := call("POST", "/api/configs", `{"id": "tz", "targetCondition": "*", "priority": 1, "sections": {"timezone": {"name": "Nowhere/../x"}}}`); code != 422 || !strings.Contains(b, `"pointer":"/sections/timezone/name"`) {
+		t.Errorf("invalid section: %d %s", code, b)
+	}
+	if code, b := call("POST", "/api/configs", `{"id": "tz", "targetCondition": "tags.x = ", "sections": {"timezone": {"name": "Etc/UTC"}}}`); code != 422 || !strings.Contains(b, "/targetCondition") {
+		t.Errorf("invalid target: %d %s", code, b)
+	}
+	if code, b := call("POST", "/api/configs", `{"id": "tz", "targetCondition": "*", "labels": {"twinlet-managed-by": "twinctl"}, "sections": {"timezone": {"name": "Etc/UTC"}}}`); code != 400 {
+		t.Errorf("a twinlet- label: %d %s", code, b)
+	}
+	if _, err := sc.GetConfiguration(ctx, "tz"); err == nil {
+		t.Fatal("a refused configuration reached the hub")
+	}
+	if code, b := call("POST", "/api/configs", `{"id": "tz", "targetCondition": "*", "priority": 1, "labels": {"team": "a"}, "sections": {"timezone": {"name": "Etc/UTC"}}}`); code != 201 {
+		t.Fatalf("create: %d %s", code, b)
+	}
+	cfg, err := sc.GetConfiguration(ctx, "tz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tz, _ := cfg.Content.DeviceContent["properties.desired.timezone"].(map[string]any)
+	if meta, _ := tz["__meta"].(map[string]any); meta["deploymentId"] != "tz" {
+		t.Errorf("content %v: no deploymentId", cfg.Content.DeviceContent)
+	}
+	// a label twinctl owns survives an edit from the page
+	cfg.Labels["twinlet-rollout"] = "Complete"
+	cfg, err = sc.UpdateConfiguration(ctx, *cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, b := call("PUT", "/api/configs/tz", `{"etag": "stale", "priority": 5, "labels": {}}`); code != 412 {
+		t.Errorf("stale etag: %d %s", code, b)
+	}
+	if code, b := call("PUT", "/api/configs/tz", `{"etag": "`+cfg.ETag+`", "priority": 5, "labels": {}, "sections": {"timezone": {}}}`); code != 400 {
+		t.Errorf("content change: %d %s", code, b)
+	}
+	if code, b := call("PUT", "/api/configs/tz", `{"etag": "`+cfg.ETag+`", "priority": 5, "targetCondition": "tags.site = 'x'", "labels": {"team": "b"}}`); code != 200 {
+		t.Fatalf("update: %d %s", code, b)
+	}
+	cfg, _ = sc.GetConfiguration(ctx, "tz")
+	if cfg.Priority != 5 || cfg.TargetCondition != "tags.site = 'x'" || cfg.Labels["team"] != "b" || cfg.Labels["twinlet-rollout"] != "Complete" {
+		t.Errorf("after the update: %+v", cfg)
+	}
+	if code, _ := call("DELETE", "/api/configs/tz", ""); code != 400 {
+		t.Errorf("delete without etag: %d", code)
+	}
+	if code, b := call("DELETE", "/api/configs/tz?etag="+url.QueryEscape(cfg.ETag), ""); code != 204 {
+		t.Errorf("delete: %d %s", code, b)
+	}
+	if _, err := sc.GetConfiguration(ctx, "tz"); !iothub.IsNotFound(err) {
+		t.Errorf("still there: %v", err)
+	}
+}
