@@ -194,7 +194,10 @@ func TestConsoleEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds twinlet, runs three agents and Chromium")
 	}
-	ctx := browser(t, 1280, 800)
+	ctx, pe := browserWithErrors(t, 1280, 800)
+	// The 412 and 422 answers the test provokes are logged as failed
+	// requests; nothing else may go wrong in the page.
+	defer noPageErrors(t, pe, "status of 412", "status of 422")
 	ids := []string{"kiosk-01", "kiosk-02", "kiosk-03"}
 	e := startFleet(t, ids, func(id string) map[string]any {
 		ring := "stable"
