@@ -64,7 +64,12 @@ func fail(w http.ResponseWriter, status int, format string, args ...any) {
 func (s *Server) hubError(w http.ResponseWriter, err error) {
 	var se *iothub.ServiceError
 	if errors.As(err, &se) && se.StatusCode >= 400 && se.StatusCode < 500 {
-		fail(w, se.StatusCode, "%v", err)
+		status := se.StatusCode
+		if status == http.StatusUnauthorized || status == http.StatusForbidden {
+			// the hub refused twinctl's credentials: not the page's token
+			status = http.StatusBadGateway
+		}
+		fail(w, status, "%v", err)
 		return
 	}
 	if errors.Is(err, context.Canceled) {

@@ -247,7 +247,6 @@ func TestConsoleEndToEnd(t *testing.T) {
 	if got := e.onDisk("kiosk-01", "etc/hostname"); got != "kiosk-renamed\n" {
 		t.Errorf("etc/hostname = %q", got)
 	}
-	shoot(t, ctx, "device.png")
 
 	// An invalid value is refused in the page, with its pointer; nothing is sent.
 	before := e.twin("kiosk-01")
@@ -292,6 +291,23 @@ func TestConsoleEndToEnd(t *testing.T) {
 	do(t, ctx, "getPlan", chromedp.Click(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`))
 	do(t, ctx, "getStatus", chromedp.Click(`#m-getStatus`), chromedp.WaitVisible(`.method-answer`),
 		poll(`document.querySelector('.method-answer').textContent.includes('"summary"')`))
+
+	// A section the agent refuses shows its __errors with their pointers
+	// (a file the twin may not write: the cloud scope says Forbidden).
+	if _, err := e.sc.PatchTwin(bg, "kiosk-01", iothub.TwinPatch{Desired: map[string]any{"files": map[string]any{
+		"motd": map[string]any{"path": "/etc/motd", "content": "hello\n"},
+		"sudo": map[string]any{"path": "/etc/sudoers.d/kiosk", "content": "ALL ALL=(ALL) NOPASSWD: ALL\n"}}}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	do(t, ctx, "the agent's errors", chromedp.WaitVisible(`#section-files`),
+		poll(`!!document.querySelector('#section-files .errors') && document.querySelector('#section-files .errors').textContent.includes('/sudo/path')`),
+		poll(`document.querySelector('#section-files .section-head .badge').textContent === 'Failed'`),
+		poll(`document.querySelector('#summary-state').textContent.includes('failed: files')`),
+		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
+	shoot(t, ctx, "device.png")
+	if _, err := e.sc.PatchTwin(bg, "kiosk-01", iothub.TwinPatch{Desired: map[string]any{"files": nil}}, ""); err != nil {
+		t.Fatal(err)
+	}
 
 	// The device page on a phone.
 	do(t, ctx, "phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/twinlet/twinlet/internal/iothub"
 )
 
 // A watch is one view of the hub (a page of the devices table, a device,
@@ -53,10 +56,20 @@ func (s *Server) subscribe(key string, fetch func(ctx context.Context) (any, err
 
 func (s *Server) poll(ctx context.Context, w *watch) {
 	defer s.wg.Done()
-	t := time.NewTicker(s.opts.Interval)
+	t := time.NewTimer(s.opts.Interval)
 	defer t.Stop()
 	for {
 		v, err := w.fetch(ctx)
+		// A query the hub refuses (a filter with a syntax error) is asked
+		// again only every tenth interval, until the page changes it.
+		next := s.opts.Interval
+		var se *iothub.ServiceError
+		if errors.As(err, &se) && se.StatusCode >= 400 && se.StatusCode < 500 && se.StatusCode != http.StatusTooManyRequests {
+			next *= 10
+		} else if errors.As(err, &se) && se.StatusCode == http.StatusTooManyRequests {
+			next *= 5 // throttled: ease off
+		}
+		t.Reset(next)
 		if ctx.Err() != nil {
 			return
 		}
