@@ -217,6 +217,16 @@ func TestConsoleEndToEnd(t *testing.T) {
 		chromedp.Evaluate[chromedp.Void]("window.__sameDocument = true"),
 		poll(`[...document.querySelectorAll('tbody tr')].filter(r => r.cells[2].textContent === 'Ready').length === 3`))
 	shoot(t, ctx, "devices.png")
+	// A live update keeps the keyboard's place: the focused row's link
+	// stays focused when its row changes.
+	do(t, ctx, "focus a row", chromedp.Focus(`#dev-kiosk-02`))
+	if _, err := e.sc.PatchTwin(bg, "kiosk-02", iothub.TwinPatch{Desired: map[string]any{"timezone": map[string]any{"name": "Etc/UTC"}}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	v2 := desiredVersion(e.twin("kiosk-02"))
+	do(t, ctx, "the row changes, the focus stays",
+		poll(fmt.Sprintf(`document.querySelector('tr[data-device="kiosk-02"]').cells[4].textContent === '%d'`, v2)),
+		poll(`document.activeElement && document.activeElement.id === 'dev-kiosk-02'`))
 	// Paging with the hub's continuation tokens, two rows a page.
 	do(t, ctx, "paging", chromedp.Navigate(e.url+"/#/devices?size=2"),
 		poll(`document.querySelectorAll('tbody tr[data-device]').length === 2 && !document.querySelector('.pager button:last-child').disabled`),
@@ -282,7 +292,8 @@ func TestConsoleEndToEnd(t *testing.T) {
 	if n, _ := e.twin("kiosk-01").Properties.Desired["hostname"].(map[string]any); n["name"] != "kiosk-renamed" {
 		t.Errorf("a stale edit was written: %v", n)
 	}
-	do(t, ctx, "reload and save", chromedp.Click(`#section-hostname button.reload`), chromedp.WaitVisible(`#f-hostname-name`),
+	do(t, ctx, "reload and save", chromedp.Click(`#section-hostname button.reload`),
+		poll(`document.querySelector('#section-hostname .result').textContent.includes('Reloaded at desired version')`),
 		chromedp.SetValue(`#f-hostname-name`, "kiosk-third"), chromedp.Click(`#section-hostname .edit-form button.primary`),
 		poll(`document.querySelector('#section-hostname pre.reported').textContent.includes('kiosk-third')`),
 		chromedp.WaitNotPresent(`#section-hostname .edit-form`))
@@ -344,7 +355,6 @@ spec:
 	// The page shows what `twinctl rollout status` computes, live.
 	samePage(t, ctx, e, cfg.ID, 1)
 	testutil.Eventually(t, "the canary's motd", func() bool { return e.onDisk("kiosk-01", "etc/motd") == "welcome\n" })
-	shoot(t, ctx, "rollout.png")
 
 	// Edit what the service lets change: the priority.
 	do(t, ctx, "edit the configuration", chromedp.Click(sel+" .section-head button"), chromedp.WaitVisible("#p-"+cfg.ID),
@@ -371,4 +381,23 @@ spec:
 		return e.onDisk("kiosk-02", "etc/timezone") == "Europe/Berlin\n"
 	})
 	samePage(t, ctx, e, "tz-berlin", 2)
+
+	// The rollout widens to everyone (as `twinctl rollout run` does) and a
+	// device fails it: a directory where its motd must go.
+	os.MkdirAll(filepath.Join(e.roots["kiosk-03"], "etc/motd/sub"), 0o755)
+	c, err := e.sc.GetConfiguration(bg, cfg.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Labels[fleet.LabelStage] = "1"
+	c.TargetCondition = fleet.StageTarget(fleet.BaseTarget(c), repo.Configs[0].Rollout.Stages, 1)
+	if _, err := e.sc.UpdateConfiguration(bg, *c); err != nil {
+		t.Fatal(err)
+	}
+	do(t, ctx, "the rollout's second stage", chromedp.Navigate(e.url+"/#/configs"), chromedp.WaitVisible(sel+" .stages"))
+	samePage(t, ctx, e, cfg.ID, 2)
+	if got := get(t, ctx, "stages", chromedp.TextContent(sel+" .stages")); !strings.Contains(got, "done") || !strings.Contains(got, "2/3 Ready") {
+		t.Errorf("stages shown: %q", got)
+	}
+	shoot(t, ctx, "rollout.png")
 }

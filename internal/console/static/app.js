@@ -34,6 +34,19 @@
     node.replaceChildren(...kids.flat().filter((k) => k !== undefined && k !== null && k !== false));
   }
 
+  // keepFocus runs a re-render and gives the focus back to the element
+  // with the same id, so that a live update never takes the keyboard's
+  // place away.
+  function keepFocus(fn) {
+    const a = document.activeElement;
+    const id = a && a !== document.body ? a.id : "";
+    fn();
+    if (id && (!document.activeElement || document.activeElement.id !== id)) {
+      const e = document.getElementById(id);
+      if (e) e.focus({ preventScroll: true });
+    }
+  }
+
   function badge(s) {
     return s ? el("span", { class: "badge " + s }, s) : el("span", { class: "dim" }, "—");
   }
@@ -154,21 +167,25 @@
     const pageNo = el("span", { class: "dim" });
     main.append(el("h1", {}, "Devices"), form, status, table, el("nav", { class: "pager", "aria-label": "Pages" }, prev, pageNo, next));
 
+    let lastRows = "";
     function render(d) {
       put(status);
       if (d.next && pages.length === at + 1) pages.push(d.next);
       next.disabled = !d.next;
       prev.disabled = at === 0;
       pageNo.textContent = "page " + (at + 1);
-      put(tbody, ...d.rows.map((r) => el("tr", { "data-device": r.id },
-        el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(r.id) }, r.id)),
+      const key = JSON.stringify(d.rows);
+      if (key === lastRows) return;
+      lastRows = key;
+      keepFocus(() => put(tbody, ...d.rows.map((r) => el("tr", { "data-device": r.id },
+        el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(r.id), id: "dev-" + r.id }, r.id)),
         el("td", {}, badge(r.connection)),
         el("td", {}, badge(r.state)),
         el("td", { class: "mono" }, r.failed || ""),
         el("td", { class: "num" }, r.desiredVersion),
         el("td", { class: "num", title: r.summaryVersion ? "the agent reconciled desired version " + r.summaryVersion : undefined },
           r.reportedVersion, r.summaryVersion && r.summaryVersion < r.desiredVersion ? el("span", { class: "c-pending" }, " (behind)") : ""),
-        el("td", { class: "hide-narrow dim" }, when(r.lastActivity)))));
+        el("td", { class: "hide-narrow dim" }, when(r.lastActivity))))));
       if (!d.rows.length) tbody.append(el("tr", {}, el("td", { colspan: 7, class: "dim" }, "No device matches.")));
     }
     function show(i) {
@@ -257,7 +274,7 @@
     const historyBox = el("details", { class: "hist" }, el("summary", {}, "State transitions while this page is open"), historyList);
     const editorBox = el("div", { class: "editor" });
     node.append(headRow, errs, sides, historyBox, editorBox);
-    let last = null;
+    let last = null, lastHead = "", lastErrs = "";
     let sec = null;
     let editor = null;
 
@@ -276,20 +293,38 @@
     function update(s, etag) {
       sec = s;
       const st = s.status || null;
-      const editBtn = s.writable ? el("button", { type: "button", class: "edit", onclick: () => edit(), disabled: !!editor, "aria-label": "Edit " + sid }, "Edit") : null;
+      const headKey = JSON.stringify([st, s.writable, s.known, !!editor]);
+      if (headKey !== lastHead) {
+        lastHead = headKey;
+        keepFocus(() => head(s, st));
+      }
+      const errKey = JSON.stringify(s.errors || null);
+      if (errKey !== lastErrs) {
+        lastErrs = errKey;
+        renderErrors(s);
+      }
+      const dt = s.desired === undefined ? "(not desired)" : pretty(s.desired);
+      const rt = s.reported === undefined ? "(nothing reported)" : pretty(s.reported);
+      if (desiredPre.textContent !== dt) desiredPre.textContent = dt;
+      if (reportedPre.textContent !== rt) reportedPre.textContent = rt;
+      record(st);
+      if (editor) editor.twinChanged(device());
+    }
+
+    function head(s, st) {
+      const editBtn = s.writable ? el("button", { type: "button", class: "edit", id: "edit-" + sid, onclick: () => edit(), disabled: !!editor, "aria-label": "Edit " + sid }, "Edit") : null;
       put(headRow, el("h2", { id: "h-" + sid }, sid), badge(st && st.state), st && st.reason ? el("span", { class: "badge" }, st.reason) : null,
         el("span", { class: "msg" }, st && st.message ? st.message : ""), el("span", { class: "spacer" }),
         st && st.source ? el("span", { class: "dim", style: "font-size:.8rem" }, "from " + st.source) : null,
         !s.known ? el("span", { class: "dim" }, "no provider") : null, editBtn);
+    }
+
+    function renderErrors(s) {
       put(errs);
       if (Array.isArray(s.errors) && s.errors.length) {
         errs.append(el("ul", { class: "errors", "aria-label": sid + " errors" }, s.errors.map((e) =>
           el("li", {}, el("code", {}, e.pointer || "/"), " ", e.message, e.at ? el("span", { class: "dim" }, " (" + e.at + ")") : ""))));
       }
-      desiredPre.textContent = s.desired === undefined ? "(not desired)" : pretty(s.desired);
-      reportedPre.textContent = s.reported === undefined ? "(nothing reported)" : pretty(s.reported);
-      record(st);
-      if (editor) editor.twinChanged(device());
     }
 
     function edit() {
@@ -576,14 +611,22 @@
     const editBox = el("div");
     node.append(body, editBox);
 
+    let lastKey = "";
     function update(c) {
       cfg = c;
       node.id = "config-" + c.id;
+      const key = JSON.stringify([c, editing]);
+      if (key === lastKey) return;
+      lastKey = key;
+      keepFocus(() => render(c));
+    }
+
+    function render(c) {
       const p = c.progress;
       const kids = [el("div", { class: "section-head" }, el("h2", {}, c.id), c.managed ? el("span", { class: "badge", title: "managed by twinctl apply" }, "GitOps " + c.name) : null,
         p && p.state ? badge(p.state) : null, p && p.reason ? el("span", { class: "msg" }, p.reason) : null, el("span", { class: "spacer" }),
         el("span", { class: "dim" }, "priority " + c.priority),
-        el("button", { type: "button", onclick: () => edit(), disabled: editing, "aria-label": "Edit " + c.id }, "Edit"))];
+        el("button", { type: "button", id: "edit-config-" + c.id, onclick: () => edit(), disabled: editing, "aria-label": "Edit " + c.id }, "Edit"))];
       kids.push(el("div", { class: "mono dim", style: "margin:.3rem 0" }, "target: " + c.targetCondition), el("div", { class: "dim", style: "font-size:.88rem" }, "sections: " + (c.sections || []).join(", ")));
       if (c.error) kids.push(notice("error", c.error));
       if (p) {
