@@ -464,7 +464,10 @@ type configView struct {
 	Progress        *fleet.Progress   `json:"progress,omitempty"`
 	Stages          []stageView       `json:"stages,omitempty"`
 	MaxFailed       string            `json:"maxFailed,omitempty"`
-	Error           string            `json:"error,omitempty"`
+	// OverMaxFailed: failures cross the rollout's maxFailed (twinctl
+	// rollout run halts it).
+	OverMaxFailed bool   `json:"overMaxFailed,omitempty"`
+	Error         string `json:"error,omitempty"`
 }
 
 type stageView struct {
@@ -507,6 +510,9 @@ func (s *Server) configList(ctx context.Context) ([]configView, error) {
 			v.Error = err.Error()
 		} else {
 			v.Progress = p
+			if plan, _, _ := fleet.RolloutPlan(c); plan != nil {
+				v.OverMaxFailed = plan.MaxFailed.Exceeded(int(p.Failed), int(p.Applied))
+			}
 		}
 		out = append(out, v)
 	}

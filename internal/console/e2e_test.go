@@ -399,5 +399,6 @@ spec:
 	if got := get(t, ctx, "stages", chromedp.TextContent(sel+" .stages")); !strings.Contains(got, "done") || !strings.Contains(got, "2/3 Ready") {
 		t.Errorf("stages shown: %q", got)
 	}
+	do(t, ctx, "over maxFailed", poll(`document.querySelector('`+sel+` .notice.error').textContent.includes('maxFailed 0')`))
 	shoot(t, ctx, "rollout.png")
 }

@@ -232,8 +232,13 @@
           cards.set(s.id, c);
         }
         c.update(s, d.etag);
-        sectionsBox.append(c.node); // keeps the order sorted
       }
+      // Move cards only when the order changed: moving a node takes the
+      // focus away from what is in it.
+      const want = d.sections.map((s) => cards.get(s.id).node);
+      const extra = [...sectionsBox.children].filter((n) => !want.includes(n));
+      const order = want.concat(extra);
+      if (order.some((n, i) => sectionsBox.children[i] !== n)) keepFocus(() => sectionsBox.append(...order));
       addSection(d);
     }
 
@@ -582,8 +587,9 @@
         let card = cards.get(c.id);
         if (!card) { card = configCard(); cards.set(c.id, card); }
         card.update(c);
-        list.append(card.node);
       }
+      const want = d.configs.map((c) => cards.get(c.id).node);
+      if (want.some((n, i) => list.children[i] !== n)) keepFocus(() => list.append(...want));
     }, (err) => put(status, notice("error", err)));
   }
 
@@ -641,7 +647,8 @@
             g.append(el("div", { class: "stage-name" }, (i + 1) + ". " + st.name, el("small", {}, st.target)), b, el("span", { class: "dim" }, txt));
           });
           kids.push(g);
-          if (c.maxFailed) kids.push(el("div", { class: "dim", style: "font-size:.85rem;margin-top:.3rem" }, "maxFailed " + c.maxFailed));
+          if (c.overMaxFailed) kids.push(notice("error", "Failures cross maxFailed " + c.maxFailed + ": twinctl rollout run halts this rollout here."));
+          else if (c.maxFailed) kids.push(el("div", { class: "dim", style: "font-size:.85rem;margin-top:.3rem" }, "maxFailed " + c.maxFailed));
         } else {
           kids.push(el("div", { style: "margin-top:.4rem" }, bar(p, c.id)));
         }
