@@ -13,6 +13,10 @@ import (
 	"github.com/twinlet/twinlet/internal/iothub"
 )
 
+// maxWatches bounds the views polled at once, so that no number of open
+// pages can flood the hub.
+const maxWatches = 64
+
 // A watch is one view of the hub (a page of the devices table, a device,
 // the configurations) that every open page showing it shares: one poll
 // per interval while anyone watches, whatever the number of pages, and an
@@ -27,11 +31,14 @@ type watch struct {
 
 // subscribe returns a channel of the view's updates (the latest one
 // replaces an unread one) and the function that ends the subscription.
-func (s *Server) subscribe(key string, fetch func(ctx context.Context) (any, error)) (<-chan []byte, func()) {
+func (s *Server) subscribe(key string, fetch func(ctx context.Context) (any, error)) (<-chan []byte, func(), error) {
 	ch := make(chan []byte, 1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w, ok := s.watch[key]
+	if !ok && len(s.watch) >= maxWatches {
+		return nil, nil, fmt.Errorf("%d views are followed already: close some pages", maxWatches)
+	}
 	if !ok {
 		ctx, cancel := context.WithCancel(s.ctx)
 		w = &watch{key: key, fetch: fetch, subs: map[chan []byte]bool{}, stop: cancel}
@@ -51,7 +58,7 @@ func (s *Server) subscribe(key string, fetch func(ctx context.Context) (any, err
 			delete(s.watch, key)
 			w.stop()
 		}
-	}
+	}, nil
 }
 
 func (s *Server) poll(ctx context.Context, w *watch) {
@@ -156,7 +163,11 @@ func (s *Server) watchHandler(w http.ResponseWriter, r *http.Request) {
 		fail(w, 500, "streaming unsupported")
 		return
 	}
-	ch, done := s.subscribe(key, fetch)
+	ch, done, err := s.subscribe(key, fetch)
+	if err != nil {
+		fail(w, http.StatusServiceUnavailable, "%v", err)
+		return
+	}
 	defer done()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")

@@ -98,10 +98,11 @@
     live.textContent = on ? "live" : "reconnecting…";
   }
 
-  async function schemaFor(section) {
+  // schemaFor returns (a promise of) the section's schema, fetched once.
+  function schemaFor(section) {
     if (!schemaCache.has(section)) {
-      const r = await fetch("/api/schemas/" + encodeURIComponent(section), { credentials: "same-origin" });
-      schemaCache.set(section, r.ok ? await r.json() : null);
+      schemaCache.set(section, fetch("/api/schemas/" + encodeURIComponent(section), { credentials: "same-origin" })
+        .then((r) => (r.ok ? r.json() : null)).catch(() => null));
     }
     return schemaCache.get(section);
   }
