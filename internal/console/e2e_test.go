@@ -316,6 +316,10 @@ func TestConsoleEndToEnd(t *testing.T) {
 		poll(`document.querySelector('#summary-state').textContent.includes('failed: files')`),
 		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
 	shoot(t, ctx, "device.png")
+	// The dry run shows the refused item with its pointer, as a diff line.
+	do(t, ctx, "getPlan with a refusal", chromedp.Click(`#m-getPlan`),
+		poll(`!!document.querySelector('#plan-diff') && document.querySelector('#plan-diff').textContent.includes('/sudo/path')`),
+		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
 	if _, err := e.sc.PatchTwin(bg, "kiosk-01", iothub.TwinPatch{Desired: map[string]any{"files": nil}}, ""); err != nil {
 		t.Fatal(err)
 	}
