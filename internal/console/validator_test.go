@@ -56,6 +56,11 @@ var corpus = []struct{ schema, doc string }{
 	{"fleetconfig", `{"apiVersion": "twinlet.dev/v1", "kind": "FleetConfig", "metadata": {"name": "base"}, "spec": {"targetCondition": "*", "sections": {}, "rollout": {"maxFailed": "5%", "stages": [{"name": "canary", "target": "tags.ring='canary'"}]}}}`},
 	{"fleetconfig", `{"apiVersion": "twinlet.dev/v1", "kind": "FleetConfig", "metadata": {"name": "base", "labels": {"twinlet-x": "y"}}, "spec": {"targetCondition": "*", "sections": {}, "rollout": {"maxFailed": "500%", "stages": []}}}`},
 	{"enrollment", `{"apiVersion": "twinlet.dev/v1", "kind": "Enrollment", "metadata": {"name": "dev-1"}, "spec": {"attestation": {"type": "tpm"}}}`},
+	{"enrollment", `{"apiVersion": "twinlet.dev/v1", "kind": "Enrollment", "metadata": {"name": "dev-1"}, "spec": {"attestation": {"type": "symmetricKey"}, "iotHubs": ["a.azure-devices.net", "a.azure-devices.net"]}}`},
+	{"fleetconfig", `{"apiVersion": "twinlet.dev/v1", "kind": "FleetConfig", "metadata": {"name": "base"}, "spec": {"targetCondition": "*", "sections": {}, "rollout": {"stages": [{"name": "canary", "target": "*", "minReady": 150}]}}}`},
+	{"fleetconfig", `{"apiVersion": "twinlet.dev/v1", "kind": "FleetConfig", "metadata": {"name": "base"}, "spec": {"targetCondition": "*", "priority": 1.5, "sections": {}}}`},
+	{"timezone", `{"name": "Europe/Zürich"}`},
+	{"files", `{"m": {"path": "/etc/m", "content": "é", "mode": "0644", "ensure": "present"}}`},
 	{"enrollment", `{"apiVersion": "twinlet.dev/v1", "kind": "Enrollment", "metadata": {"name": "dev-1"}, "spec": {"attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {}}}}}}`},
 }
 
