@@ -22,7 +22,7 @@ func consoleCmd(fs *flag.FlagSet) runFunc {
 	listen := fs.String("listen", "127.0.0.1:0", "address to serve the console on; other than loopback needs --token or gets a random one")
 	token := fs.String("token", "", "token every request must carry (default: a random one, printed in the address)")
 	open := fs.Bool("open", false, "open the console in the desktop's browser (xdg-open)")
-	every := fs.Duration("interval", 2*time.Second, "how often the shared poll queries the hub")
+	every := fs.Duration("interval", 5*time.Second, "how often the shared poll queries the hub (an S1 IoT Hub unit allows 20 queries a minute)")
 	return func(ctx context.Context, c *cli, args []string) error {
 		if *every < 200*time.Millisecond {
 			return usagef("--interval: at least 200ms, got %s", *every)

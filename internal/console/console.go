@@ -57,7 +57,7 @@ type Options struct {
 	// Hosts are the Host header values accepted (a guard against DNS
 	// rebinding); empty accepts any.
 	Hosts []string
-	// Interval is how often the shared poll queries the hub (default 2s).
+	// Interval is how often the shared poll queries the hub (default 5s).
 	Interval time.Duration
 	// Sections are the known sections with their schemas.
 	Sections []Section
@@ -97,7 +97,7 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("console: the token must have at least 8 characters")
 	}
 	if opts.Interval <= 0 {
-		opts.Interval = 2 * time.Second
+		opts.Interval = 5 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
