@@ -747,7 +747,10 @@
       info = r.data;
       document.getElementById("hub").textContent = info.hub;
     }
-    window.addEventListener("hashchange", route);
+    window.addEventListener("hashchange", () => {
+      route();
+      main.focus({ preventScroll: true }); // the keyboard starts at the new view
+    });
     route();
   });
 })();
