@@ -147,7 +147,7 @@
     const pages = [""]; // continuation tokens of the pages seen
     let at = 0;
     const input = el("input", { type: "text", id: "filter", class: "grow", value: filter,
-      placeholder: "tags.site = 'berlin' AND properties.reported.__summary.state = 'Failed'", "aria-describedby": "filter-help" });
+      placeholder: "e.g. tags.site = 'berlin' AND properties.reported.__summary.state = 'Failed'", "aria-describedby": "filter-help" });
     const sizeSel = el("select", { id: "size", "aria-label": "Rows per page" },
       [...new Set(["20", "50", "100", "500", size])].sort((a, b) => a - b).map((n) => el("option", { value: n, selected: n === size }, n + " per page")));
     const form = el("form", { class: "card", role: "search", onsubmit: (e) => {
