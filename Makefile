@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools chromium screenshots release
 
 all: build
 
@@ -71,6 +71,22 @@ systemd-tools:
 	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 systemd >/dev/null; }); \
 	  else echo "the services tests need systemctl (apt-get install systemd)" >&2; fi; }
 
+# The console's tests drive headless Chromium (Debian package chromium),
+# installed here as root when missing; without it they skip.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (Debian package) for the console's browser tests"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >/dev/null 2>&1 || \
+	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >/dev/null; }); \
+	  else echo "the console's browser tests need chromium: apt-get install chromium" >&2; fi; }
+
+# docs/screenshots/*.png: the console's end-to-end test (twinhub, real
+# agents, headless Chromium) photographs the pages it drives.
+screenshots: chromium
+	@mkdir -p docs/screenshots
+	TWINLET_SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run '^TestConsoleEndToEnd$$' ./internal/console/
+
 # The agent in the foreground on the example policy, acting on a sandbox root
 # inside the checkout (git-ignored): it never touches this machine's /etc.
 run: build
@@ -81,7 +97,7 @@ run: build
 test: lint unit conformance
 
 # Every Go test under the race detector.
-unit: tpm-tools deb-tools ca-tools systemd-tools
+unit: tpm-tools deb-tools ca-tools systemd-tools chromium
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:

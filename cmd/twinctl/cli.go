@@ -46,6 +46,10 @@ Commands:
                                   all validated (file:line) before any is sent
   enrollments list | show ID [--group] [--show-keys] | delete ID [--group] [--etag E]
   registrations list [--group G] | show REGISTRATION | delete REGISTRATION [--etag E]
+  console [--listen 127.0.0.1:0] [--token T] [--open] [--interval 5s]
+                                  a web console of the fleet (devices, twins,
+                                  methods, configurations, rollouts) on loopback;
+                                  prints its address with a random token
   completion bash|zsh|fish        print a shell completion script
   man                             print the man page (roff)
 

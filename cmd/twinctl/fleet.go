@@ -4,14 +4,12 @@ package main
 // twin patches, shared by apply, apply --dry-run and diff.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"reflect"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -418,27 +416,7 @@ func writeLineDiff(w io.Writer, a, b []string) {
 
 // count runs SELECT COUNT() over devices matching cond.
 func count(ctx context.Context, sc *iothub.ServiceClient, cond string) (int, error) {
-	q := "SELECT COUNT() AS n FROM devices"
-	if c := strings.TrimSpace(cond); c != "*" && c != "" {
-		q += " WHERE " + c
-	}
-	for row, err := range sc.Query(ctx, q, 0) {
-		if err != nil {
-			return 0, err
-		}
-		var r struct{ N json.Number }
-		dec := json.NewDecoder(bytes.NewReader(row))
-		dec.UseNumber()
-		if err := dec.Decode(&r); err != nil {
-			return 0, fmt.Errorf("query %q: %w", q, err)
-		}
-		n, err := strconv.Atoi(r.N.String())
-		if err != nil {
-			return 0, fmt.Errorf("query %q: count %q: %w", q, r.N, err)
-		}
-		return n, nil
-	}
-	return 0, nil
+	return fleet.Count(ctx, sc, cond)
 }
 
 // covered reports whether every device that the new configuration's

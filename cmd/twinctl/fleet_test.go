@@ -355,7 +355,7 @@ func TestProgressBar(t *testing.T) {
 		{progress{Expected: 1000, Applied: 1000, Ready: 10, Failed: 1}, "[x.........]"},
 		{progress{}, "[..........]"},
 	} {
-		if got := tc.p.bar(10); got != tc.want {
+		if got := tc.p.Bar(10); got != tc.want {
 			t.Errorf("%+v: %s, want %s", tc.p, got, tc.want)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/twinlet/twinlet/internal/fleet"
@@ -25,52 +24,8 @@ type rolloutFailed struct{ msg string }
 func (e *rolloutFailed) Error() string { return e.msg }
 func (e *rolloutFailed) ExitCode() int { return 3 }
 
-// progress is where a configuration's rollout stands.
-type progress struct {
-	ID        string `json:"id"`
-	Name      string `json:"name"`
-	Stage     int    `json:"stage,omitempty"`  // 1-based; 0: no staged rollout
-	Stages    int    `json:"stages,omitempty"` // number of stages
-	StageName string `json:"stageName,omitempty"`
-	State     string `json:"state,omitempty"` // Progressing, Halted, Complete
-	Reason    string `json:"reason,omitempty"`
-	// Expected is the number of devices the current target condition
-	// selects; Targeted and Applied come from the hub's system metrics.
-	Expected int   `json:"expected"`
-	Targeted int64 `json:"targeted"`
-	Applied  int64 `json:"applied"`
-	Ready    int64 `json:"ready"`
-	Failed   int64 `json:"failed"`
-	Pending  int64 `json:"pending"`
-}
-
-// settled: the hub has evaluated every device of the target and none is
-// still pending.
-func (p *progress) settled() bool {
-	return int(p.Targeted) >= p.Expected && p.Pending == 0 && p.Ready+p.Failed >= p.Applied
-}
-
-func (p *progress) line() string {
-	var b strings.Builder
-	b.WriteString(p.ID)
-	if p.Stages > 0 {
-		fmt.Fprintf(&b, " stage %d/%d %s", p.Stage, p.Stages, p.StageName)
-	}
-	fmt.Fprintf(&b, ": targeted %d, applied %d, Ready %d, Failed %d, pending %d", p.Targeted, p.Applied, p.Ready, p.Failed, p.Pending)
-	return b.String()
-}
-
-// bar renders the progress as a bar of width cells.
-func (p *progress) bar(width int) string {
-	total := max(p.Applied, int64(p.Expected), 1)
-	ready := int(int64(width) * p.Ready / total)
-	failed := int(int64(width) * p.Failed / total)
-	if p.Failed > 0 && failed == 0 {
-		failed = 1
-	}
-	ready = min(ready, width-failed)
-	return "[" + strings.Repeat("#", ready) + strings.Repeat("x", failed) + strings.Repeat(".", width-ready-failed) + "]"
-}
+// progress is where a configuration's rollout stands (fleet.Status).
+type progress = fleet.Progress
 
 // findConfig returns the configuration with id name, or the newest
 // managed one of FleetConfig name, with every managed one of that name.
@@ -120,30 +75,7 @@ func newer(a, b *iothub.Configuration) bool {
 }
 
 func statusOf(ctx context.Context, sc *iothub.ServiceClient, cfg *iothub.Configuration) (*progress, error) {
-	p := &progress{ID: cfg.ID, Name: fleet.Name(cfg)}
-	if plan, stage, err := fleet.RolloutPlan(cfg); err != nil {
-		return nil, err
-	} else if plan != nil {
-		p.Stage, p.Stages, p.StageName = stage+1, len(plan.Stages), plan.Stages[stage].Name
-		p.State, p.Reason = cfg.Labels[fleet.LabelRollout], cfg.Labels[fleet.LabelReason]
-	}
-	// The eligible metric counts the whole target; only a rollout stage
-	// narrower than it needs a query of its own (a scan of every twin).
-	if v, ok := cfg.Metrics.Results[fleet.MetricEligible]; ok && strings.TrimSpace(fleet.BaseTarget(cfg)) == strings.TrimSpace(cfg.TargetCondition) {
-		p.Expected = int(v)
-	} else {
-		n, err := count(ctx, sc, cfg.TargetCondition)
-		if err != nil {
-			return nil, err
-		}
-		p.Expected = n
-	}
-	p.Targeted = cfg.SystemMetrics.Results["targetedCount"]
-	p.Applied = cfg.SystemMetrics.Results["appliedCount"]
-	p.Ready = cfg.Metrics.Results[fleet.MetricReady]
-	p.Failed = cfg.Metrics.Results[fleet.MetricFailed]
-	p.Pending = cfg.Metrics.Results[fleet.MetricPending]
-	return p, nil
+	return fleet.Status(ctx, sc, cfg)
 }
 
 // isTerminal reports whether w is a terminal (for the live bar).
@@ -166,9 +98,9 @@ type reporter struct {
 }
 
 func (r *reporter) show(p *progress) {
-	l := p.line()
+	l := p.Line()
 	if r.tty {
-		fmt.Fprintf(r.w, "\r\033[K%s %s", p.bar(30), l)
+		fmt.Fprintf(r.w, "\r\033[K%s %s", p.Bar(30), l)
 		r.open = true
 		return
 	}
@@ -237,7 +169,7 @@ func rolloutStatusCmd(fs *flag.FlagSet) runFunc {
 				rep.done()
 				return &rolloutFailed{fmt.Sprintf("%s: %d of %d devices failed, more than %s", p.ID, p.Failed, p.Applied, limit)}
 			}
-			if !*watch || p.settled() {
+			if !*watch || p.Settled() {
 				return nil
 			}
 			if err := pause(ctx, *every); err != nil {
@@ -342,7 +274,7 @@ func rolloutRunCmd(fs *flag.FlagSet) runFunc {
 				continue
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("rollout of %s: timed out at stage %d/%d %s (%s); run again to resume", cfg.ID, stage+1, len(plan.Stages), st.Name, p.line())
+				return fmt.Errorf("rollout of %s: timed out at stage %d/%d %s (%s); run again to resume", cfg.ID, stage+1, len(plan.Stages), st.Name, p.Line())
 			}
 			if err := pause(ctx, *every); err != nil {
 				return err
