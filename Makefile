@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools chromium screenshots release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools chromium screenshots test-tools release
 
 all: build
 
@@ -37,49 +37,23 @@ deb: build release
 # they run. Installed as Debian packages when missing (as root), like Node
 # for the conformance suite.
 deb-tools:
-	@missing=""; for t in lintian:lintian zsh:zsh fish:fish; do \
-	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing$$missing (Debian packages) for the packaging tests"; \
-	    (apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing >/dev/null 2>&1 || \
-	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing >/dev/null; }); \
-	  else echo "the packaging tests need:$$missing (apt-get install$$missing)" >&2; fi; \
-	fi
+	@sh packaging/test-tools.sh packaging lintian:lintian zsh:zsh fish:fish
 
 # What the certificates tests drive: update-ca-certificates and openssl
 # (normally present on Debian). Installed as Debian packages when missing
 # (as root).
 ca-tools:
-	@missing=""; for t in update-ca-certificates:ca-certificates openssl:openssl; do \
-	  command -v $${t%%:*} >/dev/null || [ -x /usr/sbin/$${t%%:*} ] || missing="$$missing $${t#*:}"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing$$missing (Debian packages) for the certificates tests"; \
-	    (apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing >/dev/null 2>&1 || \
-	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing >/dev/null; }); \
-	  else echo "the certificates tests need:$$missing (apt-get install$$missing)" >&2; fi; \
-	fi
+	@sh packaging/test-tools.sh certificates update-ca-certificates:ca-certificates openssl:openssl
 
 # systemctl (package systemd) for the services provider's tests, which
 # drive systemctl --root on temporary roots; no running systemd is needed.
 systemd-tools:
-	@command -v systemctl >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing systemd (Debian package) for the services tests"; \
-	    (apt-get install -y -qq -o DPkg::Lock::Timeout=600 systemd >/dev/null 2>&1 || \
-	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 systemd >/dev/null; }); \
-	  else echo "the services tests need systemctl (apt-get install systemd)" >&2; fi; }
+	@sh packaging/test-tools.sh services systemctl:systemd
 
 # The console's tests drive headless Chromium (Debian package chromium),
 # installed here as root when missing; without it they skip.
 chromium:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing chromium (Debian package) for the console's browser tests"; \
-	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >/dev/null 2>&1 || \
-	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 chromium >/dev/null; }); \
-	  else echo "the console's browser tests need chromium: apt-get install chromium" >&2; fi; }
+	@command -v chromium-browser >/dev/null || sh packaging/test-tools.sh console chromium:chromium
 
 # docs/screenshots/*.png: the console's end-to-end test (twinhub, real
 # agents, headless Chromium) photographs the pages it drives.
@@ -96,8 +70,13 @@ run: build
 
 test: lint unit conformance
 
+# Every Debian package the Go tests drive, in one apt-get call (the
+# per-suite targets above install their own share).
+test-tools:
+	@sh packaging/test-tools.sh "Go" swtpm:swtpm swtpm_setup:swtpm-tools tpm2_nvread:tpm2-tools lintian:lintian zsh:zsh fish:fish update-ca-certificates:ca-certificates openssl:openssl systemctl:systemd chromium:chromium
+
 # Every Go test under the race detector.
-unit: tpm-tools deb-tools ca-tools systemd-tools chromium
+unit: test-tools
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:
@@ -131,11 +110,7 @@ fuzz:
 # The TPM tests start swtpm (a software TPM) and read back with tpm2-tools;
 # install them (Debian packages) when missing, as root.
 tpm-tools:
-	@command -v swtpm >/dev/null && command -v swtpm_setup >/dev/null && command -v tpm2_nvread >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing swtpm, swtpm-tools and tpm2-tools (Debian packages) for the TPM tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm swtpm-tools tpm2-tools >/dev/null; \
-	  else echo "the TPM tests need swtpm and tpm2-tools: apt-get install swtpm swtpm-tools tpm2-tools" >&2; exit 1; fi; }
+	@sh packaging/test-tools.sh TPM swtpm:swtpm swtpm_setup:swtpm-tools tpm2_nvread:tpm2-tools
 
 # Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
 # npm ci runs only when package.json or the lock file changed since the last
