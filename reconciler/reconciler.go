@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -32,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twinlet/twinlet/internal/atomicfile"
 	"github.com/twinlet/twinlet/internal/policy"
 	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/schemas"
@@ -153,9 +155,12 @@ type Reconciler struct {
 	stMu    sync.Mutex // the persisted state
 	st      *state.State
 	saveSeq uint64 // snapshots taken (under stMu)
-	// policyDirty: st.PolicyValidated changed since the state was last
-	// saved (under stMu).
-	policyDirty bool
+	// polCache is the parse cache of the policy files, kept in
+	// <state-dir>/policy-cache.json; polCacheDirty says it changed since
+	// it was last written.
+	polCacheMu    sync.Mutex
+	polCache      policy.Cache
+	polCacheDirty bool
 
 	writeMu sync.Mutex // state writes, in snapshot order
 	written uint64     // the last snapshot written
@@ -386,6 +391,45 @@ func topoOrder(infos []providers.Info) ([]string, error) {
 	return order, nil
 }
 
+// policyCacheFile is the parse cache of the policy files in the state
+// directory.
+const policyCacheFile = "policy-cache.json"
+
+// loadPolicyCache reads the policy parse cache; anything unreadable is an
+// empty cache (it is only a cache).
+func loadPolicyCache(stateDir string) policy.Cache {
+	c := policy.Cache{}
+	if stateDir == "" {
+		return c
+	}
+	if b, err := os.ReadFile(filepath.Join(stateDir, policyCacheFile)); err == nil {
+		if json.Unmarshal(b, &c) != nil {
+			c = policy.Cache{}
+		}
+	}
+	return c
+}
+
+// savePolicyCache writes the policy parse cache when it changed.
+func (r *Reconciler) savePolicyCache() {
+	r.polCacheMu.Lock()
+	defer r.polCacheMu.Unlock()
+	if !r.polCacheDirty || r.opts.StateDir == "" {
+		return
+	}
+	b, err := json.Marshal(r.polCache)
+	if err == nil {
+		if err = os.MkdirAll(r.opts.StateDir, 0o700); err == nil {
+			err = atomicfile.Write(filepath.Join(r.opts.StateDir, policyCacheFile), b, 0o600)
+		}
+	}
+	if err != nil {
+		r.log.Warn("policy cache not saved", "err", err)
+		return
+	}
+	r.polCacheDirty = false
+}
+
 // Sections returns the section ids in dependency order.
 func (r *Reconciler) Sections() []string { return append([]string(nil), r.order...) }
 
@@ -397,33 +441,20 @@ func (r *Reconciler) loadSources() error {
 	var pol *policy.Set
 	if r.opts.PolicyDir != "" {
 		var err error
-		r.stMu.Lock()
-		validated := map[string]bool{}
-		for _, d := range r.st.PolicyValidated {
-			validated[d] = true
+		r.polCacheMu.Lock()
+		if r.polCache == nil {
+			r.polCache = loadPolicyCache(r.opts.StateDir)
 		}
-		r.stMu.Unlock()
-		pol, err = policy.LoadDirValidated(r.opts.PolicyDir, r.Known, validated)
+		pol, err = policy.LoadDirCached(r.opts.PolicyDir, r.Known, r.polCache)
+		if err == nil && pol.CacheChanged {
+			// Saved by the next reconcile that is not a dry run
+			// (`twinlet plan` writes nothing).
+			r.polCacheDirty = true
+		}
+		r.polCacheMu.Unlock()
 		if err != nil {
 			return err
 		}
-		// Remember the documents read now, and only those.
-		var now []string
-		for _, d := range pol.Docs {
-			if d.Validated != "" {
-				now = append(now, d.Validated)
-			}
-		}
-		sort.Strings(now)
-		now = slices.Compact(now)
-		r.stMu.Lock()
-		if !slices.Equal(now, r.st.PolicyValidated) {
-			// Saved by the next reconcile that is not a dry run
-			// (`twinlet plan` writes nothing).
-			r.st.PolicyValidated = now
-			r.policyDirty = true
-		}
-		r.stMu.Unlock()
 	} else {
 		pol = &policy.Set{Failed: map[string]bool{}}
 	}

@@ -93,15 +93,7 @@ type pass struct {
 
 func (r *Reconciler) newPass(ctx context.Context, c *controller, dryRun bool) *pass {
 	if !dryRun {
-		r.stMu.Lock()
-		dirty := r.policyDirty
-		r.policyDirty = false
-		r.stMu.Unlock()
-		if dirty {
-			if err := r.saveState(); err != nil {
-				r.log.Warn("state not saved", "err", err)
-			}
-		}
+		r.savePolicyCache()
 	}
 	r.mu.Lock()
 	r.seq++

@@ -113,9 +113,6 @@ type State struct {
 	TwinDesired map[string]json.RawMessage `json:"twinDesired,omitempty"`
 	// PolicyHash is the hash of the policy files last read.
 	PolicyHash string `json:"policyHash,omitempty"`
-	// PolicyValidated lists the digests of the policy documents last read
-	// that passed the policy schema (policy.ValidatedDigest), sorted.
-	PolicyValidated []string `json:"policyValidated,omitempty"`
 	// Reported is the last reported document.
 	Reported json.RawMessage `json:"reported,omitempty"`
 	// Reboot is the reboot-required latch; nil when no reboot is needed.

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 
@@ -41,10 +42,12 @@ type Document struct {
 	Mode  Mode
 	// Sections maps section ids to their JSON.
 	Sections map[string]json.RawMessage
-	// Validated is the document's ValidatedDigest when it was loaded by
-	// LoadDirValidated, "" otherwise.
-	Validated string
-	root      *yaml.Node
+	// root is the document's YAML; a document taken from a Cache has
+	// data (its file's content) instead, parsed when a position is
+	// first asked for.
+	root     *yaml.Node
+	data     []byte
+	rootOnce sync.Once
 }
 
 // Source names a document for status and errors: "base.yaml" or
@@ -60,7 +63,29 @@ func (d *Document) Source() string {
 // Locate returns "file:line:col" for a JSON pointer into the section (the
 // nearest existing ancestor when the pointer names something absent).
 func (d *Document) Locate(section, pointer string) string {
-	return locate(d.File, d.root, "/spec/"+escape(section)+pointer)
+	return locate(d.File, d.node(), "/spec/"+escape(section)+pointer)
+}
+
+// node returns the document's YAML, parsing its file when it came from a
+// Cache.
+func (d *Document) node() *yaml.Node {
+	d.rootOnce.Do(func() {
+		if d.root != nil || d.data == nil {
+			return
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(d.data))
+		for i := 0; ; i++ {
+			var n yaml.Node
+			if err := dec.Decode(&n); err != nil {
+				return
+			}
+			if i == d.Index {
+				d.root = &n
+				return
+			}
+		}
+	})
+	return d.root
 }
 
 // Problem is a located problem in a policy file.
@@ -93,6 +118,8 @@ type Set struct {
 	Failed map[string]bool
 	// Hash identifies the content of every file read ("sha256:…").
 	Hash string
+	// CacheChanged says that LoadDirCached changed its cache.
+	CacheChanged bool
 }
 
 // MaxFileSize bounds a policy file; bigger content belongs in a referenced
@@ -103,15 +130,44 @@ const MaxFileSize = 4 << 20
 // missing directory is an empty set. known reports whether a section id
 // belongs to a provider; unknown sections are problems.
 func LoadDir(dir string, known func(string) bool) (*Set, error) {
-	return LoadDirValidated(dir, known, nil)
+	return LoadDirCached(dir, known, nil)
 }
 
-// LoadDirValidated is LoadDir that skips the policy schema for documents it
-// validated before: validated holds digests (ValidatedDigest) of documents
-// that passed the policy schema, and gains those that pass now. The agent
-// keeps it in its state, so that a run from a timer does not compile the
-// schema to check files that have not changed. A nil map validates all.
-func LoadDirValidated(dir string, known func(string) bool, validated map[string]bool) (*Set, error) {
+// Cache remembers, by a digest of their content (and of the policy schema
+// and of the conversion), the documents of policy files that parsed and
+// passed the policy schema, so that a run from a timer neither parses
+// YAML nor compiles the policy schema for files that have not changed. A
+// cached document locates positions by parsing its file on demand. The
+// agent keeps its cache in its state directory.
+type Cache map[string][]CachedDoc
+
+// CachedDoc is a Document as a Cache keeps it.
+type CachedDoc struct {
+	Index    int                        `json:"index"`
+	Name     string                     `json:"name"`
+	Mode     Mode                       `json:"mode"`
+	Sections map[string]json.RawMessage `json:"sections"`
+}
+
+// conversion names the YAML-to-JSON conversion; change it when the
+// conversion changes, so that no cache written by another version is
+// trusted.
+const conversion = "yaml-v3-json-1"
+
+func cacheKey(data []byte) string {
+	schema, _ := schemas.Raw(schemas.PolicyID)
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00", conversion, len(schema))
+	h.Write(schema)
+	h.Write(data)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// LoadDirCached is LoadDir that takes the documents of a file from cache
+// when its content is the same, and records in cache the files it parsed
+// without problems, forgetting files no longer there. A nil cache parses
+// every file. Set.CacheChanged says whether cache changed.
+func LoadDirCached(dir string, known func(string) bool, cache Cache) (*Set, error) {
 	set := &Set{Failed: map[string]bool{}}
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -133,6 +189,7 @@ func LoadDirValidated(dir string, known func(string) bool, validated map[string]
 	}
 	sort.Strings(names)
 	h := sha256.New()
+	used := map[string]bool{}
 	for _, n := range names {
 		path := filepath.Join(dir, n)
 		data, err := ReadSecure(path)
@@ -143,15 +200,56 @@ func LoadDirValidated(dir string, known func(string) bool, validated map[string]
 			set.Problems = append(set.Problems, Problem{File: path, Pos: path, Message: strings.TrimPrefix(err.Error(), path+": ")})
 			continue
 		}
-		docs, probs := parse(path, data, known, validated)
+		var key string
+		if cache != nil {
+			key = cacheKey(data)
+			used[key] = true
+			if docs, ok := fromCache(path, data, cache[key], known); ok {
+				set.Docs = append(set.Docs, docs...)
+				continue
+			}
+		}
+		docs, probs := Parse(path, data, known)
 		set.Docs = append(set.Docs, docs...)
 		set.Problems = append(set.Problems, probs...)
 		if len(docs) == 0 && len(probs) > 0 {
 			set.Failed[path] = true
 		}
+		if cache != nil && len(probs) == 0 {
+			cached := make([]CachedDoc, 0, len(docs))
+			for _, d := range docs {
+				cached = append(cached, CachedDoc{Index: d.Index, Name: d.Name, Mode: d.Mode, Sections: d.Sections})
+			}
+			cache[key] = cached
+			set.CacheChanged = true
+		}
+	}
+	for k := range cache {
+		if !used[k] {
+			delete(cache, k)
+			set.CacheChanged = true
+		}
 	}
 	set.Hash = "sha256:" + hex.EncodeToString(h.Sum(nil))
 	return set, nil
+}
+
+// fromCache returns a file's documents from its cache entry, when it has
+// one and every section is still known (a provider may have gone).
+func fromCache(path string, data []byte, cached []CachedDoc, known func(string) bool) ([]*Document, bool) {
+	if cached == nil {
+		return nil, false
+	}
+	docs := make([]*Document, 0, len(cached))
+	for _, c := range cached {
+		for id := range c.Sections {
+			if known != nil && !known(id) {
+				return nil, false
+			}
+		}
+		docs = append(docs, &Document{File: path, Index: c.Index, Name: c.Name, Mode: c.Mode, Sections: c.Sections, data: data})
+	}
+	return docs, true
 }
 
 // HashDir hashes what LoadDir would read without parsing it, for the
@@ -182,10 +280,6 @@ func hashOf(b []byte) string {
 // Parse parses the documents of one policy file. Documents with problems
 // are left out; the problems say where they are.
 func Parse(file string, data []byte, known func(string) bool) ([]*Document, []Problem) {
-	return parse(file, data, known, nil)
-}
-
-func parse(file string, data []byte, known func(string) bool, validated map[string]bool) ([]*Document, []Problem) {
 	var docs []*Document
 	var probs []Problem
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -202,7 +296,7 @@ func parse(file string, data []byte, known func(string) bool, validated map[stri
 		if node.Kind == 0 || (len(node.Content) == 1 && node.Content[0].Tag == "!!null") {
 			continue // an empty document
 		}
-		d, p := parseDoc(file, i, &node, known, validated)
+		d, p := parseDoc(file, i, &node, known)
 		probs = append(probs, p...)
 		if d != nil {
 			docs = append(docs, d)
@@ -211,14 +305,7 @@ func parse(file string, data []byte, known func(string) bool, validated map[stri
 	return docs, probs
 }
 
-// ValidatedDigest identifies a policy document (as JSON) under the policy
-// schema, for LoadDirValidated.
-func ValidatedDigest(raw []byte) string {
-	schema, _ := schemas.Raw(schemas.PolicyID)
-	return schemas.Digest(append(append([]byte(schemas.Digest(schema)), '\n'), raw...))
-}
-
-func parseDoc(file string, index int, node *yaml.Node, known func(string) bool, validated map[string]bool) (*Document, []Problem) {
+func parseDoc(file string, index int, node *yaml.Node, known func(string) bool) (*Document, []Problem) {
 	at := func(ptr string) string { return locate(file, node, ptr) }
 	v, err := YAMLToJSON(node)
 	if err != nil {
@@ -232,25 +319,16 @@ func parseDoc(file string, index int, node *yaml.Node, known func(string) bool, 
 	if err != nil {
 		return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
 	}
-	digest := ""
-	if validated != nil {
-		digest = ValidatedDigest(raw)
+	schemaProbs, err := schemas.Validate(schemas.PolicyID, raw)
+	if err != nil {
+		return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
 	}
-	if digest == "" || !validated[digest] {
-		schemaProbs, err := schemas.Validate(schemas.PolicyID, raw)
-		if err != nil {
-			return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
+	if len(schemaProbs) > 0 {
+		var out []Problem
+		for _, sp := range schemaProbs {
+			out = append(out, Problem{File: file, Pos: at(sp.Pointer), Pointer: sp.Pointer, Message: sp.Message})
 		}
-		if len(schemaProbs) > 0 {
-			var out []Problem
-			for _, sp := range schemaProbs {
-				out = append(out, Problem{File: file, Pos: at(sp.Pointer), Pointer: sp.Pointer, Message: sp.Message})
-			}
-			return nil, out
-		}
-		if digest != "" {
-			validated[digest] = true
-		}
+		return nil, out
 	}
 	var doc struct {
 		Metadata struct{ Name string }
@@ -259,7 +337,7 @@ func parseDoc(file string, index int, node *yaml.Node, known func(string) bool, 
 	if err := json.Unmarshal(raw, &doc); err != nil {
 		return nil, []Problem{{File: file, Pos: file, Message: err.Error()}}
 	}
-	d := &Document{File: file, Index: index, Name: doc.Metadata.Name, Mode: Default, Sections: map[string]json.RawMessage{}, Validated: digest, root: node}
+	d := &Document{File: file, Index: index, Name: doc.Metadata.Name, Mode: Default, Sections: map[string]json.RawMessage{}, root: node}
 	var probs []Problem
 	for id, sec := range doc.Spec {
 		if id == "mode" {

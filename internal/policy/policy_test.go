@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"go.yaml.in/yaml/v3"
 )
 
 func known(id string) bool { return id == "hostname" || id == "files" }
@@ -131,55 +129,54 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// TestLoadDirValidated: a document that passed the policy schema is
-// remembered by its digest and not validated again; a changed or invalid
-// document always is.
-func TestLoadDirValidated(t *testing.T) {
+// TestLoadDirCached: a file that parsed without problems is taken from the
+// cache while its content is the same (positions are still found, by
+// parsing on demand); a changed, invalid or removed file never is.
+func TestLoadDirCached(t *testing.T) {
 	dir := t.TempDir()
-	good := "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: {name: base}\nspec:\n  hostname: {name: a}\n"
-	if err := os.WriteFile(filepath.Join(dir, "base.yaml"), []byte(good), 0o644); err != nil {
-		t.Fatal(err)
+	good := "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: {name: base}\nspec:\n  mode: enforce\n  hostname: {name: a}\n"
+	write := func(name, body string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	validated := map[string]bool{}
-	set, err := LoadDirValidated(dir, nil, validated)
-	if err != nil || len(set.Problems) != 0 || len(set.Docs) != 1 {
-		t.Fatalf("first load: %v %v", err, set.Problems)
+	write("base.yaml", good)
+	cache := Cache{}
+	set, err := LoadDirCached(dir, known, cache)
+	if err != nil || len(set.Problems) != 0 || len(set.Docs) != 1 || !set.CacheChanged || len(cache) != 1 {
+		t.Fatalf("first load: %v %v changed=%v %d cached", err, set.Problems, set.CacheChanged, len(cache))
 	}
-	if d := set.Docs[0].Validated; d == "" || !validated[d] || len(validated) != 1 {
-		t.Fatalf("digest %q not remembered: %v", d, validated)
+	// The cache entry is what is used: doctor it, and the doctored value
+	// comes back (this is what saves the parse and the schema).
+	for k, docs := range cache {
+		docs[0].Sections["hostname"] = json.RawMessage(`{"name":"from-cache"}`)
+		cache[k] = docs
 	}
-	// An invalid document is refused and not remembered.
-	bad := strings.Replace(good, "name: base", "name: Base_", 1)
-	os.WriteFile(filepath.Join(dir, "base.yaml"), []byte(bad), 0o644)
-	set, _ = LoadDirValidated(dir, nil, validated)
-	if len(set.Problems) != 1 || set.Problems[0].Pointer != "/metadata/name" || len(validated) != 1 {
-		t.Fatalf("invalid document: %v, %d remembered", set.Problems, len(validated))
+	set, _ = LoadDirCached(dir, known, cache)
+	if set.CacheChanged || len(set.Docs) != 1 || string(set.Docs[0].Sections["hostname"]) != `{"name":"from-cache"}` || set.Docs[0].Mode != Enforce {
+		t.Fatalf("not from the cache: %+v changed=%v", set.Docs, set.CacheChanged)
 	}
-	// The digest covers the whole document: one the map says passed
-	// before is trusted as it is (this is what saves the schema).
-	v, _ := YAMLToJSONBytes(t, bad)
-	validated[ValidatedDigest(v)] = true
-	set, _ = LoadDirValidated(dir, nil, validated)
-	if len(set.Problems) != 0 || len(set.Docs) != 1 {
-		t.Fatalf("a remembered digest was validated again: %v", set.Problems)
+	if at := set.Docs[0].Locate("hostname", "/name"); at != filepath.Join(dir, "base.yaml")+":6:20" {
+		t.Fatalf("a cached document locates %q", at)
 	}
-	// Without a map, everything is validated.
-	if set, _ := LoadDir(dir, nil); len(set.Problems) != 1 {
-		t.Fatalf("LoadDir: %v", set.Problems)
+	// A section no provider owns any more: parsed again, and refused.
+	set, _ = LoadDirCached(dir, func(id string) bool { return id == "files" }, cache)
+	if len(set.Problems) != 1 || set.Problems[0].Pointer != "/spec/hostname" {
+		t.Fatalf("unknown section from a cached file: %v", set.Problems)
 	}
-}
-
-// YAMLToJSONBytes converts one YAML document to the JSON that parseDoc
-// validates.
-func YAMLToJSONBytes(t *testing.T, doc string) ([]byte, error) {
-	t.Helper()
-	var n yaml.Node
-	if err := yaml.Unmarshal([]byte(doc), &n); err != nil {
-		t.Fatal(err)
+	// A changed file is parsed, an invalid one is not cached, and a file
+	// that left is forgotten.
+	write("base.yaml", strings.Replace(good, "name: base", "name: Base_", 1))
+	set, _ = LoadDirCached(dir, known, cache)
+	if len(set.Problems) != 1 || set.Problems[0].Pointer != "/metadata/name" || len(cache) != 0 || !set.CacheChanged {
+		t.Fatalf("invalid file: %v, %d cached", set.Problems, len(cache))
 	}
-	v, err := YAMLToJSON(&n)
-	if err != nil {
-		t.Fatal(err)
+	write("base.yaml", good)
+	write("more.yaml", strings.Replace(good, "name: base", "name: more", 1))
+	LoadDirCached(dir, known, cache)
+	os.Remove(filepath.Join(dir, "more.yaml"))
+	if set, _ := LoadDirCached(dir, known, cache); len(cache) != 1 || !set.CacheChanged || len(set.Docs) != 1 {
+		t.Fatalf("a removed file stays cached: %d", len(cache))
 	}
-	return json.Marshal(v)
 }

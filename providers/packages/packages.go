@@ -113,7 +113,9 @@ type Spec struct {
 
 var (
 	itemNameRE = regexp.MustCompile(`^[^.$ \x00-\x1f\x7f]+$`)
-	fileNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+	// with a length check, `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$` (a counted
+	// repetition costs more to compile at every start than it checks)
+	fileNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
 	// pkgNameRE is Debian policy 5.6.1 (lowercase letters, digits, '+',
 	// '-', '.', at least two characters, starting alphanumeric) with an
 	// optional architecture qualifier.
@@ -221,7 +223,7 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 		}
 		for name, v := range m {
 			p := ptr("keys", name)
-			if !fileNameRE.MatchString(name) {
+			if (len(name) > 64 || !fileNameRE.MatchString(name)) {
 				errs.Add(p, "key names are 1 to 64 letters, digits, '_' and '-' (they name the file twinlet-<name>.asc)")
 				continue
 			}
@@ -249,7 +251,7 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 		}
 		for name, v := range m {
 			p := ptr("sources", name)
-			if !fileNameRE.MatchString(name) {
+			if (len(name) > 64 || !fileNameRE.MatchString(name)) {
 				errs.Add(p, "source names are 1 to 64 letters, digits, '_' and '-' (they name the file twinlet-<name>.sources)")
 				continue
 			}
