@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools release
+.PHONY: all build run test unit azurite conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools release
 
 all: build
 
@@ -57,7 +57,7 @@ run: build
 test: lint unit conformance
 
 # Every Go test under the race detector.
-unit: tpm-tools deb-tools
+unit: tpm-tools deb-tools azurite
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:
@@ -96,6 +96,23 @@ tpm-tools:
 	    echo "installing swtpm, swtpm-tools and tpm2-tools (Debian packages) for the TPM tests"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm swtpm-tools tpm2-tools >/dev/null; \
 	  else echo "the TPM tests need swtpm and tpm2-tools: apt-get install swtpm swtpm-tools tpm2-tools" >&2; exit 1; fi; }
+
+# Azurite (Microsoft's Azure Storage emulator, npm package) for the
+# file-upload tests of twinhub and the diagnostics provider: npm ci in
+# internal/hub/azurite when package.json or the lock file changed since the
+# last install (a checksum in the git-ignored node_modules), like conformance.
+azurite:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing nodejs and npm (Debian packages) for Azurite"; \
+	    (apt-get install -y -qq -o DPkg::Lock::Timeout=600 nodejs npm >/dev/null 2>&1 || \
+	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 nodejs npm >/dev/null; }); \
+	  else echo "make azurite needs Node.js and npm: apt-get install nodejs npm" >&2; exit 1; fi; }
+	@cd internal/hub/azurite && sum=$$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1) && \
+	if [ "$$(cat node_modules/.twinlet-installed 2>/dev/null)" != "$$sum" ]; then \
+	  echo "npm ci (internal/hub/azurite)"; \
+	  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error && echo "$$sum" > node_modules/.twinlet-installed; \
+	fi
 
 # Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
 # npm ci runs only when package.json or the lock file changed since the last
