@@ -48,6 +48,9 @@ type Env struct {
 	// Interrupted holds the keys of Once changes of this section that were
 	// in flight when the agent stopped (a crash, a kill -9). Read-only.
 	Interrupted map[string]bool
+	// Uploader uploads files to the cloud's blob storage (IoT Hub file
+	// upload); nil when the agent is not connected. See FileUploader.
+	Uploader FileUploader
 	// OnProgress receives progress of a long Apply; nil when nobody
 	// listens. Providers call Progress, never this.
 	OnProgress func(step string, done, total int)

@@ -60,6 +60,9 @@ type Options struct {
 	CloudRules map[string]providers.ScopeRules
 	// Runner runs commands; nil means providers.ExecRunner.
 	Runner providers.Runner
+	// Uploader is handed to providers as Env.Uploader (file upload through
+	// the cloud connection); nil when there is none.
+	Uploader providers.FileUploader
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Now; nil means time.Now.
@@ -601,6 +604,7 @@ func (r *Reconciler) env(id string, managed, interrupted map[string]bool, log *s
 	return &providers.Env{
 		Root: r.opts.Root, StateDir: r.opts.StateDir, AllowedRoots: r.opts.AllowedRoots,
 		Runner: r.opts.Runner, Now: r.opts.Now, Logger: log, Managed: managed, Interrupted: interrupted,
+		Uploader: r.opts.Uploader,
 	}
 }
 
