@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit azurite conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools release
+.PHONY: all build run test unit azurite diag-tools conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools release
 
 all: build
 
@@ -57,7 +57,7 @@ run: build
 test: lint unit conformance
 
 # Every Go test under the race detector.
-unit: tpm-tools deb-tools azurite
+unit: tpm-tools deb-tools azurite diag-tools
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:
@@ -113,6 +113,16 @@ azurite:
 	  echo "npm ci (internal/hub/azurite)"; \
 	  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error && echo "$$sum" > node_modules/.twinlet-installed; \
 	fi
+
+# The diagnostics tests write a journal into a sandbox root with
+# systemd-journal-remote (Debian package), installed here as root when missing.
+diag-tools:
+	@test -x /lib/systemd/systemd-journal-remote || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing systemd-journal-remote (Debian package) for the diagnostics tests"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 systemd-journal-remote >/dev/null 2>&1 || \
+	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 systemd-journal-remote >/dev/null; }); \
+	  else echo "the diagnostics tests need systemd-journal-remote: apt-get install systemd-journal-remote" >&2; fi; }
 
 # Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
 # npm ci runs only when package.json or the lock file changed since the last

@@ -444,7 +444,18 @@ func (Provider) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 		if !ok {
 			return errors.New("diagnostics: no observed spec (a provider bug)")
 		}
-		_, err := run(ctx, env, spec, op.req.ID, uploadName(op.req), "twin")
+		// Idempotent: a request already collected is only uploaded.
+		stateMu.Lock()
+		st, err := loadState(env)
+		stateMu.Unlock()
+		if err != nil {
+			return err
+		}
+		if _, done := st.Runs[op.req.ID]; done {
+			_, err := upload(ctx, env, op.req.ID)
+			return err
+		}
+		_, err = run(ctx, env, spec, op.req.ID, uploadName(op.req), "twin")
 		return err
 	case uploadOp:
 		_, err := upload(ctx, env, op.id)
