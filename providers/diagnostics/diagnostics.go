@@ -53,6 +53,7 @@ const (
 	DefaultMaxOutput      = 1 << 20
 	DefaultJournalLines   = 5000
 	maxFilesPerCollector  = 1000
+	maxReportedOthers     = 5
 )
 
 // MethodSchema is the payload schema of diagnostics.collect.
@@ -373,12 +374,28 @@ func (Provider) Observe(_ context.Context, env *providers.Env, spec providers.Sp
 	for _, c := range s.Collectors {
 		o.Collectors = append(o.Collectors, c.Name)
 	}
+	desired := map[string]bool{}
+	for _, r := range s.Requests {
+		desired[r.ID] = true
+	}
+	// Reported: the desired requests, the kept bundles and the latest
+	// few other runs (method calls, withdrawn requests), so that the
+	// twin stays small.
+	var others []string
 	for id, r := range st.Runs {
-		o.Requests[id] = r
 		if r.pending() {
 			o.Pending.Count++
 			o.Pending.Bytes += r.Size
 		}
+		if desired[id] || r.pending() {
+			o.Requests[id] = r
+		} else {
+			others = append(others, id)
+		}
+	}
+	sort.Slice(others, func(i, j int) bool { return st.Runs[others[i]].CollectedAt.After(st.Runs[others[j]].CollectedAt) })
+	for _, id := range others[:min(len(others), maxReportedOthers)] {
+		o.Requests[id] = st.Runs[id]
 	}
 	for _, r := range s.Requests {
 		if _, ok := o.Requests[r.ID]; !ok && env.Interrupted[onceKey(r.ID)] {

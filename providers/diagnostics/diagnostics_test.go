@@ -436,3 +436,44 @@ func TestUploadThroughTwinhub(t *testing.T) {
 		t.Errorf("bad uploadName: %v", err)
 	}
 }
+
+// TestPendingCap keeps the kept bundles under maxPendingSize: the oldest
+// is dropped (and reported Dropped, not retried), and what a crash left
+// in pending/ (a partial bundle, a bundle never recorded) is swept.
+func TestPendingCap(t *testing.T) {
+	p := diagnostics.New()
+	env := providertest.NewEnv(t)
+	write(t, env.Root, "var/log/app/a.log", []byte("line a\n"), 0o644)
+	pending := filepath.Join(env.StateDir, "diagnostics", "pending")
+	write(t, pending, "crashed.tar.gz.tmp", []byte("partial"), 0o600)
+	write(t, pending, "orphan.tar.gz", []byte("never recorded"), 0o600)
+	clock := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	env.Now = func() time.Time { clock = clock.Add(time.Second); return clock }
+	for _, id := range []string{"a", "b"} {
+		raw := section(`, "maxPendingSize": 1, "requests": {"` + id + `": {}}`)
+		changes := providertest.PlanOnly(t, p, env, raw)
+		if err := p.Apply(context.Background(), env, changes[0]); !errors.Is(err, providers.ErrNoUploader) {
+			t.Fatalf("apply %s: %v", id, err)
+		}
+	}
+	raw := section(`, "maxPendingSize": 1, "requests": {"a": {}, "b": {}}`)
+	obs := providertest.ObserveJSON(t, p, env, raw)
+	reqs := obs["requests"].(map[string]any)
+	if a := reqs["a"].(map[string]any); a["state"] != diagnostics.StateDropped {
+		t.Errorf("the older bundle: %v", a)
+	}
+	if b := reqs["b"].(map[string]any); b["state"] != diagnostics.StateUploadFailed {
+		t.Errorf("the newer bundle: %v", b)
+	}
+	if got := providertest.Lines(providertest.PlanOnly(t, p, env, raw)); len(got) != 1 || !strings.HasPrefix(got[0], "~ uploads/b:") {
+		t.Errorf("plan: %q", got)
+	}
+	ents, _ := os.ReadDir(pending)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if !reflect.DeepEqual(names, []string{"b.tar.gz"}) {
+		t.Errorf("pending/ holds %v, want only b.tar.gz", names)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,6 +69,9 @@ type stateFile struct {
 // method call and a reconcile may run at once).
 var stateMu sync.Mutex
 
+// collectMu lets one collection run at a time in this process.
+var collectMu sync.Mutex
+
 // maxRuns bounds the runs remembered; the oldest finished ones go first.
 const maxRuns = 200
 
@@ -92,24 +96,46 @@ func loadState(env *providers.Env) (*stateFile, error) {
 	return st, nil
 }
 
-func saveState(dir string, st *stateFile) error {
-	if len(st.Runs) > maxRuns {
-		ids := make([]string, 0, len(st.Runs))
-		for id, r := range st.Runs {
-			if !r.pending() {
-				ids = append(ids, id)
-			}
-		}
-		sort.Slice(ids, func(i, j int) bool { return st.Runs[ids[i]].CollectedAt.Before(st.Runs[ids[j]].CollectedAt) })
-		for _, id := range ids[:min(len(ids), len(st.Runs)-maxRuns)] {
-			delete(st.Runs, id)
+// prune forgets the oldest finished runs beyond maxRuns, except those in
+// keep (requests still desired: forgetting one would run it again).
+func prune(st *stateFile, keep map[string]bool) {
+	if len(st.Runs) <= maxRuns {
+		return
+	}
+	ids := make([]string, 0, len(st.Runs))
+	for id, r := range st.Runs {
+		if !r.pending() && !keep[id] {
+			ids = append(ids, id)
 		}
 	}
+	sort.Slice(ids, func(i, j int) bool { return st.Runs[ids[i]].CollectedAt.Before(st.Runs[ids[j]].CollectedAt) })
+	for _, id := range ids[:min(len(ids), len(st.Runs)-maxRuns)] {
+		delete(st.Runs, id)
+	}
+}
+
+func saveState(dir string, st *stateFile) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
 	return atomicfile.Write(filepath.Join(dir, "state.json"), append(b, '\n'), 0o600)
+}
+
+// sweep removes what a crash can leave in pending/: a partly written
+// bundle (.tmp) and a bundle whose run was never recorded.
+func sweep(dir string, st *stateFile) {
+	ents, err := os.ReadDir(filepath.Join(dir, "pending"))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".tar.gz")
+		if r := st.Runs[id]; ok && r != nil && r.pending() {
+			continue
+		}
+		_ = os.Remove(filepath.Join(dir, "pending", e.Name()))
+	}
 }
 
 func bundlePath(dir, id string) string { return filepath.Join(dir, "pending", id+".tar.gz") }
@@ -124,37 +150,58 @@ func now(env *providers.Env) time.Time {
 // run collects a bundle for id, keeps it in the state directory (within
 // the pending cap) and uploads it.
 func run(ctx context.Context, env *providers.Env, spec Spec, id, name, source string) (*RunState, error) {
-	dir, err := stateDirOf(env)
-	if err != nil {
+	if err := collect(ctx, env, spec, id, name, source); err != nil {
 		return nil, err
 	}
+	return upload(ctx, env, id)
+}
+
+// collect writes the bundle of id to pending/ and records the run. One
+// collection runs at a time: a bundle is heavy on the device, and the
+// sweep must not take another collection's partial bundle.
+func collect(ctx context.Context, env *providers.Env, spec Spec, id, name, source string) error {
+	collectMu.Lock()
+	defer collectMu.Unlock()
+	dir, err := stateDirOf(env)
+	if err != nil {
+		return err
+	}
+	stateMu.Lock()
+	if st, err := loadState(env); err == nil {
+		sweep(dir, st)
+	}
+	stateMu.Unlock()
 	tmp := bundlePath(dir, id) + ".tmp"
 	sum, err := writeBundle(ctx, env, spec, tmp)
 	if err != nil {
 		_ = os.Remove(tmp)
-		return nil, fmt.Errorf("collect: %w", err)
+		return fmt.Errorf("collect: %w", err)
 	}
 	if err := os.Rename(tmp, bundlePath(dir, id)); err != nil {
-		return nil, err
+		return err
 	}
 	if err := atomicfile.SyncDir(filepath.Join(dir, "pending")); err != nil {
-		return nil, err
+		return err
 	}
 	stateMu.Lock()
 	st, err := loadState(env)
 	if err == nil {
-		r := &RunState{State: StateCollected, Source: source, UploadName: name, Size: sum.size,
+		st.Runs[id] = &RunState{State: StateCollected, Source: source, UploadName: name, Size: sum.size,
 			Entries: len(sum.manifest.Entries), Truncated: sum.truncated, Errors: sum.errors, CollectedAt: now(env).UTC()}
-		st.Runs[id] = r
 		dropOver(dir, st, spec.MaxPendingSize, id)
+		keep := map[string]bool{}
+		for _, r := range spec.Requests {
+			keep[r.ID] = true
+		}
+		prune(st, keep)
 		err = saveState(dir, st)
 	}
 	stateMu.Unlock()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	env.Logger.Info("diagnostic bundle collected", "request", id, "size", sum.size, "entries", len(sum.manifest.Entries), "truncated", sum.truncated)
-	return upload(ctx, env, id)
+	return nil
 }
 
 // dropOver removes the oldest kept bundles (not keep) while the kept
