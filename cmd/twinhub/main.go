@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -133,6 +134,9 @@ func serve(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
+	if upload != nil {
+		fmt.Fprintf(stdout, "file upload: %s/%s (account %s)\n", upload.BlobEndpoint, upload.Container, upload.AccountName)
+	}
 	if h.CAFile() == "" {
 		fmt.Fprintf(stdout, "%s", h.CAPEM())
 	}
@@ -175,6 +179,12 @@ func fileUpload(cs, account, key, endpoint, container, caFile string, ttl time.D
 		o = hub.FileUploadOptions{AccountName: account, AccountKey: k, BlobEndpoint: endpoint}
 	default:
 		return nil, nil
+	}
+	if !strings.HasPrefix(o.BlobEndpoint, "https://") {
+		return nil, fmt.Errorf("--blob-endpoint (or the connection string's BlobEndpoint) %q: must be an https URL", o.BlobEndpoint)
+	}
+	if container == "" {
+		return nil, errors.New("--storage-container: empty")
 	}
 	o.Container, o.SASTTL = container, ttl
 	if caFile != "" {
