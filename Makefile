@@ -142,7 +142,8 @@ conformance:
 	$(GO) run ./internal/hub/conformance/run -dir internal/hub/conformance
 
 # The whole loop on one machine: twinhub, a device, twinlet on a sandbox
-# root, a desired patch with twinctl, until the reported state is Ready.
+# root, a desired patch with twinctl, until the reported state is Ready;
+# with Azurite (make azurite) also a diagnostic bundle's file upload.
 demo: build
 	$(GO) run ./internal/tools/demo -bin $(BIN)
 
