@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools chromium screenshots test-tools release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools chromium screenshots test-tools azurite diag-tools release
 
 all: build
 
@@ -73,10 +73,11 @@ test: lint unit conformance
 # Every Debian package the Go tests drive, in one apt-get call (the
 # per-suite targets above install their own share).
 test-tools:
-	@sh packaging/test-tools.sh "Go" swtpm:swtpm swtpm_setup:swtpm-tools tpm2_nvread:tpm2-tools lintian:lintian zsh:zsh fish:fish update-ca-certificates:ca-certificates openssl:openssl systemctl:systemd chromium:chromium
+	@sh packaging/test-tools.sh "Go" swtpm:swtpm swtpm_setup:swtpm-tools tpm2_nvread:tpm2-tools lintian:lintian zsh:zsh fish:fish update-ca-certificates:ca-certificates openssl:openssl systemctl:systemd chromium:chromium \
+	  /lib/systemd/systemd-journal-remote:systemd-journal-remote
 
 # Every Go test under the race detector.
-unit: test-tools
+unit: test-tools azurite
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:
@@ -112,6 +113,23 @@ fuzz:
 tpm-tools:
 	@sh packaging/test-tools.sh TPM swtpm:swtpm swtpm_setup:swtpm-tools tpm2_nvread:tpm2-tools
 
+# Azurite (Microsoft's Azure Storage emulator, npm package) for the
+# file-upload tests of twinhub and the diagnostics provider: npm ci in
+# internal/hub/azurite when package.json or the lock file changed since the
+# last install (a checksum in the git-ignored node_modules), like conformance.
+azurite:
+	@sh packaging/test-tools.sh Azurite node:nodejs npm:npm
+	@cd internal/hub/azurite && sum=$$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1) && \
+	if [ "$$(cat node_modules/.twinlet-installed 2>/dev/null)" != "$$sum" ]; then \
+	  echo "npm ci (internal/hub/azurite)"; \
+	  npm ci --no-audit --no-fund --ignore-scripts --loglevel=error && echo "$$sum" > node_modules/.twinlet-installed; \
+	fi
+
+# The diagnostics tests write a journal into a sandbox root with
+# systemd-journal-remote (Debian package), installed here as root when missing.
+diag-tools:
+	@sh packaging/test-tools.sh diagnostics /lib/systemd/systemd-journal-remote:systemd-journal-remote
+
 # Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
 # npm ci runs only when package.json or the lock file changed since the last
 # install (a checksum in the git-ignored node_modules); then the Go driver
@@ -130,7 +148,8 @@ conformance:
 	$(GO) run ./internal/hub/conformance/run -dir internal/hub/conformance
 
 # The whole loop on one machine: twinhub, a device, twinlet on a sandbox
-# root, a desired patch with twinctl, until the reported state is Ready.
+# root, a desired patch with twinctl, until the reported state is Ready;
+# with Azurite (make azurite) also a diagnostic bundle's file upload.
 demo: build
 	$(GO) run ./internal/tools/demo -bin $(BIN)
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# test-tools.sh WHAT COMMAND:PACKAGE... — install, as Debian packages, the
+# test-tools.sh WHAT COMMAND:PACKAGE... (COMMAND a name on the PATH or an
+# absolute path) — install, as Debian packages, the
 # tools the tests drive that this machine lacks, all in one apt-get call
 # (an apt-get update only when the package lists do not have them). WHAT
 # names the tests in messages. Without root (or apt-get) it only says what
@@ -11,6 +12,9 @@ missing=""
 for t in "$@"; do
 	cmd=${t%%:*}
 	pkg=${t#*:}
+	case $cmd in
+	/*) [ -x "$cmd" ] && continue ;;
+	esac
 	if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/sbin/$cmd" ]; then
 		case " $missing " in *" $pkg "*) ;; *) missing="$missing $pkg" ;; esac
 	fi

@@ -63,6 +63,9 @@ type Env struct {
 	// agent started, or not Ready has none. Nil when the runtime offers
 	// none (a test Env). services reads the files items it restarts on.
 	DependencyObserved func(section string) (json.RawMessage, bool)
+	// Uploader uploads files to the cloud's blob storage (IoT Hub file
+	// upload); nil when the agent is not connected. See FileUploader.
+	Uploader FileUploader
 	// OnProgress receives progress of a long Apply; nil when nobody
 	// listens. Providers call Progress, never this.
 	OnProgress func(step string, done, total int)

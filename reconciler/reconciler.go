@@ -63,6 +63,9 @@ type Options struct {
 	CloudRules map[string]providers.ScopeRules
 	// Runner runs commands; nil means providers.ExecRunner.
 	Runner providers.Runner
+	// Uploader is handed to providers as Env.Uploader (file upload through
+	// the cloud connection); nil when there is none.
+	Uploader providers.FileUploader
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Now; nil means time.Now.
@@ -705,6 +708,7 @@ func (r *Reconciler) env(id string, managed, interrupted map[string]bool, log *s
 		CloudAllowed:       r.cloud == nil || r.cloud[id],
 		CloudRules:         rules,
 		DependencyObserved: r.dependencyObserved(id),
+		Uploader:           r.opts.Uploader,
 	}
 }
 

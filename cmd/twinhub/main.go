@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -72,6 +74,13 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	allocation := fs.String("dps-allocation", "hashed", "the DPS's default allocation policy: hashed, geoLatency or static")
 	retryAfter := fs.Duration("dps-retry-after", 0, "the Retry-After the DPS sends while assigning (default 3s, as the service)")
 	admInterval := fs.Duration("adm-interval", 0, "evaluate configurations (automatic device management) on this period, as the service does (about 5m); 0: at once on every change")
+	storageCS := fs.String("storage-connection-string", "", "file upload: the linked storage account's connection string (AccountName, AccountKey, BlobEndpoint); or --storage-account, --storage-key, --blob-endpoint")
+	storageAccount := fs.String("storage-account", "", "file upload: the storage account name")
+	storageKey := fs.String("storage-key", "", "file upload: the storage account key (base64)")
+	blobEndpoint := fs.String("blob-endpoint", "", "file upload: the blob service URL (https://ACCOUNT.blob.core.windows.net, or https://127.0.0.1:10000/ACCOUNT for Azurite)")
+	storageContainer := fs.String("storage-container", "fileupload", "file upload: the container that receives the blobs (it must exist)")
+	storageTTL := fs.Duration("storage-sas-ttl", time.Hour, "file upload: lifetime of the blob SAS handed to a device")
+	storageCA := fs.String("storage-ca-file", "", "file upload: CA certificates (PEM) the hub trusts for the blob endpoint, besides the system's")
 	var f hub.Faults
 	fs.DurationVar(&f.Delay, "fault-delay", 0, "fault injection: delay every twin reply and REST response")
 	fs.Float64Var(&f.ThrottleTwinGet, "fault-throttle-twin-get", 0, "fault injection: share (0..1) of twin GETs answered 429")
@@ -95,8 +104,13 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	upload, err := fileUpload(*storageCS, *storageAccount, *storageKey, *blobEndpoint, *storageContainer, *storageCA, *storageTTL)
+	if err != nil {
+		return err
+	}
 	h, err := hub.New(hub.Options{Dir: *dir, Hostname: *hostname, MQTTAddr: *mqttAddr, HTTPSAddr: *httpsAddr, Logger: log, Faults: f,
-		DPSHostname: *dpsHost, LinkedHubs: linked, DPSAllocationPolicy: *allocation, DPSRetryAfter: *retryAfter, ADMInterval: *admInterval})
+		DPSHostname: *dpsHost, LinkedHubs: linked, DPSAllocationPolicy: *allocation, DPSRetryAfter: *retryAfter, ADMInterval: *admInterval,
+		FileUpload: upload})
 	if err != nil {
 		return err
 	}
@@ -120,6 +134,9 @@ func serve(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
+	if upload != nil {
+		fmt.Fprintf(stdout, "file upload: %s/%s (account %s)\n", upload.BlobEndpoint, upload.Container, upload.AccountName)
+	}
 	if h.CAFile() == "" {
 		fmt.Fprintf(stdout, "%s", h.CAPEM())
 	}
@@ -137,6 +154,47 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// fileUpload builds the hub's file-upload options from the storage flags;
+// nil when none is set.
+func fileUpload(cs, account, key, endpoint, container, caFile string, ttl time.Duration) (*hub.FileUploadOptions, error) {
+	var o hub.FileUploadOptions
+	switch {
+	case cs != "" && (account != "" || key != "" || endpoint != ""):
+		return nil, errors.New("--storage-connection-string and --storage-account/--storage-key/--blob-endpoint exclude each other")
+	case cs != "":
+		var err error
+		if o, err = hub.ParseStorageConnectionString(cs); err != nil {
+			return nil, fmt.Errorf("--storage-connection-string: %w", err)
+		}
+	case account != "" || key != "" || endpoint != "":
+		if account == "" || key == "" || endpoint == "" {
+			return nil, errors.New("--storage-account, --storage-key and --blob-endpoint go together")
+		}
+		k, err := base64.StdEncoding.DecodeString(key)
+		if err != nil {
+			return nil, fmt.Errorf("--storage-key: not base64: %w", err)
+		}
+		o = hub.FileUploadOptions{AccountName: account, AccountKey: k, BlobEndpoint: endpoint}
+	default:
+		return nil, nil
+	}
+	if !strings.HasPrefix(o.BlobEndpoint, "https://") {
+		return nil, fmt.Errorf("--blob-endpoint (or the connection string's BlobEndpoint) %q: must be an https URL", o.BlobEndpoint)
+	}
+	if container == "" {
+		return nil, errors.New("--storage-container: empty")
+	}
+	o.Container, o.SASTTL = container, ttl
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--storage-ca-file: %w", err)
+		}
+		o.CAPEM = pem
+	}
+	return &o, nil
 }
 
 func defaultDir() string {

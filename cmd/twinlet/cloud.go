@@ -111,7 +111,8 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Me
 		if err != nil {
 			return nil, err
 		}
-		ag, err := agent.New(r, dc, agent.Options{StateDir: cfg.StateDir, Metrics: m, Logger: log.With("component", "iothub")})
+		ag, err := agent.New(r, dc, agent.Options{StateDir: cfg.StateDir, Metrics: m, Logger: log.With("component", "iothub"),
+			FileUploadAddr: fileUploadAddr(cfg.Connection, dc.HostName)})
 		if err != nil {
 			return nil, err
 		}
@@ -152,4 +153,13 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Me
 			<-done
 		}
 	}, nil
+}
+
+// fileUploadAddr is the hub's HTTPS address for file upload: HostName:443
+// unless connection.httpsPort says otherwise (emulators).
+func fileUploadAddr(c config.Connection, host string) string {
+	if c.HTTPSPort != 0 {
+		return net.JoinHostPort(host, strconv.Itoa(c.HTTPSPort))
+	}
+	return ""
 }

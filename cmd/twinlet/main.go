@@ -263,6 +263,7 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	var reported sync.Once
 	firstReport := make(chan struct{})
 	if cmd == "run" {
+		opts.Uploader = &ag
 		opts.OnReport = func(doc []byte) {
 			ag.Notify(doc)
 			reported.Do(func() { close(firstReport) })

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/twinlet/twinlet/internal/config"
 	"github.com/twinlet/twinlet/internal/dps"
 	"github.com/twinlet/twinlet/internal/iothub"
+	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/reconciler"
 )
 
@@ -32,6 +34,17 @@ func (r *agentRef) set(a *agent.Agent) {
 	r.mu.Lock()
 	r.a = a
 	r.mu.Unlock()
+}
+
+// UploadFile uploads through the current agent (providers.FileUploader).
+func (r *agentRef) UploadFile(ctx context.Context, name string, content io.ReaderAt, size int64) (providers.UploadResult, error) {
+	r.mu.Lock()
+	a := r.a
+	r.mu.Unlock()
+	if a == nil {
+		return providers.UploadResult{}, providers.ErrNoUploader
+	}
+	return a.UploadFile(ctx, name, content, size)
 }
 
 // Notify passes a reported document to the current agent, if any.

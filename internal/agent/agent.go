@@ -40,6 +40,9 @@ type Options struct {
 	Reboot func(ctx context.Context, reason string) error
 	// Metrics, when set, is updated.
 	Metrics *Metrics
+	// FileUploadAddr overrides the hub address (host:port) of the file
+	// upload requests (default HostName:443); see UploadFile.
+	FileUploadAddr string
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -48,6 +51,7 @@ type Options struct {
 type Agent struct {
 	r      *reconciler.Reconciler
 	c      *iothub.DeviceClient
+	up     *iothub.FileUploader // nil when the configuration cannot upload
 	opts   Options
 	log    *slog.Logger
 	owned  map[string]bool
@@ -129,6 +133,9 @@ func New(r *reconciler.Reconciler, cfg iothub.DeviceConfig, opts Options) (*Agen
 		return nil, err
 	}
 	a.c = c
+	if a.up, err = iothub.NewFileUploader(iothub.FileUploadConfig{Device: cfg, HTTPSAddr: opts.FileUploadAddr}); err != nil {
+		a.log.Warn("file upload unavailable", "err", err)
+	}
 	return a, nil
 }
 

@@ -244,6 +244,9 @@ type Connection struct {
 	CAFile string `yaml:"caFile"`
 	// Port overrides 8883 (tests, emulators).
 	Port int `yaml:"port"`
+	// HTTPSPort overrides 443 for the HTTPS requests of file upload
+	// (tests, emulators such as twinhub).
+	HTTPSPort int `yaml:"httpsPort"`
 	// DPS provisions the identity through the Device Provisioning
 	// Service (see dps.go); the identity is kept in the state directory.
 	DPS *DPS `yaml:"dps"`

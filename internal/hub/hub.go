@@ -87,6 +87,9 @@ type Options struct {
 	// (the service: about 5 minutes) instead of at once on every change; a
 	// configuration's creation is still evaluated at once.
 	ADMInterval time.Duration
+	// FileUpload links a storage account for IoT Hub file upload
+	// (fileupload.go); nil answers file-upload requests with an error.
+	FileUpload *FileUploadOptions
 }
 
 // Hub is a running (or ready to run) emulated IoT hub.
@@ -128,6 +131,10 @@ type Hub struct {
 	parent    *Hub            // the hub whose listeners serve this linked hub
 	handler   http.Handler    // a linked hub's REST API
 	mqttChild *childListener  // a linked hub's broker's listener
+
+	uploads  map[string]upload // file uploads by correlation id, under mu
+	blobOnce sync.Once
+	blobHTTP *http.Client // the hub's own requests to the blob endpoint
 }
 
 // New prepares a hub: it loads or creates the PKI, policies and registry
@@ -147,6 +154,13 @@ func New(o Options) (*Hub, error) {
 	}
 	if err := o.Faults.validate(); err != nil {
 		return nil, fmt.Errorf("faults: %w", err)
+	}
+	if o.FileUpload != nil {
+		fu := *o.FileUpload
+		if err := fu.check(); err != nil {
+			return nil, err
+		}
+		o.FileUpload = &fu
 	}
 	if o.EventBuffer <= 0 {
 		o.EventBuffer = 10000

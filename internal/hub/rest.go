@@ -151,6 +151,7 @@ func (h *Hub) restHandler() http.Handler {
 	handle("GET /statistics/service", svc, h.restServiceStats)
 	h.adminRoutes(mux)
 	h.configurationRoutes(mux)
+	h.fileUploadRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr(404, "NotFound", 404000, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -223,7 +223,7 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 		}
 		for name, v := range m {
 			p := ptr("keys", name)
-			if (len(name) > 64 || !fileNameRE.MatchString(name)) {
+			if len(name) > 64 || !fileNameRE.MatchString(name) {
 				errs.Add(p, "key names are 1 to 64 letters, digits, '_' and '-' (they name the file twinlet-<name>.asc)")
 				continue
 			}
@@ -251,7 +251,7 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 		}
 		for name, v := range m {
 			p := ptr("sources", name)
-			if (len(name) > 64 || !fileNameRE.MatchString(name)) {
+			if len(name) > 64 || !fileNameRE.MatchString(name) {
 				errs.Add(p, "source names are 1 to 64 letters, digits, '_' and '-' (they name the file twinlet-<name>.sources)")
 				continue
 			}

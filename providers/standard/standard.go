@@ -7,6 +7,7 @@ import (
 	_ "github.com/twinlet/twinlet/providers/certificates"
 	_ "github.com/twinlet/twinlet/providers/commands"
 	_ "github.com/twinlet/twinlet/providers/deviceinfo"
+	_ "github.com/twinlet/twinlet/providers/diagnostics"
 	_ "github.com/twinlet/twinlet/providers/files"
 	_ "github.com/twinlet/twinlet/providers/groups"
 	_ "github.com/twinlet/twinlet/providers/hostname"

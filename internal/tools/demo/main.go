@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/twinlet/twinlet/internal/hub/azurite"
 )
 
 func main() {
@@ -75,10 +77,27 @@ func run(bin string, timeout time.Duration, keep bool) error {
 		}
 	}()
 
+	// 0. Azurite, the blob store behind file upload, when installed.
+	hubArgs := []string{"serve", "--dir", filepath.Join(dir, "hub"), "--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0"}
+	az, err := azurite.Start(dir)
+	if err != nil {
+		step("file upload left out: %v", err)
+	} else {
+		defer az.Stop()
+		step("started Azurite (blob storage) on %s", az.Endpoint())
+		if err := az.CreateContainer(ctx, "fileupload"); err != nil {
+			return fmt.Errorf("azurite: create container: %w", err)
+		}
+		caFile := filepath.Join(dir, "azurite-ca.pem")
+		if err := os.WriteFile(caFile, az.CAPEM, 0o600); err != nil {
+			return err
+		}
+		hubArgs = append(hubArgs, "--storage-connection-string", az.ConnectionString(), "--storage-container", "fileupload", "--storage-ca-file", caFile)
+	}
+
 	// 1. The hub, on free loopback ports.
 	step("starting twinhub in %s", dir)
-	hub := exec.CommandContext(ctx, abs("twinhub"), "serve", "--dir", filepath.Join(dir, "hub"),
-		"--mqtt-addr", "127.0.0.1:0", "--https-addr", "127.0.0.1:0")
+	hub := exec.CommandContext(ctx, abs("twinhub"), hubArgs...)
 	stdout, _ := hub.StdoutPipe()
 	hubLog := &bytes.Buffer{}
 	hub.Stderr = hubLog
@@ -143,9 +162,36 @@ func run(bin string, timeout time.Duration, keep bool) error {
 		os.MkdirAll(filepath.Join(dir, d), 0o755)
 	}
 	port := info["mqtt"][strings.LastIndex(info["mqtt"], ":")+1:]
-	agent := exec.CommandContext(ctx, abs("twinlet"), "run", "--config", "", "--root", filepath.Join(dir, "root"),
+	agentArgs := []string{"run", "--config", "", "--root", filepath.Join(dir, "root"),
 		"--state-dir", filepath.Join(dir, "state"), "--policy", filepath.Join(dir, "policy"),
-		"--key-file", key, "--ca-file", info["CA file"], "--hub-port", port)
+		"--key-file", key, "--ca-file", info["CA file"], "--hub-port", port}
+	if az != nil {
+		// File upload reaches the hub's HTTPS port and Azurite: a config
+		// file names the port and a CA file that holds both CAs.
+		hubCA, err := os.ReadFile(info["CA file"])
+		if err != nil {
+			return err
+		}
+		cas := filepath.Join(dir, "cas.pem")
+		if err := os.WriteFile(cas, append(hubCA, az.CAPEM...), 0o600); err != nil {
+			return err
+		}
+		httpsPort := info["https"][strings.LastIndex(info["https"], ":")+1:]
+		conf := filepath.Join(dir, "twinlet.yaml")
+		body := fmt.Sprintf("connection:\n  keyFile: %s\n  caFile: %s\n  port: %s\n  httpsPort: %s\n", key, cas, port, httpsPort)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			return err
+		}
+		policy := "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: {name: diagnostics}\nspec:\n  mode: default\n  diagnostics:\n" +
+			"    collectors:\n      etc: {files: {paths: [/etc/motd, /opt/kiosk/*]}}\n      uname: {command: {argv: [/bin/uname, -a]}}\n"
+		os.MkdirAll(filepath.Join(dir, "policy"), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, "policy", "diagnostics.yaml"), []byte(policy), 0o600); err != nil {
+			return err
+		}
+		agentArgs = []string{"run", "--config", conf, "--root", filepath.Join(dir, "root"),
+			"--state-dir", filepath.Join(dir, "state"), "--policy", filepath.Join(dir, "policy")}
+	}
+	agent := exec.CommandContext(ctx, abs("twinlet"), agentArgs...)
 	agentLog := &bytes.Buffer{}
 	agent.Stdout, agent.Stderr = agentLog, agentLog
 	if err := agent.Start(); err != nil {
@@ -170,9 +216,13 @@ func run(bin string, timeout time.Duration, keep bool) error {
     sysctl:
       swappiness: { key: vm.swappiness, value: "10" }
 `
+	patch := desired
+	if az != nil {
+		patch += "    diagnostics:\n      requests:\n        demo1: { uploadName: demo/bundle.tar.gz }\n"
+	}
 	step("patching desired properties with twinctl")
 	start := time.Now()
-	if _, err := twinctl(desired, "twin", "patch", "kiosk-demo", "-f", "-"); err != nil {
+	if _, err := twinctl(patch, "twin", "patch", "kiosk-demo", "-f", "-"); err != nil {
 		return err
 	}
 	var twin struct {
@@ -228,6 +278,17 @@ func run(bin string, timeout time.Duration, keep bool) error {
 		fmt.Printf("\ntwinctl invoke kiosk-demo getStatus:\n%s", firstLines(out, 6))
 	} else {
 		return err
+	}
+	if az != nil {
+		blob, err := az.Download(ctx, "fileupload", "kiosk-demo/demo/bundle.tar.gz")
+		if err != nil {
+			return fmt.Errorf("the diagnostic bundle is not in Azurite: %w", err)
+		}
+		out, err := twinctl("", "events", "--device", "kiosk-demo")
+		if err != nil {
+			return err
+		}
+		fmt.Printf("\ndiagnostic bundle uploaded through twinhub to Azurite: fileupload/kiosk-demo/demo/bundle.tar.gz, %d bytes\ntwinctl events --device kiosk-demo:\n%s", len(blob), firstLines(out, 4))
 	}
 	fmt.Println("demo: OK")
 	return nil
