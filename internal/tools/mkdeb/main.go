@@ -141,6 +141,14 @@ func (f *files) doc(pkg string, binaries ...string) {
 	for _, b := range binaries {
 		fmt.Fprintf(&o, "%s: statically-linked-binary [usr/bin/%s]\n", pkg, b)
 	}
+	if pkg == "twinlet" {
+		// The packages provider names dpkg's database only to hand it to
+		// dpkg and apt themselves (--admindir, Dir::State::status for a
+		// sandbox root) and to watch it for drift; it reads packages
+		// through dpkg-query.
+		o.WriteString("# The packages provider points dpkg-query, dpkg and apt at a root's database and watches it; it never parses it.\n")
+		o.WriteString("twinlet: uses-dpkg-database-directly [usr/bin/twinlet]\n")
+	}
 	f.add("/usr/share/lintian/overrides/"+pkg, 0o644, []byte(o.String()))
 	f.add("/usr/share/doc/"+pkg+"/copyright", 0o644, f.read("packaging/debian/copyright"))
 	changelog := fmt.Sprintf("%s (%s) unstable; urgency=medium\n\n  * Built from the twinlet source tree; see its git history.\n\n -- %s  %s\n",
