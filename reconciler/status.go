@@ -33,6 +33,14 @@ const (
 	// ReasonInterrupted: a change that must not run twice was in flight
 	// when the agent stopped; it is not run again.
 	ReasonInterrupted = "Interrupted"
+	// ReasonProviderCrashed: an external provider's process exited while
+	// it was called (the message carries its stderr tail); it is
+	// relaunched with backoff and the section reconciled from a fresh
+	// Observe.
+	ReasonProviderCrashed = "ProviderCrashed"
+	// ReasonProviderTimeout: an external provider's call did not answer
+	// within its timeout; its process was killed.
+	ReasonProviderTimeout = "ProviderTimeout"
 )
 
 // Progress is how far a long Apply has come (providers.Env.Progress).
