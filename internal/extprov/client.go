@@ -67,7 +67,7 @@ func (c *client) session(ctx context.Context) (*proc, error) {
 		f.Message = fmt.Sprintf("%s; relaunched no sooner than %s (backoff after %d failure(s))", f.Message, c.notBefore.UTC().Format(time.RFC3339), c.failures)
 		return nil, &f
 	}
-	p, err := start(c.m, c.log)
+	p, err := start(c.m, c.log, c.opts.Trace)
 	if err != nil {
 		c.failedLocked(&Failure{Reason: ReasonCrashed, Message: err.Error()})
 		return nil, c.last

@@ -36,6 +36,10 @@ type Options struct {
 	StartTimeout time.Duration
 	// Now; nil means time.Now.
 	Now func() time.Time
+	// Trace, when set, receives every protocol line: out is true for what
+	// the agent sent. It must not block. For debugging and for the test
+	// that checks real traffic against docs/protocol.
+	Trace func(out bool, line []byte)
 }
 
 func (o *Options) now() time.Time {

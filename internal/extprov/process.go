@@ -89,6 +89,7 @@ type pending struct {
 type proc struct {
 	cmd    *exec.Cmd
 	log    *slog.Logger
+	trace  func(out bool, line []byte)
 	stderr tail
 
 	wmu   sync.Mutex
@@ -105,7 +106,7 @@ type proc struct {
 
 // start runs the manifest's program: argv only, its own process group,
 // a clean environment, as the manifest's user.
-func start(m *Manifest, log *slog.Logger) (*proc, error) {
+func start(m *Manifest, log *slog.Logger, trace func(out bool, line []byte)) (*proc, error) {
 	cmd := exec.Command(m.Executable, m.Args...)
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
@@ -129,7 +130,10 @@ func start(m *Manifest, log *slog.Logger) (*proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", m.Executable, err)
 	}
-	p := &proc{cmd: cmd, log: log.With("pid", cmd.Process.Pid), stdin: stdin, calls: map[int64]*pending{}, done: make(chan struct{})}
+	if trace == nil {
+		trace = func(bool, []byte) {}
+	}
+	p := &proc{cmd: cmd, log: log.With("pid", cmd.Process.Pid), trace: trace, stdin: stdin, calls: map[int64]*pending{}, done: make(chan struct{})}
 	var readers sync.WaitGroup
 	readers.Add(2)
 	go func() { defer readers.Done(); p.readStdout(stdout) }()
@@ -162,6 +166,7 @@ func (p *proc) readStdout(r io.Reader) {
 	for {
 		line, err := readLine(br)
 		if s := strings.TrimSpace(string(line)); s != "" {
+			p.trace(false, []byte(s))
 			if perr := p.dispatch([]byte(s)); perr != nil {
 				p.broke(perr.Error())
 				_, _ = io.Copy(io.Discard, r)
@@ -317,6 +322,7 @@ func (p *proc) call(ctx context.Context, method string, params any, progress fun
 	if err != nil {
 		return nil, err
 	}
+	p.trace(true, line)
 	p.wmu.Lock()
 	_, werr := p.stdin.Write(append(line, '\n'))
 	p.wmu.Unlock()

@@ -34,7 +34,7 @@ const Schema = `{
   "type": "object",
   "additionalProperties": false,
   "properties": {
-    "file": {"type": "string", "pattern": "^/[^\\u0000]*$", "description": "the calibration file (default ` + DefaultFile + `)"},
+    "file": {"type": "string", "pattern": "^/", "description": "the calibration file (default ` + DefaultFile + `)"},
     "offset": {"type": "number", "minimum": -1000, "maximum": 1000},
     "gain": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}
   }
