@@ -90,7 +90,7 @@ func (p Problem) String() string { return p.Pos + ": " + p.Message }
 func ParseManifest(file string) (*Manifest, []Problem) {
 	data, err := policy.ReadSecure(file)
 	if err != nil {
-		return nil, []Problem{{Pos: file, Message: err.Error()}}
+		return nil, []Problem{{Pos: file, Message: strings.TrimPrefix(err.Error(), file+": ")}}
 	}
 	m, probs := parseManifest(file, data)
 	if len(probs) > 0 {
