@@ -36,6 +36,11 @@ type Config struct {
 	StateDir string `yaml:"stateDir"`
 	// PolicyDir holds local policy files.
 	PolicyDir string `yaml:"policyDir"`
+	// ProviderDirs hold the manifests of external providers, read in
+	// order (a later directory's file replaces an earlier one's of the
+	// same name); nil means /usr/lib/twinlet/providers.d then
+	// /etc/twinlet/providers.d, an empty list none.
+	ProviderDirs []string `yaml:"providerDirs"`
 	// AllowedRoots bound what the files provider may touch.
 	AllowedRoots []string `yaml:"allowedRoots"`
 	// Resync is the drift-healing interval.
@@ -341,6 +346,11 @@ func (c *Config) Check() error {
 	}
 	if c.Resync < 0 {
 		return fmt.Errorf("%sresync: must not be negative", c.at("resync"))
+	}
+	for i, d := range c.ProviderDirs {
+		if !path.IsAbs(d) {
+			return fmt.Errorf("%sproviderDirs[%d]: %q is not an absolute path", c.at("providerDirs", strconv.Itoa(i)), i, d)
+		}
 	}
 	for i, r := range c.AllowedRoots {
 		if err := CheckAllowedRoot("", r); err != nil {
