@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools release ext-tools
 
 all: build
 
@@ -57,7 +57,7 @@ run: build
 test: lint unit conformance
 
 # Every Go test under the race detector.
-unit: tpm-tools deb-tools
+unit: tpm-tools deb-tools ext-tools
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 lint:
@@ -96,6 +96,16 @@ tpm-tools:
 	    echo "installing swtpm, swtpm-tools and tpm2-tools (Debian packages) for the TPM tests"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm swtpm-tools tpm2-tools >/dev/null; \
 	  else echo "the TPM tests need swtpm and tpm2-tools: apt-get install swtpm swtpm-tools tpm2-tools" >&2; exit 1; fi; }
+
+# The external-provider tests run the Python example with Debian's
+# /usr/bin/python3 (standard library only); installed when missing.
+ext-tools:
+	@test -x /usr/bin/python3 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3 (Debian package) for the external-provider tests"; \
+	    (apt-get install -y -qq -o DPkg::Lock::Timeout=600 python3 >/dev/null 2>&1 || \
+	     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 python3 >/dev/null; }); \
+	  else echo "the external-provider tests need /usr/bin/python3: apt-get install python3" >&2; fi; }
 
 # Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
 # npm ci runs only when package.json or the lock file changed since the last
