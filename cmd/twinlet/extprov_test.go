@@ -179,3 +179,24 @@ func children() []string {
 	}
 	return out
 }
+
+// TestValidateKnowsExternalSections: validate checks an external section
+// with its described schema and its Decode, located in the file.
+func TestValidateKnowsExternalSections(t *testing.T) {
+	dir := externalDir(t)
+	s := newSandbox(t)
+	p := s.write(t, "ext.yaml", policyDoc("enforce", "  sensorCalibration: { gain: 2 }\n  vendorIni:\n    x: { path: /boot/x.ini, settings: {} }\n"))
+	code, out, errs := twinlet(t, "validate", "--config", "", "--root", s.root, "--provider-dirs", dir, p)
+	if code != 1 || !strings.Contains(out, "/spec/vendorIni/x/path: /boot/x.ini is outside the allowed roots") || strings.Contains(out, "sensorCalibration") {
+		t.Fatalf("validate: exit %d\n%s\n%s", code, out, errs)
+	}
+}
+
+// TestCompletionsKnowTheProvidersCommands: completions and the man page
+// come from the flag definitions, the providers commands' too.
+func TestCompletionsKnowTheProvidersCommands(t *testing.T) {
+	code, out, _ := twinlet(t, "completion", "bash")
+	if code != 0 || !strings.Contains(out, `["providers"]="check list"`) || !strings.Contains(out, `["providers list"]="--config --output --provider-dirs"`) {
+		t.Fatalf("completion: exit %d\n%s", code, out)
+	}
+}

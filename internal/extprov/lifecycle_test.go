@@ -1,0 +1,93 @@
+package extprov
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twinlet/twinlet/providers"
+)
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestKeepAliveStopsAnIdleProcessAndStartsItOnUse: an idle process is
+// stopped after its keep-alive; the next call starts it again; Close
+// leaves no goroutine behind.
+func TestKeepAliveStopsAnIdleProcessAndStartsItOnUse(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t), "keepAlive: 1ms")
+	opts := testOpts(t)
+	opts.Dirs = []string{dir}
+	h := Load(context.Background(), opts)
+	state := func() string { return h.List()[0].State }
+	eventually(t, "the idle process to stop", func() bool { return state() == "stopped" })
+	p := h.Infos()[0].New()
+	if _, err := p.Decode(&providers.Env{Root: t.TempDir()}, json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if s := h.List()[0]; s.Starts != 2 {
+		t.Fatalf("not started on use: %+v", s)
+	}
+	h.Close()
+	if _, err := p.Decode(&providers.Env{Root: t.TempDir()}, json.RawMessage(`{}`)); err == nil || !strings.Contains(err.Error(), "stopping") {
+		t.Fatalf("a call after Close: %v", err)
+	}
+	eventually(t, "no goroutine of the package left", func() bool {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		for _, g := range bytes.Split(buf, []byte("\n\n")) {
+			if bytes.Contains(g, []byte("internal/extprov.(*")) || bytes.Contains(g, []byte("internal/extprov.start")) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestStderrIsLoggedAndBounded: a provider's stderr reaches the log, and
+// the tail kept for messages stays bounded.
+func TestStderrTailIsBounded(t *testing.T) {
+	var tl tail
+	for i := range 1000 {
+		tl.add(strings.Repeat("x", 30) + " line " + string(rune('a'+i%26)))
+	}
+	if n := len(tl.String()); n > tailSize || n < tailSize/2 {
+		t.Fatalf("tail of %d bytes", n)
+	}
+	if !strings.HasPrefix(tl.String(), "xxx") {
+		t.Fatalf("tail not cut at a line start: %.40q", tl.String())
+	}
+}
+
+// TestExampleManifestsAreValid: the manifests shipped in examples/ pass
+// the manifest schema (their executables live on a device, not here).
+func TestExampleManifestsAreValid(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/providers/*/*.yaml")
+	if len(files) < 2 {
+		t.Fatalf("example manifests: %v", files)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, probs := parseManifest(f, b); len(probs) > 0 {
+			t.Errorf("%v", probs)
+		}
+	}
+}
