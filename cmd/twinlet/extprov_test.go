@@ -200,3 +200,52 @@ func TestCompletionsKnowTheProvidersCommands(t *testing.T) {
 		t.Fatalf("completion: exit %d\n%s", code, out)
 	}
 }
+
+// TestCloudScopeOfExternalSections: the agent config names external
+// sections like built-in ones: cloud.sections limits the twin to some of
+// them (section level), and a provider that describes a cloud scope gets
+// its default denials and the config's rules (item level). Local policy is
+// not limited.
+func TestCloudScopeOfExternalSections(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		t.Skip("needs /usr/bin/python3: run make ext-tools")
+	}
+	dir, bin := t.TempDir(), t.TempDir()
+	py, _ := os.ReadFile("../../internal/extprov/testdata/chaos.py")
+	exe := filepath.Join(bin, "chaos.py")
+	os.WriteFile(exe, py, 0o755)
+	for _, m := range []struct{ name, section, args string }{
+		{"scoped.yaml", "scoped", "[--scope]"}, {"plain.yaml", "plain", "[]"}, {"allowed.yaml", "allowed", "[--scope]"}} {
+		os.WriteFile(filepath.Join(dir, m.name), []byte("apiVersion: twinlet.dev/v1\nkind: Provider\nsection: "+m.section+
+			"\nexecutable: "+exe+"\nargs: "+m.args+"\nprotocolVersion: 1\n"), 0o644)
+	}
+	s := newSandbox(t)
+	cfg := filepath.Join(t.TempDir(), "twinlet.yaml")
+	os.WriteFile(cfg, []byte("providerDirs: ["+dir+"]\ncloud:\n  sections: [scoped, allowed]\n  allowed:\n    allow: [\"ok-*\"]\n"), 0o644)
+	twin := filepath.Join(t.TempDir(), "twin.json")
+	os.WriteFile(twin, []byte(`{"scoped": {"value": "secret-1"}, "plain": {"value": "x"}, "allowed": {"value": "nope"}}`), 0o644)
+	code, out, errs := twinlet(t, "plan", "--config", cfg, "--root", s.root, "--state-dir", s.state, "--policy", s.policy, "--twin-desired", twin, "--output", "json")
+	if code != 1 {
+		t.Fatalf("plan: exit %d\n%s\n%s", code, out, errs)
+	}
+	for _, want := range []string{`'secret-1' is denied to the twin by secret*`, `'nope' is not allowed to the twin`, "outside the cloud scope"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(out, `"plain"`) {
+		t.Errorf("plan does not mention the section the twin may not set:\n%s", out)
+	}
+	// Local policy is not limited by the cloud scope.
+	s.write(t, "p.yaml", policyDoc("enforce", "  scoped: { value: secret-2 }\n"))
+	code, out, errs = twinlet(t, "plan", "--config", cfg, "--root", s.root, "--state-dir", s.state, "--policy", s.policy)
+	if !strings.Contains(out, "+ value: secret-2") {
+		t.Fatalf("local plan: exit %d\n%s\n%s", code, out, errs)
+	}
+	// A rule for an external section that has none is refused, located.
+	os.WriteFile(cfg, []byte("providerDirs: ["+dir+"]\ncloud:\n  plain:\n    deny: [\"x\"]\n"), 0o644)
+	code, _, errs = twinlet(t, "plan", "--config", cfg, "--root", s.root, "--state-dir", s.state, "--policy", s.policy)
+	if code != 1 || !strings.Contains(errs, "twinlet.yaml:3: cloud.plain: the external provider of section plain has no cloud rules") {
+		t.Fatalf("rule for a provider without scope: exit %d\n%s", code, errs)
+	}
+}

@@ -261,6 +261,10 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	// their processes started) now and stopped when the command ends.
 	ext := loadExternal(ctx, cfg.ProviderDirs, log)
 	defer ext.Close()
+	if err := cfg.CheckExternalCloud(ext.Infos()); err != nil {
+		fmt.Fprintf(stderr, "twinlet %s: %v\n", cmd, err)
+		return 1
+	}
 	opts := reconciler.Options{
 		Providers: append(providers.All(), ext.Infos()...),
 		Root:      cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,

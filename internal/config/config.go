@@ -7,6 +7,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,6 +22,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/twinlet/twinlet/internal/extprov"
 	"github.com/twinlet/twinlet/internal/policy"
 	"github.com/twinlet/twinlet/providers"
 )
@@ -479,7 +481,7 @@ func CheckAllowedRoot(root, p string) error {
 func (c *Config) checkCloud() error {
 	seen := map[string]bool{}
 	for i, id := range c.Cloud.Sections {
-		if _, ok := providers.Lookup(id); !ok {
+		if _, ok := providers.Lookup(id); !ok && !c.declared(id) {
 			return fmt.Errorf("%scloud.sections[%d]: unknown section %q (known: %s)", c.at("cloud", "sections", strconv.Itoa(i)), i, id, knownSections())
 		}
 		if seen[id] {
@@ -489,6 +491,11 @@ func (c *Config) checkCloud() error {
 	}
 	for id, r := range c.Cloud.Rules {
 		info, ok := providers.Lookup(id)
+		if !ok && c.declared(id) {
+			// An external provider's: checked by CheckExternalCloud
+			// once it has described itself.
+			ok, info = true, providers.Info{ID: id, New: func() providers.Provider { return externalScoper{} }}
+		}
 		if !ok {
 			return fmt.Errorf("%scloud.%s: unknown section %q (known: %s)", c.at("cloud", id), id, id, knownSections())
 		}
@@ -503,6 +510,53 @@ func (c *Config) checkCloud() error {
 			}
 		}
 		if !c.Cloud.denySet[id] {
+			r.Deny = info.CloudDeny
+			c.Cloud.Rules[id] = r
+		}
+	}
+	return nil
+}
+
+// declared reports whether a manifest in the provider directories
+// declares an external provider of the section id.
+func (c *Config) declared(id string) bool {
+	dirs := c.ProviderDirs
+	if dirs == nil {
+		dirs = extprov.DefaultDirs
+	}
+	return extprov.Declares(dirs, id)
+}
+
+// externalScoper stands for an external provider in checkCloud until it
+// has described itself.
+type externalScoper struct{ providers.Provider }
+
+func (externalScoper) CloudScope(providers.ScopeRules, json.RawMessage) []providers.FieldError {
+	return nil
+}
+
+// CheckExternalCloud finishes the cloud block's check for the sections of
+// external providers, once they have described themselves (infos): a
+// rule for a section whose provider was refused, or that has no cloud
+// rules, is an error; a section without deny gets the provider's default
+// denials.
+func (c *Config) CheckExternalCloud(infos []providers.Info) error {
+	byID := map[string]providers.Info{}
+	for _, info := range infos {
+		byID[info.ID] = info
+	}
+	for _, id := range slices.Sorted(maps.Keys(c.Cloud.Rules)) {
+		if _, builtin := providers.Lookup(id); builtin {
+			continue
+		}
+		info, ok := byID[id]
+		if !ok {
+			return fmt.Errorf("%scloud.%s: the external provider of section %s was refused (see the log or twinlet providers list)", c.at("cloud", id), id, id)
+		}
+		if _, ok := info.New().(providers.CloudScoper); !ok {
+			return fmt.Errorf("%scloud.%s: the external provider of section %s has no cloud rules (it does not describe cloudScope); use cloud.sections to keep the twin from setting it", c.at("cloud", id), id, id)
+		}
+		if r := c.Cloud.Rules[id]; !c.Cloud.denySet[id] {
 			r.Deny = info.CloudDeny
 			c.Cloud.Rules[id] = r
 		}

@@ -281,3 +281,21 @@ func manifestFiles(dirs []string) ([]string, []Problem) {
 	}
 	return out, probs
 }
+
+// Declares reports whether a manifest in dirs that reads and passes its
+// schema declares the section id. It starts nothing: the agent config
+// uses it to accept cloud rules for external sections before they are
+// described.
+func Declares(dirs []string, id string) bool {
+	files, _ := manifestFiles(dirs)
+	for _, f := range files {
+		data, err := policy.ReadSecure(f)
+		if err != nil {
+			continue
+		}
+		if m, probs := parseManifest(f, data); len(probs) == 0 && m.Section == id {
+			return true
+		}
+	}
+	return false
+}

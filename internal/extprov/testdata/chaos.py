@@ -9,7 +9,10 @@ Section named by TWINLET_SECTION, an object {"value": string} kept in
   --hang-in METHOD    never answer METHOD
   --garbage-in METHOD write a line that is not JSON-RPC instead of answering
   --protocol V        answer initialize with protocol version V
+  --scope             describe a cloud scope: the twin may not set a value
+                      that a deny glob (default "secret*") matches
 """
+import fnmatch
 import json
 import os
 import sys
@@ -61,6 +64,18 @@ for line in sys.stdin:
         res = {"protocolVersion": opt("--protocol") or "1.0", "name": "chaos"}
     elif m == "describe":
         res = {"id": SECTION, "kind": "object", "schema": SCHEMA, "version": "0.1"}
+        if "--scope" in args:
+            res.update({"cloudScope": True, "cloudDeny": ["secret*"]})
+    elif m == "cloudScope":
+        v, rules = p["twin"].get("value"), p["rules"]
+        errs = []
+        if v is not None:
+            for g in rules.get("deny") or []:
+                if fnmatch.fnmatchcase(v, g):
+                    errs.append({"pointer": "/value", "message": "%r is denied to the twin by %s" % (v, g)})
+            if rules.get("allow") and not any(fnmatch.fnmatchcase(v, g) for g in rules["allow"]):
+                errs.append({"pointer": "/value", "message": "%r is not allowed to the twin" % v})
+        res = {"errors": errs}
     elif m == "decode":
         res = {"spec": p["section"]}
     elif m == "observe":
