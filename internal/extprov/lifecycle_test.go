@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,4 +91,41 @@ func TestExampleManifestsAreValid(t *testing.T) {
 			t.Errorf("%v", probs)
 		}
 	}
+}
+
+// TestRunsAsTheManifestUser: the program runs as the manifest's user, with
+// that user's uid and gid.
+func TestRunsAsTheManifestUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root can run a provider as another user")
+	}
+	python(t)
+	u, err := lookupUser("nobody")
+	if err != nil || u == nil {
+		t.Skip("no user nobody")
+	}
+	exe := install(t, "testdata/chaos.py")
+	for d := filepath.Dir(exe); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755) // nobody must reach the program
+	}
+	dir := t.TempDir()
+	manifest(t, dir, "chaos.yaml", "asNobody", exe, "user: nobody")
+	h := load(t, testOpts(t), dir)
+	s := h.List()[0]
+	if s.State != "running" {
+		t.Fatalf("%+v", s)
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(s.PID), "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "Uid:") {
+			if f := strings.Fields(line); len(f) < 2 || f[1] != strconv.Itoa(int(u.uid)) {
+				t.Fatalf("runs as %q, want uid %d", line, u.uid)
+			}
+			return
+		}
+	}
+	t.Fatal("no Uid in /proc status")
 }
