@@ -177,6 +177,10 @@ spec:
 		if s.Section == "hangs" && s.State == "running" {
 			t.Errorf("the hung provider still runs: %+v", s)
 		}
+		// Killed for its garbage, it was started again for the next pass.
+		if s.Section == "garbage" && s.Starts < 2 {
+			t.Errorf("the provider that wrote garbage was not restarted: %+v", s)
+		}
 	}
 	rep = r.ReconcileAll(ctx, false)
 	if st := statusOf(rep, "crashy"); st.State != "Ready" || st.Reason != "Unchanged" {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/twinlet/twinlet/providers"
@@ -96,30 +97,46 @@ func LoadFiles(ctx context.Context, files []string, opts Options) *Host {
 	}
 	h := &Host{opts: &opts}
 	owner := map[string]string{} // section → manifest file
+	var accepted []*Manifest
 	for _, file := range files {
 		m, probs := ParseManifest(file)
 		if len(probs) > 0 {
 			h.problems = append(h.problems, probs...)
 			continue
 		}
-		refuse := func(ptr, format string, args ...any) {
-			h.problems = append(h.problems, Problem{Pos: m.at(ptr), Section: m.Section, Message: fmt.Sprintf(format, args...)})
+		refuse := func(format string, args ...any) {
+			h.problems = append(h.problems, Problem{Pos: m.at("/section"), Section: m.Section, Message: fmt.Sprintf(format, args...)})
 		}
 		if opts.Builtin(m.Section) {
-			refuse("/section", "section %q belongs to a built-in provider; an external provider cannot take it over", m.Section)
+			refuse("section %q belongs to a built-in provider; an external provider cannot take it over", m.Section)
 			continue
 		}
 		if prev, dup := owner[m.Section]; dup {
-			refuse("/section", "section %q is already provided by %s", m.Section, prev)
-			continue
-		}
-		e, err := h.describe(ctx, m)
-		if err != nil {
-			refuse("/executable", "%v", err)
+			refuse("section %q is already provided by %s", m.Section, prev)
 			continue
 		}
 		owner[m.Section] = file
-		h.entries = append(h.entries, e)
+		accepted = append(accepted, m)
+	}
+	// The programs start side by side: one slow to describe itself does
+	// not hold up the others.
+	entries := make([]*entry, len(accepted))
+	errs := make([]error, len(accepted))
+	var wg sync.WaitGroup
+	for i, m := range accepted {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			entries[i], errs[i] = h.describe(ctx, m)
+		}()
+	}
+	wg.Wait()
+	for i, m := range accepted {
+		if errs[i] != nil {
+			h.problems = append(h.problems, Problem{Pos: m.at("/executable"), Section: m.Section, Message: errs[i].Error()})
+			continue
+		}
+		h.entries = append(h.entries, entries[i])
 	}
 	h.checkDependencies()
 	return h

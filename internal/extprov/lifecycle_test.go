@@ -129,3 +129,23 @@ func TestRunsAsTheManifestUser(t *testing.T) {
 	}
 	t.Fatal("no Uid in /proc status")
 }
+
+// TestCrashSeenDespiteAnOrphanHoldingStdout: a program that dies leaving a
+// child with its stdout open is a crash (not a hang), and the child is
+// killed with the process group.
+func TestCrashSeenDespiteAnOrphanHoldingStdout(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "orphan.yaml", "orphan", chaos(t), "args: [--orphan-in, observe]", "timeout: 60s")
+	h := load(t, testOpts(t), dir)
+	p := one(t, h, "orphan").New()
+	env := &providers.Env{Root: t.TempDir()}
+	spec, err := p.Decode(env, json.RawMessage(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Observe(context.Background(), env, spec)
+	var f *Failure
+	if !asFailure(err, &f) || f.Reason != ReasonCrashed || !strings.Contains(f.Message, "exit status 4") {
+		t.Fatalf("observe: %v", err)
+	}
+}

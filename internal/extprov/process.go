@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -119,15 +120,29 @@ func start(m *Manifest, log *slog.Logger, trace func(out bool, line []byte)) (*p
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
+	// Our own pipes, not cmd's: Wait then does not close them under the
+	// readers, so the end of the process is seen even while a child it
+	// left behind still holds them (that child is killed with the group).
+	stdout, outW, err := os.Pipe()
 	if err != nil {
+		stdin.Close()
 		return nil, err
 	}
-	stderr, err := cmd.StderrPipe()
+	stderr, errW, err := os.Pipe()
 	if err != nil {
+		stdin.Close()
+		stdout.Close()
+		outW.Close()
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = outW, errW
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		stdin.Close()
+		stdout.Close()
+		stderr.Close()
 		return nil, fmt.Errorf("start %s: %w", m.Executable, err)
 	}
 	if trace == nil {
@@ -139,8 +154,13 @@ func start(m *Manifest, log *slog.Logger, trace func(out bool, line []byte)) (*p
 	go func() { defer readers.Done(); p.readStdout(stdout) }()
 	go func() { defer readers.Done(); p.readStderr(stderr) }()
 	go func() {
-		readers.Wait()
 		err := cmd.Wait()
+		// What the program left running in its group goes with it, so
+		// that the pipes close and the readers end.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		readers.Wait()
+		stdout.Close()
+		stderr.Close()
 		p.exited(err)
 		close(p.done)
 	}()

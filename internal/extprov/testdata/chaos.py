@@ -7,6 +7,7 @@ Section named by TWINLET_SECTION, an object {"value": string} kept in
   --crash-in METHOD   exit(3) when METHOD is called (after a word on stderr)
   --once              ... only the first time (a marker file in the root)
   --hang-in METHOD    never answer METHOD
+  --orphan-in METHOD  exit(4) leaving a child that holds stdout open
   --garbage-in METHOD write a line that is not JSON-RPC instead of answering
   --protocol V        answer initialize with protocol version V
   --scope             describe a cloud scope: the twin may not set a value
@@ -46,6 +47,10 @@ def misbehave(method, env):
             open(marker, "w").close()
             print("chaos: crashing in %s on purpose" % method, file=sys.stderr, flush=True)
             os._exit(3)
+    if opt("--orphan-in") == method:
+        if os.fork() == 0:  # a child that keeps stdout and stderr open
+            time.sleep(3600)
+        os._exit(4)
     if opt("--hang-in") == method:
         print("chaos: hanging in %s" % method, file=sys.stderr, flush=True)
         time.sleep(3600)
