@@ -21,6 +21,7 @@ commands:
   list                 the built-in and external providers: version, source, state
   check MANIFEST       start an external provider, describe it, check its schema, run a no-op observe
 
+list exits 0, or 1 when a manifest was refused (the reason is in its row).
 check exits 0 when every step passed, 1 when one failed, 2 on a usage error.
 `
 

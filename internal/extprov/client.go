@@ -97,7 +97,7 @@ func (c *client) initialize(ctx context.Context, p *proc) error {
 	raw, err := p.call(ctx, plugin.MethodInitialize, plugin.InitializeParams{
 		ProtocolVersion: plugin.ProtocolVersion, AgentVersion: c.opts.AgentVersion, Section: c.m.Section}, nil)
 	if err != nil {
-		return fmt.Errorf("initialize: %w", err)
+		return providerError(plugin.MethodInitialize, err)
 	}
 	var res plugin.InitializeResult
 	if err := json.Unmarshal(raw, &res); err != nil {
@@ -194,7 +194,7 @@ func (c *client) close() {
 func (c *client) call(ctx context.Context, method string, params, result any, progress func(plugin.ProgressParams)) error {
 	p, err := c.session(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: %w", method, err)
+		return err // it names the step that failed (initialize, start)
 	}
 	raw, err := p.call(ctx, method, params, progress)
 	c.release(p, err)

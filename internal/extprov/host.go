@@ -154,7 +154,7 @@ func (h *Host) describe(ctx context.Context, m *Manifest) (*entry, error) {
 		if errors.As(err, &ve) {
 			return nil, ve
 		}
-		return nil, fmt.Errorf("describe: %w", err)
+		return nil, err
 	}
 	info, err := buildInfo(m, c, d)
 	if err != nil {
