@@ -43,8 +43,8 @@ func TestManifestsRefused(t *testing.T) {
 	manifest(t, dir, "13-timeout.yaml", "timeout", exe, "timeout: soon")
 
 	h := load(t, testOpts(t), dir)
-	if ids := h.Infos(); len(ids) != 1 || ids[0].ID != "good" {
-		t.Fatalf("accepted %v", ids)
+	if len(h.entries) != 1 || h.entries[0].m.Section != "good" {
+		t.Fatalf("accepted %v", h.Infos())
 	}
 	want := map[string]string{
 		"01-v2.yaml:5:":           "the provider speaks protocol version 2; this agent speaks version 1 only",
@@ -115,8 +115,14 @@ func TestMisbehavingProvidersDoNotStopOthers(t *testing.T) {
 	manifest(t, dir, "hang.yaml", "hangs", exe, "args: [--hang-in, observe]", "timeout: 1s")
 	manifest(t, dir, "garbage.yaml", "garbage", exe, "args: [--garbage-in, observe]")
 	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t))
+	manifest(t, dir, "v2.yaml", "vtwo", exe)
+	os.WriteFile(filepath.Join(dir, "v2.yaml"), []byte("apiVersion: twinlet.dev/v1\nkind: Provider\nsection: vtwo\nexecutable: "+exe+"\nprotocolVersion: 2\n"), 0o644)
+	if err := os.Chmod(manifest(t, dir, "writable.yaml", "writable", exe), 0o666); err != nil {
+		t.Fatal(err)
+	}
 	h := load(t, testOpts(t), dir)
-	if len(h.Problems()) > 0 {
+	// The writable manifest is not even read: its section is unknown.
+	if len(h.Problems()) != 2 || !strings.Contains(h.Problems()[0].String(), "protocol version 2") || !strings.Contains(h.Problems()[1].String(), "mode 0666") {
 		t.Fatalf("problems: %v", h.Problems())
 	}
 	root, stateDir, policyDir := t.TempDir(), t.TempDir(), t.TempDir()
@@ -128,6 +134,7 @@ spec:
   crashy: {value: one}
   hangs: {value: two}
   garbage: {value: three}
+  vtwo: {value: four}
   vendorIni:
     main: {path: /etc/vendor/main.ini, settings: {core: {level: "3"}}}
   files:
@@ -150,6 +157,7 @@ spec:
 		"hangs":     {"Failed", "ProviderTimeout", "observe did not answer within its timeout; the provider process was killed"},
 		"garbage":   {"Failed", "ProviderBug", `not a JSON-RPC 2.0 message to stdout: "hello from a print statement`},
 		"vendorIni": {"Ready", "Applied", ""},
+		"vtwo":      {"Failed", "ProviderRefused", "v2.yaml:5:18: protocolVersion: the provider speaks protocol version 2; this agent speaks version 1 only"},
 		"files":     {"Ready", "Applied", ""},
 	} {
 		st := statusOf(rep, id)

@@ -281,14 +281,50 @@ func (h *Host) checkDependencies() {
 }
 
 // Infos are the registrations of the accepted providers, sorted by id.
+//
+// A section whose manifest was refused (and that neither a built-in nor
+// another external provider owns) is among them too, as a placeholder
+// that fails every reconcile with reason ProviderRefused and the
+// refusal's location and message: the section reports what is wrong
+// instead of going silently unmanaged.
 func (h *Host) Infos() []providers.Info {
 	out := make([]providers.Info, 0, len(h.entries))
+	owned := map[string]bool{}
 	for _, e := range h.entries {
 		out = append(out, e.info)
+		owned[e.m.Section] = true
+	}
+	for _, p := range h.problems {
+		if p.Section == "" || owned[p.Section] || h.opts.Builtin(p.Section) {
+			continue
+		}
+		owned[p.Section] = true
+		out = append(out, refusedInfo(p))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
+
+// ReasonRefused: the section's external provider was refused at start.
+const ReasonRefused = "ProviderRefused"
+
+// refusedInfo is the placeholder of a refused provider's section.
+func refusedInfo(p Problem) providers.Info {
+	f := &Failure{Reason: ReasonRefused, Message: "the external provider of this section was refused at start: " + p.String()}
+	return providers.Info{ID: p.Section, Schema: json.RawMessage(`{"type":"object"}`),
+		New: func() providers.Provider { return refused{f} }}
+}
+
+type refused struct{ f *Failure }
+
+func (r refused) Decode(*providers.Env, json.RawMessage) (providers.Spec, error) { return nil, r.f }
+func (r refused) Observe(context.Context, *providers.Env, providers.Spec) (providers.Observed, error) {
+	return nil, r.f
+}
+func (r refused) Plan(providers.Spec, providers.Observed) ([]providers.Change, error) {
+	return nil, r.f
+}
+func (r refused) Apply(context.Context, *providers.Env, providers.Change) error { return r.f }
 
 // Problems are the refused manifests and providers, located.
 func (h *Host) Problems() []Problem { return h.problems }
@@ -341,3 +377,8 @@ func (h *Host) List() []Status {
 	})
 	return out
 }
+
+// CloudScope lets the agent config keep cloud rules for a refused
+// provider's section: it fails anyway, and the rules stay checked for when
+// the provider is fixed.
+func (r refused) CloudScope(providers.ScopeRules, json.RawMessage) []providers.FieldError { return nil }
