@@ -41,6 +41,9 @@ const (
 	// ReasonProviderTimeout: an external provider's call did not answer
 	// within its timeout; its process was killed.
 	ReasonProviderTimeout = "ProviderTimeout"
+	// ReasonProviderRefused: the section's external provider was refused
+	// at start (its manifest's location and reason are in the message).
+	ReasonProviderRefused = "ProviderRefused"
 )
 
 // Progress is how far a long Apply has come (providers.Env.Progress).
