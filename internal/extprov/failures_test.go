@@ -248,3 +248,16 @@ func asFailure(err error, f **Failure) bool {
 	}
 	return false
 }
+
+// TestReasonsAreTheReconcilers: the reasons a process failure names are
+// the reconciler's vocabulary.
+func TestReasonsAreTheReconcilers(t *testing.T) {
+	for got, want := range map[string]string{
+		ReasonCrashed: reconciler.ReasonProviderCrashed, ReasonTimeout: reconciler.ReasonProviderTimeout,
+		ReasonProtocol: reconciler.ReasonProviderBug, ReasonRefused: reconciler.ReasonProviderRefused,
+	} {
+		if got != want {
+			t.Errorf("%s != %s", got, want)
+		}
+	}
+}
