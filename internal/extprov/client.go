@@ -25,8 +25,11 @@ type client struct {
 	log  *slog.Logger
 	opts *Options
 
+	startMu sync.Mutex // one start at a time
+
 	mu        sync.Mutex
 	p         *proc
+	starting  *proc // a process whose session is opening
 	active    int
 	idle      *time.Timer
 	failures  int       // consecutive failures of the process
@@ -42,10 +45,14 @@ var errClosed = errors.New("external provider: the agent is stopping")
 
 // session returns a live process, starting one (and opening its session)
 // when there is none. The caller holds an active reference until release.
+// One start at a time: callers that arrive while a process starts wait
+// for its session to open.
 func (c *client) session(ctx context.Context) (*proc, error) {
+	c.startMu.Lock()
+	defer c.startMu.Unlock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return nil, errClosed
 	}
 	if c.idle != nil {
@@ -54,42 +61,63 @@ func (c *client) session(ctx context.Context) (*proc, error) {
 	}
 	if c.p != nil && c.p.alive() {
 		c.active++
-		return c.p, nil
+		p := c.p
+		c.mu.Unlock()
+		return p, nil
 	}
 	if c.p != nil {
-		old := c.p
+		c.reapLocked(c.p)
 		c.p = nil
-		c.stops.Add(1)
-		go func() { defer c.stops.Done(); old.kill(); <-old.done }()
 	}
 	if now := c.opts.now(); now.Before(c.notBefore) {
 		f := *c.last
 		f.Message = fmt.Sprintf("%s; relaunched no sooner than %s (backoff after %d failure(s))", f.Message, c.notBefore.UTC().Format(time.RFC3339), c.failures)
+		c.mu.Unlock()
 		return nil, &f
 	}
 	p, err := start(c.m, c.log, c.opts.Trace)
 	if err != nil {
 		c.failedLocked(&Failure{Reason: ReasonCrashed, Message: err.Error()})
-		return nil, c.last
+		f := c.last
+		c.mu.Unlock()
+		return nil, f
 	}
 	c.starts++
+	c.starting = p
 	c.log.Info("provider started", "pid", p.cmd.Process.Pid, "executable", c.m.Executable)
-	c.p = p
-	c.active++
 	c.mu.Unlock()
+
 	err = c.initialize(ctx, p)
+
 	c.mu.Lock()
-	if err != nil {
-		c.active--
+	defer c.mu.Unlock()
+	c.starting = nil
+	switch {
+	case c.closed: // close reaped it
+		return nil, errClosed
+	case err != nil:
 		var f *Failure
 		if !errors.As(err, &f) {
 			f = &Failure{Reason: ReasonProtocol, Message: err.Error()}
-			p.kill()
 		}
 		c.failedLocked(f)
+		c.reapLocked(p)
 		return nil, err
 	}
+	c.p = p
+	c.active++
 	return p, nil
+}
+
+// reapLocked kills a process that is no longer used and waits for it in
+// the background (close waits for those too).
+func (c *client) reapLocked(p *proc) {
+	c.stops.Add(1)
+	go func() {
+		defer c.stops.Done()
+		p.kill()
+		<-p.done
+	}()
 }
 
 // initialize opens the session and checks the provider's protocol version.
@@ -137,8 +165,7 @@ func (c *client) release(p *proc, err error) {
 	case errors.As(err, &f) && c.p == p:
 		c.p = nil
 		c.failedLocked(f)
-		c.stops.Add(1)
-		go func() { defer c.stops.Done(); p.kill(); <-p.done }()
+		c.reapLocked(p)
 	case err == nil:
 		c.failures = 0
 	}
@@ -183,6 +210,9 @@ func (c *client) close() {
 	if c.idle != nil {
 		c.idle.Stop()
 		c.idle = nil
+	}
+	if c.starting != nil {
+		c.reapLocked(c.starting)
 	}
 	c.stopLocked()
 	c.mu.Unlock()
