@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -147,5 +148,51 @@ func TestCrashSeenDespiteAnOrphanHoldingStdout(t *testing.T) {
 	var f *Failure
 	if !asFailure(err, &f) || f.Reason != ReasonCrashed || !strings.Contains(f.Message, "exit status 4") {
 		t.Fatalf("observe: %v", err)
+	}
+}
+
+// TestConcurrentCalls: calls from several goroutines (reconciles and
+// direct methods) that start the process together and share it each get
+// their own answer. (With a keep-alive of 1ms the process may stop and
+// start again between them; that is fine too.)
+func TestConcurrentCalls(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "sensor.yaml", "sensorCalibration", goExample(t), "keepAlive: 1ms")
+	h := load(t, testOpts(t), dir)
+	eventually(t, "the idle process to stop", func() bool { return h.List()[0].State == "stopped" })
+	info := one(t, h, "sensorCalibration")
+	env := &providers.Env{Root: t.TempDir()}
+	conf := filepath.Join(env.Root, "etc/vendor/sensor/calibration.conf")
+	os.MkdirAll(filepath.Dir(conf), 0o755)
+	os.WriteFile(conf, []byte("gain = 3\n"), 0o644)
+	errs := make(chan error, 16)
+	for i := range 16 {
+		go func() {
+			if i%2 == 0 {
+				out, err := info.Methods["read"].Call(context.Background(), env, json.RawMessage(`{}`))
+				if err == nil && !strings.Contains(string(out.(json.RawMessage)), `"gain":"3"`) {
+					err = errors.New("read: " + string(out.(json.RawMessage)))
+				}
+				errs <- err
+				return
+			}
+			p := info.New()
+			spec, err := p.Decode(env, json.RawMessage(`{"gain": 3}`))
+			if err == nil {
+				var obs providers.Observed
+				if obs, err = p.Observe(context.Background(), env, spec); err == nil {
+					var plan []providers.Change
+					if plan, err = p.Plan(spec, obs); err == nil && len(plan) != 0 {
+						err = errors.New("a plan for a converged section")
+					}
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }
