@@ -112,7 +112,7 @@ func TestMisbehavingProvidersDoNotStopOthers(t *testing.T) {
 	dir := t.TempDir()
 	exe := chaos(t)
 	manifest(t, dir, "crash.yaml", "crashy", exe, "args: [--crash-in, apply, --once]")
-	manifest(t, dir, "hang.yaml", "hangs", exe, "args: [--hang-in, observe]", "timeout: 1s")
+	manifest(t, dir, "hang.yaml", "hangs", exe, "args: [--hang-in, observe]", "timeout: 2s")
 	manifest(t, dir, "garbage.yaml", "garbage", exe, "args: [--garbage-in, observe]")
 	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t))
 	manifest(t, dir, "v2.yaml", "vtwo", exe)
