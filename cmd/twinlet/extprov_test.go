@@ -49,6 +49,8 @@ func externalDir(t *testing.T) string {
 }
 
 const externalSpec = `  vendorIni:
+    __meta: { deploymentId: vendor-1 }
+    reportingMode: detailed
     sensor: { path: /etc/vendor/sensor.ini, settings: { calibration: { offset: "0.5" } } }
   sensorCalibration: { gain: 1.5 }
   files:

@@ -223,8 +223,9 @@ func buildInfo(m *Manifest, c *client, d plugin.Description) (providers.Info, er
 }
 
 // sectionSchema adds the settings the agent itself handles (__meta,
-// reportingMode) to a section schema that lists properties without them,
-// so that a provider's schema need not know them.
+// reportingMode) to the properties of an object schema that does not
+// name them, so that a provider's schema need not know them (and a
+// collection's additionalProperties, its items, do not apply to them).
 func sectionSchema(raw json.RawMessage) (json.RawMessage, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, errors.New("no schema: every section is validated before it reaches its provider")
@@ -235,7 +236,11 @@ func sectionSchema(raw json.RawMessage) (json.RawMessage, error) {
 	}
 	props, ok := s["properties"].(map[string]any)
 	if !ok {
-		return raw, nil
+		if s["type"] != "object" {
+			return raw, nil
+		}
+		props = map[string]any{}
+		s["properties"] = props
 	}
 	if _, ok := props["__meta"]; !ok {
 		props["__meta"] = map[string]any{"type": "object", "additionalProperties": false, "properties": map[string]any{
