@@ -38,8 +38,18 @@ func Main(info providers.Info) {
 
 // Serve speaks the protocol for info on r and w until r ends, a shutdown
 // request arrives or ctx ends; calls still running are cancelled and
-// waited for. It returns an error only when the agent broke the protocol
-// or w failed.
+// waited for. It returns an error only when r failed (a line longer than
+// MaxMessage, a read error). After a shutdown or the end of ctx, the
+// goroutine that reads r ends when r does (Main exits instead).
+//
+// The provider's Go values never need to marshal back: decode hands the
+// agent the section itself as the spec (Decode is pure, so it is decoded
+// again, from a small cache, where needed), observe hands it the
+// observation as JSON for the report plus a reference ({"ref": n}) as the
+// private view, and plan hands it a reference as each change's data. The
+// last 256 observations and changes are kept; a reference the process no
+// longer knows (it was restarted in between) fails the call as a
+// transient error, and the agent observes and plans again.
 func Serve(ctx context.Context, r io.Reader, w io.Writer, info providers.Info, log *slog.Logger) error {
 	if err := info.Check(); err != nil {
 		return err
