@@ -10,6 +10,7 @@ import (
 
 	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/providers/providertest"
+	"github.com/twinlet/twinlet/reconciler"
 )
 
 // TestPythonExampleDriftTimeline runs the shared harness, unchanged,
@@ -99,6 +100,28 @@ func TestGoExampleDriftTimeline(t *testing.T) {
 		t.Fatalf("read: %s, %v", out, err)
 	}
 	_, err = info.Methods["read"].Call(context.Background(), env, json.RawMessage(`{"file":"/etc/none"}`))
+	if me, ok := err.(*providers.MethodError); !ok || me.Status != 404 {
+		t.Fatalf("read of a missing file: %#v", err)
+	}
+}
+
+// TestExternalMethodThroughTheReconciler: the reconciler validates an
+// external method's payload against the schema the provider described
+// before the call reaches the process.
+func TestExternalMethodThroughTheReconciler(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "sensor.yaml", "sensorCalibration", goExample(t))
+	h := load(t, testOpts(t), dir)
+	r, err := reconciler.New(reconciler.Options{Root: t.TempDir(), StateDir: t.TempDir(), Providers: h.Infos()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	_, err = r.CallMethod(context.Background(), "sensorCalibration", "read", json.RawMessage(`{"file": 3}`))
+	if got := providertest.Invalid(t, err); len(got) != 1 || got[0] != "/file" {
+		t.Fatalf("pointers %v (%v)", got, err)
+	}
+	_, err = r.CallMethod(context.Background(), "sensorCalibration", "read", json.RawMessage(`{}`))
 	if me, ok := err.(*providers.MethodError); !ok || me.Status != 404 {
 		t.Fatalf("read of a missing file: %#v", err)
 	}
