@@ -251,3 +251,34 @@ func TestCloudScopeOfExternalSections(t *testing.T) {
 		t.Fatalf("rule for a provider without scope: exit %d\n%s", code, errs)
 	}
 }
+
+// TestRunHealsExternalDriftThroughWatches: with a resync of an hour, an
+// edit of a file an external provider manages is healed because the
+// provider named it in watchPaths (the Python and the Go example).
+func TestRunHealsExternalDriftThroughWatches(t *testing.T) {
+	dir := externalDir(t)
+	s := newSandbox(t)
+	s.write(t, "ext.yaml", policyDoc("enforce", externalSpec))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb testutil.SyncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, s.args("run", "--provider-dirs", dir, "--resync", "1h"), &out, &errb) }()
+	ini, conf := "etc/vendor/sensor.ini", "etc/vendor/sensor/calibration.conf"
+	testutil.Eventually(t, "first convergence", func() bool {
+		return strings.Contains(s.file(ini), "offset = 0.5") && strings.Contains(s.file(conf), "gain = 1.5")
+	})
+	if err := os.WriteFile(filepath.Join(s.root, ini), []byte("[calibration]\noffset = 9\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.root, conf), []byte("gain = 7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "drift healed through the watches", func() bool {
+		return strings.Contains(s.file(ini), "offset = 0.5") && strings.Contains(s.file(conf), "gain = 1.5")
+	})
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+}

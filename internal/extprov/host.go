@@ -202,11 +202,8 @@ func buildInfo(m *Manifest, c *client, d plugin.Description) (providers.Info, er
 		timeout = providers.DefaultTimeout
 	}
 	x := &proxy{c: c, timeout: timeout}
-	if d.CloudScope {
-		info.New = func() providers.Provider { return scopedProxy{x} }
-	} else {
-		info.New = func() providers.Provider { return x }
-	}
+	p := newProxy(x, d)
+	info.New = func() providers.Provider { return p }
 	for name, md := range d.Methods {
 		if info.Methods == nil {
 			info.Methods = map[string]providers.Method{}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v5"
 
+	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/providers/plugin"
 	"github.com/twinlet/twinlet/providers/providertest"
 )
@@ -83,6 +84,25 @@ func TestTrafficMatchesTheDocumentedSchemas(t *testing.T) {
 	if _, err := vi.Decode(env, json.RawMessage(`{"a":{"path":"/boot/a.ini","settings":{}}}`)); err == nil {
 		t.Fatal("no invalid error")
 	}
+	for _, id := range []string{"vendorIni", "sensorCalibration"} {
+		p := one(t, h, id).New()
+		pw, ok := p.(providers.PathWatcher)
+		if !ok {
+			t.Fatalf("%s does not watch paths", id)
+		}
+		raw := json.RawMessage(`{"a":{"path":"/etc/a.ini","settings":{}}}`)
+		want := filepath.Join(env.Root, "etc/a.ini")
+		if id == "sensorCalibration" {
+			raw, want = json.RawMessage(`{"gain": 1}`), filepath.Join(env.Root, "etc/vendor/sensor/calibration.conf")
+		}
+		spec, err := p.Decode(env, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pw.WatchPaths(env, spec); len(got) != 1 || got[0] != want {
+			t.Fatalf("%s watches %v, want %s", id, got, want)
+		}
+	}
 	sc := one(t, h, "sensorCalibration")
 	providertest.Converge(t, sc.New(), env, json.RawMessage(`{"offset": 1}`))
 	if _, err := sc.Methods["read"].Call(context.Background(), env, json.RawMessage(`{}`)); err != nil {
@@ -141,7 +161,7 @@ func TestTrafficMatchesTheDocumentedSchemas(t *testing.T) {
 			validate(methods[key]+".result", result, l.line)
 		}
 	}
-	for _, want := range []string{"initialize", "describe", "decode", "observe", "plan", "apply", "method", "progress"} {
+	for _, want := range []string{"initialize", "describe", "decode", "observe", "plan", "apply", "method", "watchPaths", "progress"} {
 		if !seen[want] {
 			t.Errorf("the traffic had no %s", want)
 		}

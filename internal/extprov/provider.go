@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/twinlet/twinlet/providers"
@@ -19,8 +21,64 @@ type proxy struct {
 	timeout time.Duration
 }
 
-// scopedProxy is a proxy whose provider described a cloud scope.
-type scopedProxy struct{ *proxy }
+// The proxy's optional capabilities, as the provider described them
+// (the reconciler finds capabilities by type assertion).
+type (
+	scopedProxy      struct{ *proxy }
+	watchingProxy    struct{ *proxy }
+	scopedWatchProxy struct{ *proxy }
+)
+
+// newProxy returns the proxy with the capabilities d describes.
+func newProxy(x *proxy, d plugin.Description) providers.Provider {
+	switch {
+	case d.CloudScope && d.WatchPaths:
+		return scopedWatchProxy{x}
+	case d.CloudScope:
+		return scopedProxy{x}
+	case d.WatchPaths:
+		return watchingProxy{x}
+	}
+	return x
+}
+
+func (x scopedProxy) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
+	return x.cloudScope(rules, twin)
+}
+
+func (x scopedWatchProxy) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
+	return x.cloudScope(rules, twin)
+}
+
+func (x watchingProxy) WatchPaths(env *providers.Env, spec providers.Spec) []string {
+	return x.watchPaths(env, spec)
+}
+
+func (x scopedWatchProxy) WatchPaths(env *providers.Env, spec providers.Spec) []string {
+	return x.watchPaths(env, spec)
+}
+
+// watchPaths asks the provider what to watch; only paths under the root
+// are kept. A provider that cannot answer gets no watches (the resync
+// timer still heals drift).
+func (x *proxy) watchPaths(env *providers.Env, spec providers.Spec) []string {
+	ctx, cancel := context.WithTimeout(context.Background(), x.timeout)
+	defer cancel()
+	var res plugin.WatchPathsResult
+	if err := x.c.call(ctx, plugin.MethodWatchPaths, plugin.WatchPathsParams{Env: wireEnv(env), Spec: specJSON(spec)}, &res, nil); err != nil {
+		x.c.log.Warn("watch paths", "err", err)
+		return nil
+	}
+	root := filepath.Clean(env.Root)
+	var out []string
+	for _, p := range res.Paths {
+		p = filepath.Clean(p)
+		if p == root || strings.HasPrefix(p, root+"/") || root == "/" && filepath.IsAbs(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
 
 // observation is what Observe returns: reported as the section's body,
 // handed to plan as the provider's private view when it gave one.
@@ -131,10 +189,10 @@ func (x *proxy) Apply(ctx context.Context, env *providers.Env, c providers.Chang
 	return x.c.call(ctx, plugin.MethodApply, plugin.ApplyParams{Env: wireEnv(env), Change: w}, nil, progressTo(env))
 }
 
-// CloudScope implements providers.CloudScoper for providers that describe
-// a cloud scope. A provider that cannot answer forbids everything the twin
+// cloudScope is providers.CloudScoper for providers that describe a
+// cloud scope. A provider that cannot answer forbids everything the twin
 // set, so that a broken provider never widens the scope.
-func (x scopedProxy) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
+func (x *proxy) cloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
 	ctx, cancel := context.WithTimeout(context.Background(), x.timeout)
 	defer cancel()
 	var res plugin.CloudScopeResult

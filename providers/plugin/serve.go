@@ -321,6 +321,21 @@ func (s *server) call(ctx context.Context, req Request) (res any, err error) {
 			return nil, err
 		}
 		return MethodResult{Response: b}, nil
+	case MethodWatchPaths:
+		var p WatchPathsParams
+		if err := params(req.Params, &p); err != nil {
+			return nil, err
+		}
+		pw, ok := s.p.(providers.PathWatcher)
+		if !ok {
+			return nil, &Error{Code: -32601, Message: "no watch paths"}
+		}
+		env := s.env(ctx, *req.ID, p.Env)
+		spec, err := s.spec(env, p.Spec)
+		if err != nil {
+			return nil, err
+		}
+		return WatchPathsResult{Paths: append([]string{}, pw.WatchPaths(env, spec)...)}, nil
 	case MethodCloudScope:
 		var p CloudScopeParams
 		if err := params(req.Params, &p); err != nil {
@@ -351,6 +366,9 @@ func (s *server) describe() Description {
 	}
 	if _, ok := s.p.(providers.CloudScoper); ok {
 		d.CloudScope = true
+	}
+	if _, ok := s.p.(providers.PathWatcher); ok {
+		d.WatchPaths = true
 	}
 	names := make([]string, 0, len(s.info.Methods))
 	for n := range s.info.Methods {

@@ -40,6 +40,7 @@ const (
 	MethodApply      = "apply"
 	MethodMethod     = "method"
 	MethodCloudScope = "cloudScope"
+	MethodWatchPaths = "watchPaths"
 	MethodShutdown   = "shutdown"
 	MethodProgress   = "progress"
 )
@@ -136,8 +137,23 @@ type Description struct {
 	// CloudScope says the provider answers cloudScope calls (item-level
 	// cloud scope); without it only section-level scope applies.
 	CloudScope bool `json:"cloudScope,omitempty"`
+	// WatchPaths says the provider answers watchPaths: the agent watches
+	// the paths it names and reconciles the section when they change.
+	WatchPaths bool `json:"watchPaths,omitempty"`
 	// Version is the provider's version, for `twinlet providers list`.
 	Version string `json:"version,omitempty"`
+}
+
+// WatchPathsParams asks which paths to watch for a spec.
+type WatchPathsParams struct {
+	Env  Env             `json:"env"`
+	Spec json.RawMessage `json:"spec"`
+}
+
+// WatchPathsResult lists host paths (under env.root), files or
+// directories, whose changes should trigger a reconcile.
+type WatchPathsResult struct {
+	Paths []string `json:"paths"`
 }
 
 // MethodDescription is one direct method.

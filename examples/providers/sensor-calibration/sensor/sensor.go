@@ -133,6 +133,12 @@ func readFile(env *providers.Env, file string) (observed, error) {
 	return o, nil
 }
 
+// WatchPaths implements providers.PathWatcher: the calibration file, so
+// that an edit is healed at once.
+func (provider) WatchPaths(env *providers.Env, sp providers.Spec) []string {
+	return []string{env.HostPath(sp.(spec).File)}
+}
+
 type change struct {
 	File, Field, Value string
 }
