@@ -157,7 +157,7 @@ spec:
 		"hangs":     {"Failed", "ProviderTimeout", "observe did not answer within its timeout; the provider process was killed"},
 		"garbage":   {"Failed", "ProviderBug", `not a JSON-RPC 2.0 message to stdout: "hello from a print statement`},
 		"vendorIni": {"Ready", "Applied", ""},
-		"vtwo":      {"Failed", "ProviderRefused", "v2.yaml:5:18: protocolVersion: the provider speaks protocol version 2; this agent speaks version 1 only"},
+		"vtwo":      {"Failed", "ProviderRefused", "v2.yaml:5:18: /protocolVersion: the provider speaks protocol version 2; this agent speaks version 1 only"},
 		"files":     {"Ready", "Applied", ""},
 	} {
 		st := statusOf(rep, id)

@@ -149,7 +149,7 @@ func parseManifest(file string, data []byte) (*Manifest, []Problem) {
 		return nil, []Problem{{Pos: at(""), Message: err.Error()}}
 	}
 	fail := func(ptr, format string, args ...any) []Problem {
-		return []Problem{{Pos: at(ptr), Section: m.Section, Message: ptr[1:] + ": " + fmt.Sprintf(format, args...)}}
+		return []Problem{{Pos: at(ptr), Section: m.Section, Message: ptr + ": " + fmt.Sprintf(format, args...)}}
 	}
 	if m.ProtocolVersion != plugin.ProtocolMajor {
 		return nil, fail("/protocolVersion", "the provider speaks protocol version %d; this agent speaks version %d only (update the agent or the provider)", m.ProtocolVersion, plugin.ProtocolMajor)
