@@ -82,8 +82,28 @@ func (t *tail) String() string {
 
 // pending is a call waiting for its response.
 type pending struct {
-	ch       chan plugin.Message
+	ch chan plugin.Message
+
+	mu       sync.Mutex // held while progress runs
 	progress func(plugin.ProgressParams)
+	over     bool // the call has returned: no more progress
+}
+
+// report hands a progress notification to the call's listener, unless the
+// call has returned (a notification that arrives after its call gave up).
+func (c *pending) report(pp plugin.ProgressParams) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.over && c.progress != nil {
+		c.progress(pp)
+	}
+}
+
+// end marks the call returned; it waits for a listener that is running.
+func (c *pending) end() {
+	c.mu.Lock()
+	c.over = true
+	c.mu.Unlock()
 }
 
 // proc is one running provider process and its JSON-RPC session.
@@ -233,8 +253,8 @@ func (p *proc) dispatch(line []byte) error {
 		p.mu.Lock()
 		c := p.calls[pp.Request]
 		p.mu.Unlock()
-		if c != nil && c.progress != nil {
-			c.progress(pp)
+		if c != nil {
+			c.report(pp)
 		}
 		return nil
 	}
@@ -329,6 +349,7 @@ func (p *proc) call(ctx context.Context, method string, params any, progress fun
 		return nil, err
 	}
 	c := &pending{ch: make(chan plugin.Message, 1), progress: progress}
+	defer c.end()
 	p.mu.Lock()
 	if f := p.failure; f != nil {
 		p.mu.Unlock()
