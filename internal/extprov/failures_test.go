@@ -261,3 +261,22 @@ func TestReasonsAreTheReconcilers(t *testing.T) {
 		}
 	}
 }
+
+// TestHungDescribeIsRefusedAndHoldsUpNobody: a program that never
+// describes itself is refused at its start timeout; the others, started
+// side by side, are accepted.
+func TestHungDescribeIsRefusedAndHoldsUpNobody(t *testing.T) {
+	dir := t.TempDir()
+	exe := chaos(t)
+	manifest(t, dir, "a-hangs.yaml", "hangs", exe, "args: [--hang-in, describe]")
+	manifest(t, dir, "b-good.yaml", "good", exe)
+	opts := testOpts(t)
+	opts.StartTimeout = 2 * time.Second
+	h := load(t, opts, dir)
+	if len(h.entries) != 1 || h.entries[0].m.Section != "good" {
+		t.Fatalf("accepted %v", h.Infos())
+	}
+	if p := h.Problems(); len(p) != 1 || !strings.Contains(p[0].String(), "a-hangs.yaml:4:") || !strings.Contains(p[0].String(), "describe did not answer within its timeout") {
+		t.Fatalf("problems %v", p)
+	}
+}

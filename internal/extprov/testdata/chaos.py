@@ -65,6 +65,8 @@ for line in sys.stdin:
     m, p, rid = req["method"], req.get("params") or {}, req["id"]
     if "env" in p:
         misbehave(m, p["env"])
+    elif opt("--hang-in") == m:  # initialize, describe
+        time.sleep(3600)
     if m == "initialize":
         res = {"protocolVersion": opt("--protocol") or "1.0", "name": "chaos"}
     elif m == "describe":
