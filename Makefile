@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools chromium screenshots test-tools azurite diag-tools release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools chromium screenshots test-tools azurite diag-tools ext-tools release
 
 all: build
 
@@ -74,7 +74,7 @@ test: lint unit conformance
 # per-suite targets above install their own share).
 test-tools:
 	@sh packaging/test-tools.sh "Go" swtpm:swtpm swtpm_setup:swtpm-tools tpm2_nvread:tpm2-tools lintian:lintian zsh:zsh fish:fish update-ca-certificates:ca-certificates openssl:openssl systemctl:systemd chromium:chromium \
-	  /lib/systemd/systemd-journal-remote:systemd-journal-remote
+	  /lib/systemd/systemd-journal-remote:systemd-journal-remote /usr/bin/python3:python3
 
 # Every Go test under the race detector.
 unit: test-tools azurite
@@ -129,6 +129,11 @@ azurite:
 # systemd-journal-remote (Debian package), installed here as root when missing.
 diag-tools:
 	@sh packaging/test-tools.sh diagnostics /lib/systemd/systemd-journal-remote:systemd-journal-remote
+
+# The external-provider tests run the Python example with Debian's
+# /usr/bin/python3 (standard library only); installed when missing.
+ext-tools:
+	@sh packaging/test-tools.sh external-provider /usr/bin/python3:python3
 
 # Drives twinhub with Microsoft's official Node.js SDKs (see internal/hub/conformance).
 # npm ci runs only when package.json or the lock file changed since the last

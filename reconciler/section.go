@@ -311,7 +311,7 @@ func (p *pass) validate() bool {
 			case errors.As(err, &inv):
 				p.addInvalid(inv)
 			case err != nil:
-				return p.finish(StateFailed, ReasonProviderBug, err.Error(), true)
+				return p.finish(StateFailed, reasonFor(err, ReasonProviderBug), err.Error(), true)
 			}
 			p.spec = spec
 		}
@@ -429,7 +429,7 @@ func (p *pass) planStep() bool {
 			}
 			return p.finish(StateFailed, ReasonInvalid, err.Error(), false)
 		}
-		return p.finish(StateFailed, ReasonProviderBug, "plan: "+err.Error(), true)
+		return p.finish(StateFailed, reasonFor(err, ReasonProviderBug), "plan: "+err.Error(), true)
 	}
 	if p.c.info.ReadOnly {
 		plan = nil
@@ -695,6 +695,12 @@ func reasonFor(err error, def string) string {
 	var bug *bugError
 	if errors.As(err, &bug) {
 		return ReasonProviderBug
+	}
+	// An error that names its own reason (an external provider's process
+	// that crashed, hung or broke the protocol) reports it.
+	var rs interface{ StatusReason() string }
+	if errors.As(err, &rs) && rs.StatusReason() != "" {
+		return rs.StatusReason()
 	}
 	return def
 }

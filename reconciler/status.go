@@ -38,6 +38,17 @@ const (
 	// ReasonBusy: something else holds what the provider needs (a
 	// providers.BusyError without a reason of its own); retried.
 	ReasonBusy = "Busy"
+	// ReasonProviderCrashed: an external provider's process exited while
+	// it was called (the message carries its stderr tail); it is
+	// relaunched with backoff and the section reconciled from a fresh
+	// Observe.
+	ReasonProviderCrashed = "ProviderCrashed"
+	// ReasonProviderTimeout: an external provider's call did not answer
+	// within its timeout; its process was killed.
+	ReasonProviderTimeout = "ProviderTimeout"
+	// ReasonProviderRefused: the section's external provider was refused
+	// at start (its manifest's location and reason are in the message).
+	ReasonProviderRefused = "ProviderRefused"
 )
 
 // Progress is how far a long Apply has come (providers.Env.Progress).

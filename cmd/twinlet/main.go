@@ -28,6 +28,7 @@ import (
 	"github.com/twinlet/twinlet/internal/agent"
 	"github.com/twinlet/twinlet/internal/config"
 	"github.com/twinlet/twinlet/internal/version"
+	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/reconciler"
 	"github.com/twinlet/twinlet/schemas"
 	"github.com/twinlet/twinlet/state"
@@ -45,6 +46,7 @@ commands:
   status      print the last reported state
   provision   get the device's identity from the Device Provisioning Service (DPS)
   schema      print the JSON Schemas: schema [SECTION]
+  providers   built-in and external providers: providers list, providers check MANIFEST
   tpm         TPM identities: slots, keys, tokens, DPS enrollment info (tpm help)
   version     print the version
   completion  print a shell completion script: completion bash|zsh|fish
@@ -75,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return status(rest, stdout, stderr)
 	case "schema":
 		return schema(rest, stdout, stderr)
+	case "providers":
+		return providersCommand(ctx, rest, stdout, stderr)
 	case "tpm":
 		return tpmCommand(ctx, rest, os.Stdin, stdout, stderr)
 	case "completion", "man":
@@ -93,7 +97,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // common are the flags shared by run, apply and plan.
 type common struct {
 	config, root, stateDir, policyDir, twinDesired, output, allowedRoots, logLevel, logFormat string
-	metricsAddr, keyFile, caFile                                                              string
+	metricsAddr, keyFile, caFile, providerDirs                                                string
 	hubPort                                                                                   int
 	resync                                                                                    time.Duration
 	once                                                                                      bool
@@ -109,6 +113,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.allowedRoots, "allowed-roots", "", "comma-separated device paths the files provider may manage")
 	fs.StringVar(&c.logLevel, "log-level", "", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "", "text or json")
+	fs.StringVar(&c.providerDirs, "provider-dirs", "", "comma-separated directories of external provider manifests (default from config, else /usr/lib/twinlet/providers.d,/etc/twinlet/providers.d)")
 }
 
 // resolve merges the configuration file under the flags that were set.
@@ -138,6 +143,9 @@ func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
 	}
 	if set["log-level"] {
 		cfg.Log.Level = c.logLevel
+	}
+	if set["provider-dirs"] {
+		cfg.ProviderDirs = splitDirs(c.providerDirs)
 	}
 	if set["log-format"] {
 		cfg.Log.Format = c.logFormat
@@ -249,8 +257,17 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	if cmd != "run" && !set(fs, "log-level") && cfg.Log.Level == "info" {
 		log = logger(withLevel(cfg, "warn"), logw)
 	}
+	// External providers join the built-in ones; they are described (and
+	// their processes started) now and stopped when the command ends.
+	ext := loadExternal(ctx, cfg.ProviderDirs, log)
+	defer ext.Close()
+	if err := cfg.CheckExternalCloud(ext.Infos()); err != nil {
+		fmt.Fprintf(stderr, "twinlet %s: %v\n", cmd, err)
+		return 1
+	}
 	opts := reconciler.Options{
-		Root: cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,
+		Providers: append(providers.All(), ext.Infos()...),
+		Root:      cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,
 		AllowedRoots: cfg.AllowedRoots, Logger: log, Workers: cfg.Workers,
 		// The cloud scope comes from the local config alone; plan
 		// --twin-desired shows the same Forbidden as run and apply.

@@ -47,7 +47,9 @@ func (s *sandbox) write(t *testing.T, name, body string) string {
 }
 
 func (s *sandbox) args(cmd string, extra ...string) []string {
-	return append([]string{cmd, "--config", "", "--root", s.root, "--state-dir", s.state, "--policy", s.policy}, extra...)
+	// No external providers unless a test names them: the machine's
+	// providers.d is not the sandbox's.
+	return append([]string{cmd, "--config", "", "--root", s.root, "--state-dir", s.state, "--policy", s.policy, "--provider-dirs", ""}, extra...)
 }
 
 func (s *sandbox) file(name string) string {

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -24,6 +26,7 @@ func validate(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", config.DefaultPath, "agent configuration file (for root and allowed roots)")
 	root := fs.String("root", "", "directory providers act on (default from config)")
+	providerDirs := fs.String("provider-dirs", "", "comma-separated directories of external provider manifests (default from config)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -63,14 +66,32 @@ func validate(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	env := &providers.Env{Root: cfg.Root, AllowedRoots: cfg.AllowedRoots, Runner: providers.ExecRunner{}}
-	known := func(id string) bool { _, ok := providers.Lookup(id); return ok }
+	if set(fs, "provider-dirs") {
+		cfg.ProviderDirs = splitDirs(*providerDirs)
+	}
+	// External sections are validated by their schema and their Decode
+	// too; a refused manifest is reported on stderr.
+	ext := loadExternal(context.Background(), cfg.ProviderDirs, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	defer ext.Close()
+	external := map[string]providers.Info{}
+	for _, info := range ext.Infos() {
+		external[info.ID] = info
+	}
+	lookup := func(id string) (providers.Info, bool) {
+		if info, ok := providers.Lookup(id); ok {
+			return info, true
+		}
+		info, ok := external[id]
+		return info, ok
+	}
+	known := func(id string) bool { _, ok := lookup(id); return ok }
 	bad := 0
 	for _, f := range files {
 		if f == "" {
 			bad++
 			continue
 		}
-		lines := validateFile(f, env, known)
+		lines := validateFile(f, env, known, lookup)
 		for _, l := range lines {
 			fmt.Fprintln(stdout, l)
 		}
@@ -82,7 +103,7 @@ func validate(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func validateFile(file string, env *providers.Env, known func(string) bool) []string {
+func validateFile(file string, env *providers.Env, known func(string) bool, lookup func(string) (providers.Info, bool)) []string {
 	data, err := policy.ReadSecure(file)
 	if err != nil {
 		return []string{fmt.Sprintf("%s: %v", file, err)}
@@ -103,7 +124,7 @@ func validateFile(file string, env *providers.Env, known func(string) bool) []st
 			loc := func(ptr, msg string) string {
 				return fmt.Sprintf("%s: /spec/%s%s: %s", d.Locate(id, ptr), id, ptr, msg)
 			}
-			info, _ := providers.Lookup(id)
+			info, _ := lookup(id)
 			sp, err := validateSection(id, info, raw)
 			if err != nil {
 				out = append(out, loc("", err.Error()))

@@ -7,6 +7,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,6 +22,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/twinlet/twinlet/internal/extprov"
 	"github.com/twinlet/twinlet/internal/policy"
 	"github.com/twinlet/twinlet/providers"
 )
@@ -36,6 +38,11 @@ type Config struct {
 	StateDir string `yaml:"stateDir"`
 	// PolicyDir holds local policy files.
 	PolicyDir string `yaml:"policyDir"`
+	// ProviderDirs hold the manifests of external providers, read in
+	// order (a later directory's file replaces an earlier one's of the
+	// same name); nil means /usr/lib/twinlet/providers.d then
+	// /etc/twinlet/providers.d, an empty list none.
+	ProviderDirs []string `yaml:"providerDirs"`
 	// AllowedRoots bound what the files provider may touch.
 	AllowedRoots []string `yaml:"allowedRoots"`
 	// Resync is the drift-healing interval.
@@ -345,6 +352,11 @@ func (c *Config) Check() error {
 	if c.Resync < 0 {
 		return fmt.Errorf("%sresync: must not be negative", c.at("resync"))
 	}
+	for i, d := range c.ProviderDirs {
+		if !path.IsAbs(d) {
+			return fmt.Errorf("%sproviderDirs[%d]: %q is not an absolute path", c.at("providerDirs", strconv.Itoa(i)), i, d)
+		}
+	}
 	for i, r := range c.AllowedRoots {
 		if err := CheckAllowedRoot("", r); err != nil {
 			return fmt.Errorf("%sallowedRoots[%d]: %w", c.at("allowedRoots", strconv.Itoa(i)), i, err)
@@ -472,7 +484,7 @@ func CheckAllowedRoot(root, p string) error {
 func (c *Config) checkCloud() error {
 	seen := map[string]bool{}
 	for i, id := range c.Cloud.Sections {
-		if _, ok := providers.Lookup(id); !ok {
+		if _, ok := providers.Lookup(id); !ok && !c.declared(id) {
 			return fmt.Errorf("%scloud.sections[%d]: unknown section %q (known: %s)", c.at("cloud", "sections", strconv.Itoa(i)), i, id, knownSections())
 		}
 		if seen[id] {
@@ -482,6 +494,11 @@ func (c *Config) checkCloud() error {
 	}
 	for id, r := range c.Cloud.Rules {
 		info, ok := providers.Lookup(id)
+		if !ok && c.declared(id) {
+			// An external provider's: checked by CheckExternalCloud
+			// once it has described itself.
+			ok, info = true, providers.Info{ID: id, New: func() providers.Provider { return externalScoper{} }}
+		}
 		if !ok {
 			return fmt.Errorf("%scloud.%s: unknown section %q (known: %s)", c.at("cloud", id), id, id, knownSections())
 		}
@@ -496,6 +513,53 @@ func (c *Config) checkCloud() error {
 			}
 		}
 		if !c.Cloud.denySet[id] {
+			r.Deny = info.CloudDeny
+			c.Cloud.Rules[id] = r
+		}
+	}
+	return nil
+}
+
+// declared reports whether a manifest in the provider directories
+// declares an external provider of the section id.
+func (c *Config) declared(id string) bool {
+	dirs := c.ProviderDirs
+	if dirs == nil {
+		dirs = extprov.DefaultDirs
+	}
+	return extprov.Declares(dirs, id)
+}
+
+// externalScoper stands for an external provider in checkCloud until it
+// has described itself.
+type externalScoper struct{ providers.Provider }
+
+func (externalScoper) CloudScope(providers.ScopeRules, json.RawMessage) []providers.FieldError {
+	return nil
+}
+
+// CheckExternalCloud finishes the cloud block's check for the sections of
+// external providers, once they have described themselves (infos): a
+// rule for a section whose provider was refused, or that has no cloud
+// rules, is an error; a section without deny gets the provider's default
+// denials.
+func (c *Config) CheckExternalCloud(infos []providers.Info) error {
+	byID := map[string]providers.Info{}
+	for _, info := range infos {
+		byID[info.ID] = info
+	}
+	for _, id := range slices.Sorted(maps.Keys(c.Cloud.Rules)) {
+		if _, builtin := providers.Lookup(id); builtin {
+			continue
+		}
+		info, ok := byID[id]
+		if !ok {
+			return fmt.Errorf("%scloud.%s: the external provider of section %s was refused (see the log or twinlet providers list)", c.at("cloud", id), id, id)
+		}
+		if _, ok := info.New().(providers.CloudScoper); !ok {
+			return fmt.Errorf("%scloud.%s: the external provider of section %s has no cloud rules (it does not describe cloudScope); use cloud.sections to keep the twin from setting it", c.at("cloud", id), id, id)
+		}
+		if r := c.Cloud.Rules[id]; !c.Cloud.denySet[id] {
 			r.Deny = info.CloudDeny
 			c.Cloud.Rules[id] = r
 		}

@@ -1,0 +1,198 @@
+package extprov
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twinlet/twinlet/providers"
+)
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestKeepAliveStopsAnIdleProcessAndStartsItOnUse: an idle process is
+// stopped after its keep-alive; the next call starts it again; Close
+// leaves no goroutine behind.
+func TestKeepAliveStopsAnIdleProcessAndStartsItOnUse(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t), "keepAlive: 1ms")
+	opts := testOpts(t)
+	opts.Dirs = []string{dir}
+	h := Load(context.Background(), opts)
+	state := func() string { return h.List()[0].State }
+	eventually(t, "the idle process to stop", func() bool { return state() == "stopped" })
+	p := h.Infos()[0].New()
+	if _, err := p.Decode(&providers.Env{Root: t.TempDir()}, json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if s := h.List()[0]; s.Starts != 2 {
+		t.Fatalf("not started on use: %+v", s)
+	}
+	h.Close()
+	if _, err := p.Decode(&providers.Env{Root: t.TempDir()}, json.RawMessage(`{}`)); err == nil || !strings.Contains(err.Error(), "stopping") {
+		t.Fatalf("a call after Close: %v", err)
+	}
+	eventually(t, "no goroutine of the package left", func() bool {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		for _, g := range bytes.Split(buf, []byte("\n\n")) {
+			if bytes.Contains(g, []byte("internal/extprov.(*")) || bytes.Contains(g, []byte("internal/extprov.start")) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestStderrIsLoggedAndBounded: a provider's stderr reaches the log, and
+// the tail kept for messages stays bounded.
+func TestStderrTailIsBounded(t *testing.T) {
+	var tl tail
+	for i := range 1000 {
+		tl.add(strings.Repeat("x", 30) + " line " + string(rune('a'+i%26)))
+	}
+	if n := len(tl.String()); n > tailSize || n < tailSize/2 {
+		t.Fatalf("tail of %d bytes", n)
+	}
+	if !strings.HasPrefix(tl.String(), "xxx") {
+		t.Fatalf("tail not cut at a line start: %.40q", tl.String())
+	}
+}
+
+// TestExampleManifestsAreValid: the manifests shipped in examples/ pass
+// the manifest schema (their executables live on a device, not here).
+func TestExampleManifestsAreValid(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/providers/*/*.yaml")
+	if len(files) < 2 {
+		t.Fatalf("example manifests: %v", files)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, probs := parseManifest(f, b); len(probs) > 0 {
+			t.Errorf("%v", probs)
+		}
+	}
+}
+
+// TestRunsAsTheManifestUser: the program runs as the manifest's user, with
+// that user's uid and gid.
+func TestRunsAsTheManifestUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root can run a provider as another user")
+	}
+	python(t)
+	u, err := lookupUser("nobody")
+	if err != nil || u == nil {
+		t.Skip("no user nobody")
+	}
+	exe := install(t, "testdata/chaos.py")
+	for d := filepath.Dir(exe); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755) // nobody must reach the program
+	}
+	dir := t.TempDir()
+	manifest(t, dir, "chaos.yaml", "asNobody", exe, "user: nobody")
+	h := load(t, testOpts(t), dir)
+	s := h.List()[0]
+	if s.State != "running" {
+		t.Fatalf("%+v", s)
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(s.PID), "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "Uid:") {
+			if f := strings.Fields(line); len(f) < 2 || f[1] != strconv.Itoa(int(u.uid)) {
+				t.Fatalf("runs as %q, want uid %d", line, u.uid)
+			}
+			return
+		}
+	}
+	t.Fatal("no Uid in /proc status")
+}
+
+// TestCrashSeenDespiteAnOrphanHoldingStdout: a program that dies leaving a
+// child with its stdout open is a crash (not a hang), and the child is
+// killed with the process group.
+func TestCrashSeenDespiteAnOrphanHoldingStdout(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "orphan.yaml", "orphan", chaos(t), "args: [--orphan-in, observe]", "timeout: 60s")
+	h := load(t, testOpts(t), dir)
+	p := one(t, h, "orphan").New()
+	env := &providers.Env{Root: t.TempDir()}
+	spec, err := p.Decode(env, json.RawMessage(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Observe(context.Background(), env, spec)
+	var f *Failure
+	if !asFailure(err, &f) || f.Reason != ReasonCrashed || !strings.Contains(f.Message, "exit status 4") {
+		t.Fatalf("observe: %v", err)
+	}
+}
+
+// TestConcurrentCalls: calls from several goroutines (reconciles and
+// direct methods) that start the process together and share it each get
+// their own answer. (With a keep-alive of 1ms the process may stop and
+// start again between them; that is fine too.)
+func TestConcurrentCalls(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "sensor.yaml", "sensorCalibration", goExample(t), "keepAlive: 1ms")
+	h := load(t, testOpts(t), dir)
+	eventually(t, "the idle process to stop", func() bool { return h.List()[0].State == "stopped" })
+	info := one(t, h, "sensorCalibration")
+	env := &providers.Env{Root: t.TempDir()}
+	conf := filepath.Join(env.Root, "etc/vendor/sensor/calibration.conf")
+	os.MkdirAll(filepath.Dir(conf), 0o755)
+	os.WriteFile(conf, []byte("gain = 3\n"), 0o644)
+	errs := make(chan error, 16)
+	for i := range 16 {
+		go func() {
+			if i%2 == 0 {
+				out, err := info.Methods["read"].Call(context.Background(), env, json.RawMessage(`{}`))
+				if err == nil && !strings.Contains(string(out.(json.RawMessage)), `"gain":"3"`) {
+					err = errors.New("read: " + string(out.(json.RawMessage)))
+				}
+				errs <- err
+				return
+			}
+			p := info.New()
+			spec, err := p.Decode(env, json.RawMessage(`{"gain": 3}`))
+			if err == nil {
+				var obs providers.Observed
+				if obs, err = p.Observe(context.Background(), env, spec); err == nil {
+					var plan []providers.Change
+					if plan, err = p.Plan(spec, obs); err == nil && len(plan) != 0 {
+						err = errors.New("a plan for a converged section")
+					}
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
