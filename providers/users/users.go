@@ -630,45 +630,45 @@ func applyPassword(ctx context.Context, env *providers.Env, d password) error {
 	return accounts.SetHash(ctx, env, d.name, d.hash.reveal())
 }
 
-func applyHome(env *providers.Env, d homeDir) error {
+// userHome opens the root and finds user name and its home directory
+// (override when set, else the one in passwd). The caller closes root.
+func userHome(env *providers.Env, name, override string) (*providers.Dir, *accounts.User, string, error) {
 	root, err := env.OpenRoot()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	db, err := accounts.Read(root, false)
+	if err != nil {
+		root.Close()
+		return nil, nil, "", err
+	}
+	u := db.User(name)
+	if u == nil {
+		root.Close()
+		return nil, nil, "", fmt.Errorf("user %s does not exist", name)
+	}
+	home := u.Home
+	if override != "" {
+		home = override
+	}
+	return root, u, home, nil
+}
+
+func applyHome(env *providers.Env, d homeDir) error {
+	root, u, home, err := userHome(env, d.name, d.home)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	db, err := accounts.Read(root, false)
-	if err != nil {
-		return err
-	}
-	u := db.User(d.name)
-	if u == nil {
-		return fmt.Errorf("user %s does not exist", d.name)
-	}
-	home := u.Home
-	if d.home != "" {
-		home = d.home
-	}
 	return makeHome(root, home, u.UID, u.GID)
 }
 
 func applyKeys(env *providers.Env, d keys) error {
-	root, err := env.OpenRoot()
+	root, u, home, err := userHome(env, d.name, d.home)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	db, err := accounts.Read(root, false)
-	if err != nil {
-		return err
-	}
-	u := db.User(d.name)
-	if u == nil {
-		return fmt.Errorf("user %s does not exist", d.name)
-	}
-	home := u.Home
-	if d.home != "" {
-		home = d.home
-	}
 	hd, _, err := openHome(root, home)
 	if err != nil {
 		return err
