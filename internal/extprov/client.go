@@ -241,6 +241,10 @@ func (c *client) call(ctx context.Context, method string, params, result any, pr
 	return nil
 }
 
+// errStale marks a call that referred to an observation or plan of an
+// earlier provider process.
+var errStale = errors.New("stale handle")
+
 // providerError turns a protocol error object into the error the
 // reconciler knows: Invalid (terminal), a method's status, or transient.
 func providerError(method string, err error) error {
@@ -266,6 +270,8 @@ func providerError(method string, err error) error {
 			d.Status = 500
 		}
 		return &providers.MethodError{Status: d.Status, Message: pe.Message}
+	case plugin.CodeStale:
+		return fmt.Errorf("%s: %s: %w", method, pe.Message, errStale)
 	case -32700, -32600, -32601, -32602:
 		return &Failure{Reason: ReasonProtocol, Message: fmt.Sprintf("protocol: %s: %s (code %d)", method, pe.Message, pe.Code)}
 	}

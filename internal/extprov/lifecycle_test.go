@@ -196,3 +196,43 @@ func TestConcurrentCalls(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanAfterTheProcessStoppedObservesAgain: the process stops at its
+// keep-alive between Observe and Plan, so it no longer knows the
+// observation; Plan observes again and plans from that instead of
+// failing the section. The same between Plan and Apply.
+func TestPlanAfterTheProcessStoppedObservesAgain(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "sensor.yaml", "sensorCalibration", goExample(t), "keepAlive: 1ms")
+	h := load(t, testOpts(t), dir)
+	info := one(t, h, "sensorCalibration")
+	env := &providers.Env{Root: t.TempDir()}
+	conf := filepath.Join(env.Root, "etc/vendor/sensor/calibration.conf")
+	os.MkdirAll(filepath.Dir(conf), 0o755)
+	os.WriteFile(conf, []byte("gain = 3\n"), 0o644)
+	p := info.New()
+	spec, err := p.Decode(env, json.RawMessage(`{"gain": 5}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := p.Observe(context.Background(), env, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the idle process to stop", func() bool { return h.List()[0].State == "stopped" })
+	plan, err := p.Plan(spec, obs)
+	if err != nil {
+		t.Fatalf("plan after a restart: %v", err)
+	}
+	if len(plan) != 1 || plan[0].Action != providers.Update {
+		t.Fatalf("plan = %+v, want one update", plan)
+	}
+	// And between Plan and Apply: the change is planned again and applied.
+	eventually(t, "the idle process to stop again", func() bool { return h.List()[0].State == "stopped" })
+	if err := p.Apply(context.Background(), env, plan[0]); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if b, _ := os.ReadFile(conf); !strings.Contains(string(b), "5") {
+		t.Fatalf("calibration.conf = %q", b)
+	}
+}

@@ -3,6 +3,7 @@ package extprov
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -85,6 +86,10 @@ func (x *proxy) watchPaths(env *providers.Env, spec providers.Spec) []string {
 type observation struct {
 	reported json.RawMessage
 	private  json.RawMessage
+	// env is what it was observed in, so that a plan the provider can no
+	// longer relate to this observation (its process was started again
+	// in between) observes once more in the same place.
+	env *providers.Env
 }
 
 // MarshalJSON reports the observed body.
@@ -137,7 +142,7 @@ func (x *proxy) Observe(ctx context.Context, env *providers.Env, spec providers.
 	if err := x.c.call(ctx, plugin.MethodObserve, plugin.ObserveParams{Env: wireEnv(env), Spec: specJSON(spec)}, &res, nil); err != nil {
 		return nil, err
 	}
-	return observation{reported: res.Observed, private: res.Private}, nil
+	return observation{reported: res.Observed, private: res.Private, env: env}, nil
 }
 
 func specJSON(spec providers.Spec) json.RawMessage {
@@ -147,17 +152,22 @@ func specJSON(spec providers.Spec) json.RawMessage {
 	return json.RawMessage("null")
 }
 
-// Plan implements providers.Provider.
+// Plan implements providers.Provider. A provider process that stopped
+// at its keep-alive (or crashed) between Observe and Plan no longer knows
+// the observation it handed out; Plan then observes again, once, and
+// plans from that, so the idle timer never shows up as a failure.
 func (x *proxy) Plan(spec providers.Spec, observed providers.Observed) ([]providers.Change, error) {
 	o, _ := observed.(observation)
-	view := o.private
-	if len(view) == 0 {
-		view = o.reported
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), x.timeout)
 	defer cancel()
-	var res plugin.PlanResult
-	if err := x.c.call(ctx, plugin.MethodPlan, plugin.PlanParams{Spec: specJSON(spec), Observed: view}, &res, nil); err != nil {
+	res, err := x.plan(ctx, spec, o)
+	if errors.Is(err, errStale) {
+		var again providers.Observed
+		if again, err = x.Observe(ctx, o.env, spec); err == nil {
+			res, err = x.plan(ctx, spec, again.(observation))
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	out := make([]providers.Change, 0, len(res.Changes))
@@ -171,21 +181,61 @@ func (x *proxy) Plan(spec providers.Spec, observed providers.Observed) ([]provid
 		}
 		ch := providers.Change{Action: a, Item: c.Item, Key: c.Key, Before: c.Before, After: c.After,
 			Once: c.Once, RebootRequired: c.RebootRequired}
-		if len(c.Data) > 0 {
-			ch.Data = c.Data
-		}
+		ch.Data = planned{data: c.Data, spec: spec, env: o.env}
 		out = append(out, ch)
 	}
 	return out, nil
 }
 
-// Apply implements providers.Provider.
-func (x *proxy) Apply(ctx context.Context, env *providers.Env, c providers.Change) error {
-	w := plugin.Change{Action: string(c.Action), Item: c.Item, Key: c.Key, Before: c.Before, After: c.After,
-		Once: c.Once, RebootRequired: c.RebootRequired}
-	if d, ok := c.Data.(json.RawMessage); ok {
-		w.Data = d
+// planned is a change's Data: the provider's own data and what the plan
+// was made from, so that Apply can plan again when the process that made
+// it is gone.
+type planned struct {
+	data json.RawMessage
+	spec providers.Spec
+	env  *providers.Env
+}
+
+func (x *proxy) plan(ctx context.Context, spec providers.Spec, o observation) (plugin.PlanResult, error) {
+	view := o.private
+	if len(view) == 0 {
+		view = o.reported
 	}
+	var res plugin.PlanResult
+	err := x.c.call(ctx, plugin.MethodPlan, plugin.PlanParams{Spec: specJSON(spec), Observed: view}, &res, nil)
+	return res, err
+}
+
+// Apply implements providers.Provider. When the process that planned the
+// change is gone (keep-alive, crash), the provider can no longer relate
+// the change to its plan: Apply observes and plans again, and applies the
+// same change from the new plan if it is still in it. If it is not, the
+// world moved on and the error stands; the reconciler starts over.
+func (x *proxy) Apply(ctx context.Context, env *providers.Env, c providers.Change) error {
+	d, _ := c.Data.(planned)
+	err := x.apply(ctx, env, c, d.data)
+	if !errors.Is(err, errStale) || d.env == nil {
+		return err
+	}
+	obs, oerr := x.Observe(ctx, d.env, d.spec)
+	if oerr != nil {
+		return oerr
+	}
+	res, perr := x.plan(ctx, d.spec, obs.(observation))
+	if perr != nil {
+		return perr
+	}
+	for _, n := range res.Changes {
+		if providers.Action(n.Action) == c.Action && n.Item == c.Item && n.Key == c.Key && n.Before == c.Before && n.After == c.After {
+			return x.apply(ctx, env, c, n.Data)
+		}
+	}
+	return err
+}
+
+func (x *proxy) apply(ctx context.Context, env *providers.Env, c providers.Change, data json.RawMessage) error {
+	w := plugin.Change{Action: string(c.Action), Item: c.Item, Key: c.Key, Before: c.Before, After: c.After,
+		Once: c.Once, RebootRequired: c.RebootRequired, Data: data}
 	return x.c.call(ctx, plugin.MethodApply, plugin.ApplyParams{Env: wireEnv(env), Change: w}, nil, progressTo(env))
 }
 

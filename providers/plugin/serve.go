@@ -355,7 +355,7 @@ func (s *server) call(ctx context.Context, req Request) (res any, err error) {
 }
 
 func stale(what string) error {
-	return &Error{Code: CodeFailed, Message: "the " + what + " this call refers to is no longer known (the provider restarted since); observe and plan again"}
+	return &Error{Code: CodeStale, Message: "the " + what + " this call refers to is no longer known (the provider restarted since); observe and plan again"}
 }
 
 func (s *server) describe() Description {

@@ -89,7 +89,7 @@ func TestServe(t *testing.T) {
 		t.Fatalf("apply: %+v", m)
 	}
 	send(`{"jsonrpc":"2.0","id":7,"method":"apply","params":{"env":{"root":"/"},"change":{"action":"Update","item":"n","data":{"ref":999}}}}`)
-	if m := recv(); m.Error == nil || m.Error.Code != CodeFailed || !strings.Contains(m.Error.Message, "observe and plan again") {
+	if m := recv(); m.Error == nil || m.Error.Code != CodeStale || !strings.Contains(m.Error.Message, "observe and plan again") {
 		t.Fatalf("stale apply: %+v", m)
 	}
 	send(`{"jsonrpc":"2.0","id":8,"method":"shutdown"}`)

@@ -58,6 +58,10 @@ const (
 	// CodeFailed: the call failed for a reason that may pass (a transient
 	// failure); the agent retries with backoff.
 	CodeFailed = -32003
+	// CodeStale: the observation or plan a call refers to belongs to an
+	// earlier process (it stopped at its keep-alive or crashed since). The
+	// agent observes again and plans once more; nothing was done.
+	CodeStale = -32004
 )
 
 // Request is a JSON-RPC 2.0 request or, without ID, a notification.
