@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -21,8 +22,11 @@ type RunOptions struct {
 	// Resync re-reconciles every section this often (±10% jitter) to heal
 	// drift that no watch saw; 0 means 5 minutes.
 	Resync time.Duration
-	// PolicyPoll re-hashes the policy directory this often, because
-	// inotify can miss events; 0 means 10 seconds.
+	// PolicyPoll re-hashes the policy directory this often while it is
+	// not watched (no inotify, the directory missing or removed, a queue
+	// overflow); 0 means 10 seconds. While the watch is in place the
+	// directory is re-hashed at each resync only, so that an idle agent
+	// does not wake up for it.
 	PolicyPoll time.Duration
 	// Backoff for transient failures; zero means DefaultBackoff.
 	Backoff Backoff
@@ -85,14 +89,27 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 	if err != nil {
 		r.log.Warn("fsnotify unavailable; relying on polling", "err", err)
 	}
-	if w != nil {
-		defer w.Close()
-		for _, d := range r.sourceDirs() {
+	// watched: every source directory has its inotify watch in place,
+	// so the periodic re-hash can wait for the resync.
+	watched := false
+	watchSources := func() {
+		if w == nil {
+			return
+		}
+		dirs := r.sourceDirs()
+		ok := r.opts.PolicyDir == "" || len(dirs) > 0 && dirs[0] == r.opts.PolicyDir
+		for _, d := range dirs {
 			if err := w.Add(d); err != nil {
 				r.log.Debug("watch", "dir", d, "err", err)
+				ok = false
 			}
 		}
+		watched = ok
 	}
+	if w != nil {
+		defer w.Close()
+	}
+	watchSources()
 	var events <-chan fsnotify.Event
 	var werrs <-chan error
 	if w != nil {
@@ -137,8 +154,23 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 		lastHash = r.pol.Hash
 	}
 	r.mu.Unlock()
-	poll := time.NewTicker(ro.PolicyPoll)
+	pollEvery := func() time.Duration {
+		if watched {
+			return ro.Resync
+		}
+		return ro.PolicyPoll
+	}
+	poll := time.NewTimer(pollEvery())
 	defer poll.Stop()
+	rehash := func() {
+		r.rehashes.Add(1)
+		if r.opts.PolicyDir != "" {
+			if h := policy.HashDir(r.opts.PolicyDir); h != lastHash {
+				lastHash = h
+				reload(false)
+			}
+		}
+	}
 	resync := time.NewTimer(jitter(ro.Resync))
 	defer resync.Stop()
 	debounce := time.NewTimer(time.Hour)
@@ -149,23 +181,35 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 			<-done
 			return nil
 		case ev := <-events:
-			if r.isSourceEvent(ev.Name) {
+			if r.isSourceDir(ev.Name) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				// The directory itself went away: its watch is gone with
+				// it. Poll until it is back, then watch it again.
+				r.log.Info("policy directory gone; polling for it", "dir", ev.Name)
+				watched = false
+				poll.Reset(pollEvery())
+				debounce.Reset(100 * time.Millisecond)
+			} else if r.isSourceEvent(ev.Name) {
 				debounce.Reset(100 * time.Millisecond)
 			} else if ids := r.pathOwners(ev.Name); len(ids) > 0 {
 				q.Add(ids...)
 			}
 		case err := <-werrs:
+			// An overflow lost events of unknown paths: look again now,
+			// and heal drift everywhere.
 			r.log.Warn("fsnotify", "err", err)
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				rehash()
+				q.Add(r.order...)
+			}
 		case <-debounce.C:
 			reload(false)
 			lastHash = r.currentHash()
 		case <-poll.C:
-			if r.opts.PolicyDir != "" {
-				if h := policy.HashDir(r.opts.PolicyDir); h != lastHash {
-					lastHash = h
-					reload(false)
-				}
+			if !watched {
+				watchSources()
 			}
+			rehash()
+			poll.Reset(pollEvery())
 		case <-resync.C:
 			q.Add(r.order...)
 			resync.Reset(jitter(ro.Resync))
@@ -250,6 +294,15 @@ func (r *Reconciler) sourceDirs() []string {
 		out = append(out, filepath.Dir(r.opts.TwinDesiredFile))
 	}
 	return out
+}
+
+// isSourceDir reports whether name is a source directory itself.
+func (r *Reconciler) isSourceDir(name string) bool {
+	name = filepath.Clean(name)
+	if r.opts.PolicyDir != "" && name == filepath.Clean(r.opts.PolicyDir) {
+		return true
+	}
+	return r.opts.TwinDesiredFile != "" && name == filepath.Dir(filepath.Clean(r.opts.TwinDesiredFile))
 }
 
 func (r *Reconciler) isSourceEvent(name string) bool {

@@ -31,6 +31,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twinlet/twinlet/internal/atomicfile"
@@ -135,17 +136,19 @@ func (c *controller) lastResult() *SectionResult {
 
 // Reconciler reconciles the sections of one device.
 type Reconciler struct {
-	opts    Options
-	log     *slog.Logger
-	ctrls   map[string]*controller
-	order   []string // dependency order
-	rank    map[string]int
-	deps    map[string][]string // section → the sections that depend on it
-	sources []Source
-	store   *state.Store
-	cloud   map[string]bool // nil: the twin may set every section
-	life    context.Context // ends with Close: method calls stop
-	stop    context.CancelFunc
+	opts  Options
+	log   *slog.Logger
+	ctrls map[string]*controller
+	order []string // dependency order
+	// rehashes counts periodic re-reads of the policy directory (tests).
+	rehashes atomic.Int64
+	rank     map[string]int
+	deps     map[string][]string // section → the sections that depend on it
+	sources  []Source
+	store    *state.Store
+	cloud    map[string]bool // nil: the twin may set every section
+	life     context.Context // ends with Close: method calls stop
+	stop     context.CancelFunc
 
 	mu          sync.Mutex // the sources
 	pol         *policy.Set

@@ -586,3 +586,59 @@ func TestValidatedOnceUnderOneSchema(t *testing.T) {
 		t.Fatalf("a new value: %+v %+v", s.Status, s.Errors)
 	}
 }
+
+// TestRunSeesPolicyChangesWithoutPolling: with the policy directory
+// watched, a change is applied through inotify alone (the poll and the
+// resync are an hour away), so an idle agent need not re-hash it.
+func TestRunSeesPolicyChangesWithoutPolling(t *testing.T) {
+	f := newFixture(t)
+	f.policy(t, "base.yaml", basePolicy)
+	r := f.new(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, RunOptions{Resync: time.Hour, PolicyPoll: 10 * time.Millisecond}) }()
+	testutil.Eventually(t, "first apply", func() bool { return f.read(t, "greeting") == "hello" })
+	f.policy(t, "base.yaml", strings.Replace(basePolicy, "hello", "bonjour", 1))
+	testutil.Eventually(t, "policy change", func() bool { return f.read(t, "greeting") == "bonjour" })
+	time.Sleep(50 * time.Millisecond)
+	if n := r.rehashes.Load(); n != 0 {
+		t.Errorf("the watched policy directory was re-hashed %d times", n)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunPollsForARemovedPolicyDir: the policy directory is removed and
+// created again (as a package upgrade or `rm -r; cp -r` does); its watch
+// went with it, so the loop polls until it is back, watches it again and
+// applies what it holds.
+func TestRunPollsForARemovedPolicyDir(t *testing.T) {
+	f := newFixture(t)
+	f.policy(t, "base.yaml", basePolicy)
+	r := f.new(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, RunOptions{Resync: time.Hour, PolicyPoll: 50 * time.Millisecond}) }()
+	testutil.Eventually(t, "first apply", func() bool { return f.read(t, "greeting") == "hello" })
+	if err := os.RemoveAll(f.policyDir); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // let the loop see the directory go
+	if err := os.Mkdir(f.policyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.policy(t, "base.yaml", strings.Replace(basePolicy, "hello", "bonjour", 1))
+	testutil.Eventually(t, "the recreated directory applied", func() bool { return f.read(t, "greeting") == "bonjour" })
+	// Watched again: the next change arrives too.
+	f.policy(t, "base.yaml", strings.Replace(basePolicy, "hello", "hola", 1))
+	testutil.Eventually(t, "the next change", func() bool { return f.read(t, "greeting") == "hola" })
+	if r.rehashes.Load() == 0 {
+		t.Error("the missing directory was never polled for")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
