@@ -143,8 +143,10 @@ type DeviceClient struct {
 	// pubMu keeps Publish and Disconnect of one paho client apart: a
 	// publish racing a disconnect is queued by paho and would block until
 	// its write timeout.
-	pubMu   sync.RWMutex
-	client  paho.Client
+	pubMu  sync.RWMutex
+	client paho.Client
+	// conn is the connection paho runs on, for its keep-alive counters.
+	conn    *keepConn
 	pending map[string]chan twinReply
 	// lost is the current connection's loss channel; the dispatcher reports
 	// a failed twin read on it, which makes Run reconnect.
@@ -341,6 +343,21 @@ func (c *DeviceClient) tlsConfig() (*tls.Config, error) {
 	return tc, nil
 }
 
+// dial opens the TLS connection paho speaks MQTT over, with the
+// keep-alive of keepConn.
+func (c *DeviceClient) dial(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+	d := &net.Dialer{Timeout: o.ConnectTimeout}
+	conn, err := tls.DialWithDialer(d, "tcp", uri.Host, o.TLSConfig)
+	if err != nil {
+		return nil, err
+	}
+	k := newKeepConn(conn, c.cfg.KeepAlive, c.cfg.RequestTimeout, c.log)
+	c.mu.Lock()
+	c.conn = k
+	c.mu.Unlock()
+	return k, nil
+}
+
 // connect dials, subscribes and reads the twin. It returns when the
 // token must be renewed.
 func (c *DeviceClient) connect(ctx context.Context, lost chan<- error) (time.Time, error) {
@@ -362,7 +379,8 @@ func (c *DeviceClient) connect(ctx context.Context, lost chan<- error) (time.Tim
 		SetCleanSession(true).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
-		SetKeepAlive(c.cfg.KeepAlive).
+		SetKeepAlive(0). // keepConn does it, see keepalive.go
+		SetCustomOpenConnectionFn(c.dial).
 		SetWriteTimeout(c.cfg.RequestTimeout).
 		SetConnectTimeout(c.cfg.RequestTimeout).
 		SetOrderMatters(true).

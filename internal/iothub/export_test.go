@@ -22,3 +22,21 @@ func (m message) Topic() string     { return m.topic }
 func (m message) MessageID() uint16 { return 1 }
 func (m message) Payload() []byte   { return m.payload }
 func (m message) Ack()              {}
+
+// KeepAlivePings counts the pings of the current connection.
+func (c *DeviceClient) KeepAlivePings() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return 0
+	}
+	return c.conn.pings.Load()
+}
+
+// MuteKeepAlive stops the current connection's pings, as a device whose
+// process hangs would.
+func (c *DeviceClient) MuteKeepAlive() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.conn.mute.Store(true)
+}

@@ -1,0 +1,183 @@
+package iothub
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// keepConn is the device connection with the MQTT keep-alive done here
+// instead of in paho. paho checks its keep-alive every 5 s whatever the
+// interval is, so an idle agent woke up 12 times a minute for nothing;
+// keepConn arms one timer for the moment the connection has really been
+// quiet for three quarters of the keep-alive, so an idle device wakes up
+// once every 90 s (with the default keep-alive of 120 s) to ping.
+//
+// paho is told a keep-alive of 0 (so it runs no keep-alive of its own)
+// and keepConn writes the real one into the CONNECT packet on its way
+// out, so the hub still knows when to give up on the device (IoT Hub:
+// 1.5 × the keep-alive). A PINGREQ is written between paho's packets: each
+// of paho's packets is one Write, and a tls.Conn serialises Writes, as
+// paho's own keep-alive relies on too. paho reads the PINGRESP and
+// drops it.
+type keepConn struct {
+	net.Conn
+	every   time.Duration // the keep-alive
+	timeout time.Duration // how long a ping may go unanswered
+	log     *slog.Logger
+
+	connectSent atomic.Bool
+	lastWrite   atomic.Int64 // unix ns
+	lastRead    atomic.Int64
+	pingSent    atomic.Int64 // 0: none outstanding
+	pings       atomic.Int64 // for tests
+	mute        atomic.Bool  // tests: stop pinging
+
+	mu     sync.Mutex
+	timer  *time.Timer
+	closed bool
+}
+
+// pingreq is an MQTT 3.1.1 PINGREQ packet.
+var pingreq = []byte{0xc0, 0x00}
+
+func newKeepConn(conn net.Conn, every, timeout time.Duration, log *slog.Logger) *keepConn {
+	k := &keepConn{Conn: conn, every: every, timeout: timeout, log: log}
+	now := time.Now().UnixNano()
+	k.lastWrite.Store(now)
+	k.lastRead.Store(now)
+	return k
+}
+
+// Write writes one of paho's packets; the first one, CONNECT, gets the
+// keep-alive, and starts the timer.
+func (k *keepConn) Write(b []byte) (int, error) {
+	first := k.connectSent.CompareAndSwap(false, true)
+	out := b
+	if first {
+		var err error
+		if out, err = withKeepAlive(b, k.every); err != nil {
+			return 0, err
+		}
+	}
+	n, err := k.Conn.Write(out)
+	if n > 0 {
+		k.lastWrite.Store(time.Now().UnixNano())
+	}
+	if first {
+		if err == nil {
+			k.arm(k.every * 3 / 4)
+		}
+		if n == len(out) {
+			n = len(b)
+		} else {
+			n = min(n, len(b))
+		}
+	}
+	return n, err
+}
+
+// Read notes that the hub said something: any packet answers a ping.
+func (k *keepConn) Read(b []byte) (int, error) {
+	n, err := k.Conn.Read(b)
+	if n > 0 {
+		k.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// Close stops the timer and closes the connection.
+func (k *keepConn) Close() error {
+	k.mu.Lock()
+	k.closed = true
+	if k.timer != nil {
+		k.timer.Stop()
+	}
+	k.mu.Unlock()
+	return k.Conn.Close()
+}
+
+func (k *keepConn) arm(d time.Duration) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		return
+	}
+	if k.timer == nil {
+		k.timer = time.AfterFunc(d, k.tick)
+		return
+	}
+	k.timer.Reset(d)
+}
+
+// tick runs when the connection may have been quiet for the keep-alive
+// or a ping may have gone unanswered for too long.
+func (k *keepConn) tick() {
+	now := time.Now()
+	if sent := k.pingSent.Load(); sent != 0 {
+		if k.lastRead.Load() < sent {
+			if wait := time.Duration(sent + int64(k.timeout) - now.UnixNano()); wait > 0 {
+				k.arm(wait)
+				return
+			}
+			// The hub is gone: closing makes paho's reader fail, and the
+			// client reconnects as for any lost connection.
+			k.log.Warn("no answer to a keep-alive ping; reconnecting", "waited", k.timeout.String())
+			k.Close()
+			return
+		}
+		k.pingSent.Store(0)
+	}
+	// MQTT wants a packet within every keep-alive; ping after three
+	// quarters of it, so that a ping on a slow link is not late.
+	quiet := min(k.lastWrite.Load(), k.lastRead.Load())
+	if wait := time.Duration(quiet + int64(k.every*3/4) - now.UnixNano()); wait > 0 {
+		k.arm(wait)
+		return
+	}
+	if k.mute.Load() {
+		k.arm(k.every)
+		return
+	}
+	k.pingSent.Store(now.UnixNano())
+	k.pings.Add(1)
+	// Armed before writing: a write stuck on a dead network is ended by
+	// the next tick closing the connection. The next ping is due before
+	// the answer's deadline when the keep-alive is the shorter.
+	k.arm(min(k.timeout, k.every*3/4))
+	if _, err := k.Write(pingreq); err != nil {
+		k.log.Debug("keep-alive ping", "err", err)
+	}
+}
+
+// withKeepAlive returns a copy of an MQTT 3.1.1 CONNECT packet with its
+// keep-alive set to every (whole seconds, 1 to 65535).
+func withKeepAlive(b []byte, every time.Duration) ([]byte, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("iothub: the first packet is not an MQTT 3.1.1 CONNECT (%s)", why)
+	}
+	if len(b) < 2 || b[0] != 0x10 {
+		return nil, bad("packet type")
+	}
+	i := 1
+	for ; i < len(b) && i <= 4; i++ {
+		if b[i]&0x80 == 0 {
+			break
+		}
+	}
+	i++ // past the remaining length
+	const name = "\x00\x04MQTT\x04"
+	if len(b) < i+len(name)+3 || string(b[i:i+len(name)]) != name {
+		return nil, bad("protocol name or level")
+	}
+	at := i + len(name) + 1 // past the connect flags
+	// Whole seconds; below one second the hub is told one (and gets a
+	// ping more often than it asked for).
+	secs := min(max(int64(every/time.Second), 1), 65535)
+	out := append([]byte(nil), b...)
+	out[at], out[at+1] = byte(secs>>8), byte(secs)
+	return out, nil
+}

@@ -1,0 +1,91 @@
+package iothub
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+)
+
+func connectPacket(t *testing.T, keepalive uint16) []byte {
+	t.Helper()
+	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion = "MQTT", 4
+	cp.ClientIdentifier, cp.Keepalive = "d1", keepalive
+	cp.UsernameFlag, cp.Username = true, "h/d1/?api-version=2021-04-12"
+	var b bytes.Buffer
+	if err := cp.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestWithKeepAlive: the CONNECT paho writes with a keep-alive of 0 goes
+// out with ours and is otherwise the same; anything else is refused.
+func TestWithKeepAlive(t *testing.T) {
+	in := connectPacket(t, 0)
+	orig := append([]byte(nil), in...)
+	out, err := withKeepAlive(in, 120*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(in, orig) {
+		t.Fatal("the caller's buffer was changed")
+	}
+	p, err := packets.ReadPacket(bytes.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := p.(*packets.ConnectPacket)
+	if cp.Keepalive != 120 || cp.ClientIdentifier != "d1" || cp.Username != "h/d1/?api-version=2021-04-12" {
+		t.Fatalf("patched CONNECT = %v", cp)
+	}
+	// A long packet (a SAS token as password) has a two-byte length.
+	long := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	long.ProtocolName, long.ProtocolVersion, long.ClientIdentifier = "MQTT", 4, "d1"
+	long.PasswordFlag, long.Password = true, bytes.Repeat([]byte("x"), 300)
+	var b bytes.Buffer
+	long.Write(&b)
+	out, err = withKeepAlive(b.Bytes(), 2*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := packets.ReadPacket(bytes.NewReader(out)); err != nil || p.(*packets.ConnectPacket).Keepalive != 7200 {
+		t.Fatalf("long CONNECT: %v %v", p, err)
+	}
+	for name, bad := range map[string][]byte{
+		"pingreq":  pingreq,
+		"short":    {0x10},
+		"mqtt 3.1": append([]byte{0x10, 0x0e, 0x00, 0x06}, "MQIsdp\x03\x02\x00\x00"...),
+	} {
+		if _, err := withKeepAlive(bad, time.Minute); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestKeepConnGivesUpOnASilentHub: a hub that reads the ping and never
+// answers is given up on after the timeout: the connection is closed,
+// so paho's reader fails and the client reconnects.
+func TestKeepConnGivesUpOnASilentHub(t *testing.T) {
+	device, hub := net.Pipe()
+	defer hub.Close()
+	k := newKeepConn(device, 200*time.Millisecond, 300*time.Millisecond, slog.New(slog.DiscardHandler))
+	got := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(hub); got <- b }() // reads everything, answers nothing
+	if _, err := k.Write(connectPacket(t, 0)); err != nil {
+		t.Fatal(err)
+	}
+	// paho's reader: blocked until the connection is closed.
+	if _, err := k.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read on a given-up connection succeeded")
+	}
+	b := <-got
+	if !bytes.HasSuffix(b, pingreq) || k.pings.Load() != 1 {
+		t.Fatalf("wrote %x with %d pings, want the CONNECT and one ping", b, k.pings.Load())
+	}
+}
