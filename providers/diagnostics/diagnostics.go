@@ -121,12 +121,24 @@ type Spec struct {
 	Requests       []Request // sorted by id
 }
 
+// The shapes of names, units and times. Counted repetitions ({1,128})
+// would compile to programs of hundreds of kilobytes at start-up, so the
+// lengths are checked apart.
 var (
-	nameRE       = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+	nameRE       = charsRE{regexp.MustCompile(`^[A-Za-z0-9_-]+$`), 128}
 	uploadNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
-	unitRE       = regexp.MustCompile(`^[A-Za-z0-9:_.@\\-]{1,256}$`)
-	sinceRE      = regexp.MustCompile(`^[A-Za-z0-9 :+-]{1,64}$`)
+	unitRE       = charsRE{regexp.MustCompile(`^[A-Za-z0-9:_.@\\-]+$`), 256}
+	sinceRE      = charsRE{regexp.MustCompile(`^[A-Za-z0-9 :+-]+$`), 64}
 )
+
+// charsRE matches a pattern of at most max bytes.
+type charsRE struct {
+	re  *regexp.Regexp
+	max int
+}
+
+// MatchString reports whether s is at most max bytes and matches.
+func (c charsRE) MatchString(s string) bool { return len(s) <= c.max && c.re.MatchString(s) }
 
 type rawSection struct {
 	Collectors     map[string]json.RawMessage `json:"collectors"`

@@ -477,3 +477,4 @@ func TestPendingCap(t *testing.T) {
 		t.Errorf("pending/ holds %v, want only b.tar.gz", names)
 	}
 }
+
