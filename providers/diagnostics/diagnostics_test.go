@@ -477,4 +477,3 @@ func TestPendingCap(t *testing.T) {
 		t.Errorf("pending/ holds %v, want only b.tar.gz", names)
 	}
 }
-
