@@ -21,12 +21,12 @@ import (
 	"runtime/debug"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/twinlet/twinlet/internal/agent"
 	"github.com/twinlet/twinlet/internal/config"
+	"github.com/twinlet/twinlet/internal/memtrim"
 	"github.com/twinlet/twinlet/internal/version"
 	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/reconciler"
@@ -277,13 +277,16 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	var ag agentRef
 	var metrics *agent.Metrics
 	var rr *reconciler.Reconciler
-	var reported sync.Once
-	firstReport := make(chan struct{})
+	var trim *memtrim.Trimmer
+	if cmd == "run" {
+		trim = memtrim.New(cfg.IdleTrim)
+		defer trim.Stop()
+	}
 	if cmd == "run" {
 		opts.Uploader = &ag
 		opts.OnReport = func(doc []byte) {
 			ag.Notify(doc)
-			reported.Do(func() { close(firstReport) })
+			trim.Touch()
 		}
 		if cfg.MetricsAddr != "" {
 			metrics = agent.NewMetrics(func() int { return rr.QueueLen() })
@@ -342,11 +345,9 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	log.Info("twinlet running", "version", version.Version, "root", cfg.Root, "policy", cfg.PolicyDir, "state", cfg.StateDir)
 	cloudDone := make(chan struct{})
 	go func() { defer close(cloudDone); runCloud(ctx) }()
-	trimmed := make(chan struct{})
-	go func() { defer close(trimmed); trimAfterStart(ctx, firstReport) }()
+	lowerGC()
 	err = r.Run(ctx, reconciler.RunOptions{Resync: cfg.Resync, Reload: reload})
 	<-cloudDone
-	<-trimmed
 	if err != nil {
 		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
 		return 1
@@ -360,18 +361,13 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 // more collections while it works.
 const idleGCPercent = 50
 
-// trimAfterStart lowers the GC target of the long-running agent and, once
-// the first full reconcile is reported, returns the memory that start-up
-// needed (schema compilation, the first full observation) to the system:
-// the idle agent's resident size is what a device pays for all day.
-func trimAfterStart(ctx context.Context, first <-chan struct{}) {
+// lowerGC lowers the GC target of the long-running agent. What start-up
+// needed (schema compilation, the first full observation) goes back to
+// the system with the trim that follows every burst of work (memtrim,
+// the config's idleTrim).
+func lowerGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(idleGCPercent)
-	}
-	select {
-	case <-ctx.Done():
-	case <-first:
-		debug.FreeOSMemory()
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,6 +135,8 @@ func reportedVersion(e *env) int64 {
 // and measures, while it is connected and idle, its resident memory, CPU
 // time and voluntary context switches (wake-ups) from /proc. The idle
 // period is TWINLET_IDLE_SECONDS (default 10; the issue asks for 60).
+// With TWINLET_HEAP_PROFILE=file it builds with -tags heapprof and writes
+// the idle agent's heap profile there (go tool pprof -sample_index=inuse_space).
 func BenchmarkIdleAgent(b *testing.B) {
 	idle := 10 * time.Second
 	if v, err := strconv.Atoi(os.Getenv("TWINLET_IDLE_SECONDS")); err == nil && v > 0 {
@@ -141,7 +144,12 @@ func BenchmarkIdleAgent(b *testing.B) {
 	}
 	e := newEnv(b)
 	bin := filepath.Join(b.TempDir(), "twinlet")
-	if out, err := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "../../cmd/twinlet").CombinedOutput(); err != nil {
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w", "-o", bin}
+	prof := os.Getenv("TWINLET_HEAP_PROFILE") // a heap profile of the idle agent, from a -tags heapprof build
+	if prof != "" {
+		args = append(args, "-tags", "heapprof")
+	}
+	if out, err := exec.Command("go", append(args, "../../cmd/twinlet")...).CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
 	fi, _ := os.Stat(bin)
@@ -149,8 +157,17 @@ func BenchmarkIdleAgent(b *testing.B) {
 	os.WriteFile(key, []byte(e.cs.String()), 0o600)
 	os.WriteFile(filepath.Join(e.dir, "ca.pem"), e.h.CAPEM(), 0o644)
 	_, port, _ := strings.Cut(e.mqttAddr, ":")
+	// The idle trim (config idleTrim, default 30 s) is shortened so the
+	// measurement need not wait for it; TWINLET_IDLE_TRIM=0s measures
+	// without it.
+	trim := 2 * time.Second
+	if v, err := time.ParseDuration(os.Getenv("TWINLET_IDLE_TRIM")); err == nil {
+		trim = v
+	}
+	conf := filepath.Join(e.dir, "twinlet.yaml")
+	os.WriteFile(conf, []byte(fmt.Sprintf("idleTrim: %s\n", trim)), 0o644)
 	for b.Loop() {
-		cmd := exec.Command(bin, "run", "--config", "", "--root", e.root, "--state-dir", e.state, "--policy", e.policy,
+		cmd := exec.Command(bin, "run", "--config", conf, "--root", e.root, "--state-dir", e.state, "--policy", e.policy,
 			"--key-file", key, "--ca-file", filepath.Join(e.dir, "ca.pem"), "--hub-port", port, "--log-level", "warn")
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
@@ -164,10 +181,14 @@ func BenchmarkIdleAgent(b *testing.B) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(time.Second) // let start-up work settle before measuring
+		time.Sleep(trim + time.Second) // let start-up work settle (and the trim run) before measuring
 		cpu0, csw0 := procCPU(cmd.Process.Pid), wakeups(cmd.Process.Pid)
 		time.Sleep(idle)
 		cpu1, csw1 := procCPU(cmd.Process.Pid), wakeups(cmd.Process.Pid)
+		if prof != "" {
+			cmd.Process.Signal(syscall.SIGUSR1)
+			time.Sleep(time.Second)
+		}
 		rss := procStatus(cmd.Process.Pid, "VmRSS")
 		anon, file := procStatus(cmd.Process.Pid, "RssAnon"), procStatus(cmd.Process.Pid, "RssFile")
 		cmd.Process.Kill()

@@ -47,6 +47,10 @@ type Config struct {
 	AllowedRoots []string `yaml:"allowedRoots"`
 	// Resync is the drift-healing interval.
 	Resync time.Duration `yaml:"resync"`
+	// IdleTrim is how long `twinlet run` waits after its last reconcile
+	// before it hands back the memory it is not using (the free heap and
+	// the pages of its executable; see internal/memtrim); 0 never trims.
+	IdleTrim time.Duration `yaml:"idleTrim"`
 	// Workers is how many sections are reconciled side by side; 0 means
 	// the reconciler's default (4).
 	Workers int `yaml:"workers"`
@@ -274,7 +278,8 @@ type TPMSlot struct {
 
 // Defaults returns the built-in configuration.
 func Defaults() Config {
-	c := Config{Root: "/", StateDir: "/var/lib/twinlet", PolicyDir: "/etc/twinlet/policy.d", Resync: 5 * time.Minute}
+	c := Config{Root: "/", StateDir: "/var/lib/twinlet", PolicyDir: "/etc/twinlet/policy.d", Resync: 5 * time.Minute,
+		IdleTrim: 30 * time.Second}
 	c.Log.Format, c.Log.Level = "text", "info"
 	return c
 }
@@ -351,6 +356,9 @@ func (c *Config) Check() error {
 	}
 	if c.Resync < 0 {
 		return fmt.Errorf("%sresync: must not be negative", c.at("resync"))
+	}
+	if c.IdleTrim < 0 {
+		return fmt.Errorf("%sidleTrim: must not be negative", c.at("idleTrim"))
 	}
 	for i, d := range c.ProviderDirs {
 		if !path.IsAbs(d) {

@@ -1,0 +1,94 @@
+package memtrim
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func rssFileKiB(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "RssFile:"); ok {
+			n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			return n
+		}
+	}
+	t.Fatal("no RssFile in /proc/self/status")
+	return 0
+}
+
+// TestPageOutExecutable: the test binary's own read-only pages leave its
+// resident set, and the program goes on running (the code it needs next
+// is read again).
+func TestPageOutExecutable(t *testing.T) {
+	before := rssFileKiB(t)
+	n, err := PageOutExecutable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := rssFileKiB(t)
+	if n == 0 || after >= before {
+		t.Fatalf("advised %d bytes; file-backed RSS %d KiB -> %d KiB", n, before, after)
+	}
+	t.Logf("advised %d KiB; file-backed RSS %d KiB -> %d KiB", n>>10, before, after)
+	// Still works: a stretch of code not run yet in this process.
+	if got := strings.Repeat(strconv.Itoa(42), 2); got != "4242" {
+		t.Fatal(got)
+	}
+}
+
+func TestReadOnlyMappingOf(t *testing.T) {
+	exe := "/usr/bin/twin let" // a path with a space
+	for line, want := range map[string]bool{
+		"00400000-0095a000 r-xp 00000000 fe:00 10289949                           /usr/bin/twin let": true,
+		"0095a000-00f28000 r--p 0055a000 fe:00 10289949 /usr/bin/twin let":                           true,
+		"00f28000-00f91000 rw-p 00b28000 fe:00 10289949 /usr/bin/twin let":                           false, // writable: never
+		"7f00-8f00 r-xs 00000000 fe:00 1 /usr/bin/twin let":                                          false, // shared
+		"7f9fe6708000-7f9fe685e000 r-xp 00026000 fe:00 326269 /usr/lib/x86_64-linux-gnu/libc.so.6":   false,
+		"23c280c00000-23c281400000 rw-p 00000000 00:00 0":                                            false,
+		"garbage": false,
+	} {
+		if _, _, ok := readOnlyMappingOf(line, exe); ok != want {
+			t.Errorf("%q: %v, want %v", line, ok, want)
+		}
+	}
+	s, e, _ := readOnlyMappingOf("00400000-0095a000 r-xp 00000000 fe:00 1 /usr/bin/twin let", exe)
+	if s != 0x400000 || e != 0x95a000 {
+		t.Fatalf("range %#x-%#x", s, e)
+	}
+}
+
+// TestTrimmerWaitsForQuiet: a trim comes delay after the last Touch of
+// a burst, and none after Stop.
+func TestTrimmerWaitsForQuiet(t *testing.T) {
+	tr := New(50 * time.Millisecond)
+	for range 5 {
+		tr.Touch()
+		time.Sleep(5 * time.Millisecond)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for tr.Trims.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	n := tr.Trims.Load()
+	if n == 0 {
+		t.Fatal("no trim after a burst")
+	}
+	tr.Touch()
+	tr.Stop()
+	time.Sleep(100 * time.Millisecond)
+	if got := tr.Trims.Load(); got != n {
+		t.Fatalf("%d trims after Stop, want %d", got, n)
+	}
+	New(0).Touch() // never trims, never panics
+	var nilT *Trimmer
+	nilT.Touch()
+	nilT.Stop()
+}
