@@ -34,6 +34,9 @@ func (r *Reconciler) MethodNames() []string {
 // last good desired value in Env.Desired; after it succeeds the section is
 // enqueued, so that what the method changed is reconciled and reported.
 func (r *Reconciler) CallMethod(ctx context.Context, section, name string, payload json.RawMessage) (any, error) {
+	if r.opts.OnBusy != nil {
+		defer r.opts.OnBusy()()
+	}
 	c := r.ctrls[section]
 	if c == nil {
 		return nil, &providers.MethodError{Status: 404, Message: fmt.Sprintf("unknown section %q", section)}

@@ -92,6 +92,10 @@ type Options struct {
 	// OnReport, when set, receives every new reported document (outside
 	// dry runs), for example to patch the twin. It must not block.
 	OnReport func(doc []byte)
+	// OnBusy, when set, is called as work starts, a section's reconcile
+	// (dry runs too) or a provider method, and the function it returns as
+	// that work ends. Neither may block.
+	OnBusy func() (done func())
 	// OnSection, when set, receives every section result (outside dry
 	// runs) and how long the reconcile took, for metrics.
 	OnSection func(res *SectionResult, took time.Duration)

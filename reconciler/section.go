@@ -24,6 +24,9 @@ import (
 // says so instead. Reconciles of one section never overlap.
 func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun bool) *SectionResult {
 	c := r.ctrls[id]
+	if r.opts.OnBusy != nil {
+		defer r.opts.OnBusy()()
+	}
 	if dryRun {
 		if !c.run.TryLock() {
 			res := &SectionResult{ID: id}

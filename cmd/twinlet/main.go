@@ -99,7 +99,7 @@ type common struct {
 	config, root, stateDir, policyDir, twinDesired, output, allowedRoots, logLevel, logFormat string
 	metricsAddr, keyFile, caFile, providerDirs                                                string
 	hubPort                                                                                   int
-	resync                                                                                    time.Duration
+	resync, idleTrim                                                                          time.Duration
 	once                                                                                      bool
 }
 
@@ -152,6 +152,12 @@ func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
 	}
 	if set["resync"] {
 		cfg.Resync = c.resync
+	}
+	if set["idle-trim"] {
+		if c.idleTrim < 0 {
+			return cfg, errors.New("--idle-trim: must not be negative")
+		}
+		cfg.IdleTrim = c.idleTrim
 	}
 	if set["metrics-addr"] {
 		cfg.MetricsAddr = c.metricsAddr
@@ -228,6 +234,7 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	c.register(fs)
 	if cmd == "run" {
 		fs.DurationVar(&c.resync, "resync", 5*time.Minute, "re-reconcile everything this often to heal drift")
+		fs.DurationVar(&c.idleTrim, "idle-trim", 30*time.Second, "hand back unused memory this long after the last work (0s: never)")
 		fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (off when empty)")
 		fs.StringVar(&c.keyFile, "key-file", "", "file (mode 0600) with the device or module connection string")
 		fs.StringVar(&c.caFile, "ca-file", "", "extra CA (PEM) for the hub's certificate, e.g. twinhub's")
@@ -279,7 +286,7 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	var rr *reconciler.Reconciler
 	var trim *memtrim.Trimmer
 	if cmd == "run" {
-		trim = memtrim.New(cfg.IdleTrim)
+		trim = memtrim.New(cfg.IdleTrim, log)
 		defer trim.Stop()
 	}
 	if cmd == "run" {
@@ -288,6 +295,7 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 			ag.Notify(doc)
 			trim.Touch()
 		}
+		opts.OnBusy = trim.Busy
 		if cfg.MetricsAddr != "" {
 			metrics = agent.NewMetrics(func() int { return rr.QueueLen() })
 			opts.OnSection = metrics.ObserveSection

@@ -63,3 +63,29 @@ func TestRunLifecycle(t *testing.T) {
 		t.Fatalf("no clean stop:\n%s", logs.String())
 	}
 }
+
+// TestRunTrimsWhenIdle: `twinlet run` hands back its memory once it has
+// been idle for --idle-trim after converging, and again after the next
+// piece of work (a policy edit), not in between.
+func TestRunTrimsWhenIdle(t *testing.T) {
+	s := newSandbox(t)
+	s.write(t, "base.yaml", policyDoc("default", goodSpec))
+	argv, _ := json.Marshal(s.args("run", "--resync", "1h", "--idle-trim", "300ms", "--log-level", "debug"))
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "TWINLET_TEST_CHILD="+string(argv))
+	var logs testutil.SyncBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	trims := func() int { return strings.Count(logs.String(), "idle: memory handed back") }
+	testutil.Eventually(t, "first convergence", func() bool { return s.file("etc/motd") == "hello\n" })
+	testutil.Eventually(t, "a trim after converging", func() bool { return trims() == 1 })
+	s.write(t, "base.yaml", policyDoc("default", strings.Replace(goodSpec, `hello\n`, `bonjour\n`, 1)))
+	testutil.Eventually(t, "policy edit applied", func() bool { return s.file("etc/motd") == "bonjour\n" })
+	testutil.Eventually(t, "a trim after the edit", func() bool { return trims() == 2 })
+	if strings.Contains(logs.String(), "paging out the executable") {
+		t.Fatalf("paging out failed:\n%s", logs.String())
+	}
+}

@@ -15,7 +15,9 @@ package memtrim
 import (
 	"bufio"
 	"bytes"
+	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -27,12 +29,24 @@ import (
 
 // Trimmer trims once the agent has been quiet for its delay after the
 // last Touch. It arms one timer per burst of work and none while idle.
+//
+// While idle, after a trim, the garbage collector is off: Go forces a
+// collection every two minutes, which woke the idle agent and, walking
+// its stacks and heap, touched again the pages the trim gave back. An
+// idle agent allocates next to nothing (a keep-alive ping), and a memory
+// limit a few megabytes above what it holds then still bounds it. The
+// first work after it (Busy, or a Touch) restores the collector.
 type Trimmer struct {
 	delay time.Duration
+	log   *slog.Logger
 
-	mu      sync.Mutex
-	timer   *time.Timer
-	stopped bool
+	mu        sync.Mutex
+	timer     *time.Timer
+	stopped   bool
+	active    int   // work in progress (Busy without its done)
+	idleGC    bool  // the collector is off until the next work
+	prevGC    int   // the GC percent to restore
+	prevLimit int64 // the memory limit to restore
 
 	// Trims counts trims done, Released the executable bytes paged out
 	// by the last one (what madvise was asked for, not what was resident).
@@ -40,8 +54,18 @@ type Trimmer struct {
 	Released atomic.Int64
 }
 
-// New returns a trimmer; a delay of 0 or less never trims.
-func New(delay time.Duration) *Trimmer { return &Trimmer{delay: delay} }
+// New returns a trimmer; a delay of 0 or less never trims. log (nil:
+// none) gets a debug line per trim.
+func New(delay time.Duration, log *slog.Logger) *Trimmer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Trimmer{delay: delay, log: log}
+}
+
+// idleHeadroom is how far above what the idle agent holds its memory may
+// grow before the collector runs although it is off.
+const idleHeadroom = 8 << 20
 
 // Touch notes work: the trim waits for delay after the last Touch.
 func (t *Trimmer) Touch() {
@@ -50,6 +74,11 @@ func (t *Trimmer) Touch() {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.touchLocked()
+}
+
+func (t *Trimmer) touchLocked() {
+	t.wakeLocked()
 	if t.stopped {
 		return
 	}
@@ -58,6 +87,36 @@ func (t *Trimmer) Touch() {
 		return
 	}
 	t.timer.Reset(t.delay)
+}
+
+// wakeLocked turns the collector back on.
+func (t *Trimmer) wakeLocked() {
+	if t.idleGC {
+		t.idleGC = false
+		debug.SetGCPercent(t.prevGC)
+		debug.SetMemoryLimit(t.prevLimit)
+	}
+}
+
+// Busy notes work that starts now; the trim waits until it ends (the
+// function returned) and delay after that.
+func (t *Trimmer) Busy() (done func()) {
+	if t == nil || t.delay <= 0 {
+		return func() {}
+	}
+	t.mu.Lock()
+	t.active++
+	t.wakeLocked()
+	t.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			t.mu.Lock()
+			t.active--
+			t.touchLocked()
+			t.mu.Unlock()
+		})
+	}
 }
 
 // Stop cancels a pending trim; Touch does nothing after it.
@@ -71,13 +130,35 @@ func (t *Trimmer) Stop() {
 	if t.timer != nil {
 		t.timer.Stop()
 	}
+	t.wakeLocked()
+}
+
+// IdleGC reports whether the collector is off for idleness.
+func (t *Trimmer) IdleGC() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.idleGC
 }
 
 func (t *Trimmer) trim() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped || t.active > 0 || t.idleGC {
+		return // work in progress re-arms the trim when it ends
+	}
 	debug.FreeOSMemory()
-	n, _ := PageOutExecutable()
+	n, err := PageOutExecutable()
+	if err != nil {
+		t.log.Debug("idle: paging out the executable", "err", err)
+	}
 	t.Released.Store(n)
 	t.Trims.Add(1)
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	t.prevLimit = debug.SetMemoryLimit(int64(m.Sys-m.HeapReleased) + idleHeadroom)
+	t.prevGC = debug.SetGCPercent(-1)
+	t.idleGC = true
+	t.log.Debug("idle: memory handed back", "pagedOutKiB", n>>10, "heapKiB", m.HeapInuse>>10)
 }
 
 // PageOutExecutable asks the kernel to reclaim the pages of this

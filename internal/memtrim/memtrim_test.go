@@ -1,7 +1,9 @@
 package memtrim
 
 import (
+	"math"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -68,7 +70,7 @@ func TestReadOnlyMappingOf(t *testing.T) {
 // TestTrimmerWaitsForQuiet: a trim comes delay after the last Touch of
 // a burst, and none after Stop.
 func TestTrimmerWaitsForQuiet(t *testing.T) {
-	tr := New(50 * time.Millisecond)
+	tr := New(50*time.Millisecond, nil)
 	for range 5 {
 		tr.Touch()
 		time.Sleep(5 * time.Millisecond)
@@ -87,8 +89,54 @@ func TestTrimmerWaitsForQuiet(t *testing.T) {
 	if got := tr.Trims.Load(); got != n {
 		t.Fatalf("%d trims after Stop, want %d", got, n)
 	}
-	New(0).Touch() // never trims, never panics
+	New(0, nil).Touch() // never trims, never panics
 	var nilT *Trimmer
 	nilT.Touch()
 	nilT.Stop()
+}
+
+// TestIdleTurnsTheCollectorOff: after a trim the collector is off, with
+// a memory limit; work turns it back on as it was, and no trim comes
+// while work is in progress however long it takes.
+func TestIdleTurnsTheCollectorOff(t *testing.T) {
+	gc := debug.SetGCPercent(77)
+	defer debug.SetGCPercent(gc)
+	tr := New(20*time.Millisecond, nil)
+	defer tr.Stop()
+	done := tr.Busy()
+	time.Sleep(100 * time.Millisecond)
+	if tr.Trims.Load() != 0 || tr.IdleGC() {
+		t.Fatal("trimmed during work")
+	}
+	done()
+	done() // twice is once
+	waitFor(t, "the trim", tr.IdleGC)
+	if p := debug.SetGCPercent(-1); p != -1 {
+		t.Fatalf("GC percent while idle = %d", p)
+	}
+	if l := debug.SetMemoryLimit(-1); l == math.MaxInt64 {
+		t.Fatal("no memory limit while the collector is off")
+	}
+	done = tr.Busy()
+	if tr.IdleGC() {
+		t.Fatal("still idle while busy")
+	}
+	if p := debug.SetGCPercent(77); p != 77 {
+		t.Fatalf("GC percent after work = %d, want 77", p)
+	}
+	if l := debug.SetMemoryLimit(-1); l != math.MaxInt64 {
+		t.Fatalf("memory limit after work = %d", l)
+	}
+	done()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
