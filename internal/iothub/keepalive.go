@@ -80,11 +80,15 @@ func (k *keepConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// Read notes that the hub said something: any packet answers a ping.
+// Read notes that the hub said something: any packet answers a ping,
+// and the timer goes from the answer's deadline to the next ping.
 func (k *keepConn) Read(b []byte) (int, error) {
 	n, err := k.Conn.Read(b)
 	if n > 0 {
 		k.lastRead.Store(time.Now().UnixNano())
+		if k.pingSent.Swap(0) != 0 {
+			k.arm(k.every * 3 / 4)
+		}
 	}
 	return n, err
 }
