@@ -85,7 +85,7 @@ func TestRunTrimsWhenIdle(t *testing.T) {
 	s.write(t, "base.yaml", policyDoc("default", strings.Replace(goodSpec, `hello\n`, `bonjour\n`, 1)))
 	testutil.Eventually(t, "policy edit applied", func() bool { return s.file("etc/motd") == "bonjour\n" })
 	testutil.Eventually(t, "a trim after the edit", func() bool { return trims() == 2 })
-	if strings.Contains(logs.String(), "paging out the executable") {
-		t.Fatalf("paging out failed:\n%s", logs.String())
+	if strings.Contains(logs.String(), "unmapping the executable") {
+		t.Fatalf("unmapping the executable failed:\n%s", logs.String())
 	}
 }

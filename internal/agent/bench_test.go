@@ -191,6 +191,18 @@ func BenchmarkIdleAgent(b *testing.B) {
 		}
 		rss := procStatus(cmd.Process.Pid, "VmRSS")
 		anon, file := procStatus(cmd.Process.Pid, "RssAnon"), procStatus(cmd.Process.Pid, "RssFile")
+		// What being idle (and trimmed) costs the next change: from a
+		// desired patch to its report.
+		wake := time.Now()
+		e.desired(map[string]any{"hostname": map[string]any{"name": "awake"}})
+		for path(e.reported(), "hostname", "name") != "awake" {
+			if time.Since(wake) > 30*time.Second {
+				cmd.Process.Kill()
+				b.Fatal("the idle agent never reported the next change")
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		b.ReportMetric(float64(time.Since(wake).Microseconds())/1000, "next-change-ms")
 		cmd.Process.Kill()
 		cmd.Wait()
 		b.ReportMetric(float64(rss)/1024, "rss-MiB")

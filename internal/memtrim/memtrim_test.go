@@ -26,12 +26,12 @@ func rssFileKiB(t *testing.T) int64 {
 	return 0
 }
 
-// TestPageOutExecutable: the test binary's own read-only pages leave its
+// TestUnmapExecutable: the test binary's own read-only pages leave its
 // resident set, and the program goes on running (the code it needs next
 // is read again).
-func TestPageOutExecutable(t *testing.T) {
+func TestUnmapExecutable(t *testing.T) {
 	before := rssFileKiB(t)
-	n, err := PageOutExecutable()
+	n, err := UnmapExecutable()
 	if err != nil {
 		t.Fatal(err)
 	}
