@@ -3,6 +3,7 @@
 //
 //	twinhub serve [--dir DIR | --memory] [--hostname localhost] [--mqtt-addr :8883] [--https-addr :443]
 //	              [--dps-hostname dps.localhost] [--hubs a,b,c | --hubs-file FILE] [--dps-allocation hashed]
+//	              [--pprof 127.0.0.1:PORT]
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -33,6 +35,7 @@ func main() {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: twinhub serve [--dir DIR | --memory] [--hostname localhost] [--mqtt-addr :8883] [--https-addr :443]")
 	fmt.Fprintln(w, "                     [--dps-hostname dps.localhost] [--hubs a,b,c | --hubs-file FILE] [--dps-allocation hashed] [fault flags]")
+	fmt.Fprintln(w, "                     [--pprof 127.0.0.1:PORT]")
 	fmt.Fprintln(w, "       twinhub version")
 	fmt.Fprintln(w, "       twinhub completion bash|zsh|fish")
 	fmt.Fprintln(w, "       twinhub man")
@@ -88,8 +91,16 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&f.ThrottleREST, "fault-throttle-rest", 0, "fault injection: share (0..1) of REST requests answered 429")
 	fs.Float64Var(&f.RejectConnects, "fault-reject-connects", 0, "fault injection: share (0..1) of valid CONNECTs refused")
 	dropEvery := fs.Duration("fault-drop-every", 0, "fault injection: drop every device connection at this interval")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiles (heap, goroutines, CPU) on this loopback address, e.g. 127.0.0.1:6060, under /debug/pprof/ (off by default; no authentication, so loopback only)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *pprofAddr != "" {
+		if err := checkLoopback(*pprofAddr); err != nil {
+			return err
+		}
+		// Before the registry is loaded, so that the profile counts it.
+		runtime.MemProfileRate = pprofMemProfileRate
 	}
 	if *memory {
 		*dir = ""
@@ -116,6 +127,15 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	var pprofURL string
+	if *pprofAddr != "" {
+		addr, stopPprof, err := servePprof(ctx, *pprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+		pprofURL = fmt.Sprintf("http://%s/debug/pprof/", addr)
+	}
 	if err := h.Start(ctx); err != nil {
 		return err
 	}
@@ -136,6 +156,9 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	if upload != nil {
 		fmt.Fprintf(stdout, "file upload: %s/%s (account %s)\n", upload.BlobEndpoint, upload.Container, upload.AccountName)
+	}
+	if pprofURL != "" {
+		fmt.Fprintf(stdout, "pprof: %s\n", pprofURL)
 	}
 	if h.CAFile() == "" {
 		fmt.Fprintf(stdout, "%s", h.CAPEM())
