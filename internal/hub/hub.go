@@ -239,8 +239,14 @@ func (h *Hub) start(ctx context.Context) error {
 		InlineClient:             true,
 		Capabilities:             caps,
 		ClientNetWriteBufferSize: 2048,
-		ClientNetReadBufferSize:  1024,
-		SysTopicResendInterval:   1 << 30,
+		// tls.Conn already holds a whole record (up to 16 KiB) and hands
+		// it out in any slice size: the broker's reader on top only
+		// saves calls while it parses a fixed header byte by byte, and
+		// its buffer lives as long as the connection. Packets of any
+		// size (256 KiB messages, 32 KiB twin sections) pass through
+		// it in pieces.
+		ClientNetReadBufferSize: 256,
+		SysTopicResendInterval:  1 << 30,
 	})
 	if err := h.mqtt.AddHook(&deviceHook{h: h}, nil); err != nil {
 		return fmt.Errorf("mqtt hook: %w", err)
