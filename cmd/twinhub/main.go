@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +33,16 @@ func main() {
 	}
 }
 
+// defaultGOGC is the garbage collector's target for `twinhub serve` when
+// the environment sets no GOGC: the heap may grow by half of what is live
+// (and of the goroutine stacks) between collections instead of all of it.
+// Most of a hub's memory is live state per connected device (twins,
+// connections, stacks), so Go's default 100 makes the hub hold about
+// twice that; 50 cuts its resident memory per device by about a fifth
+// (2,000 devices: 110 -> 89 KiB) for more frequent collections, which the
+// fleet benchmark does not see in its timings.
+const defaultGOGC = 50
+
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: twinhub serve [--dir DIR | --memory] [--hostname localhost] [--mqtt-addr :8883] [--https-addr :443]")
 	fmt.Fprintln(w, "                     [--dps-hostname dps.localhost] [--hubs a,b,c | --hubs-file FILE] [--dps-allocation hashed] [fault flags]")
@@ -39,6 +50,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "       twinhub version")
 	fmt.Fprintln(w, "       twinhub completion bash|zsh|fish")
 	fmt.Fprintln(w, "       twinhub man")
+	fmt.Fprintln(w, "\nenvironment: GOGC (serve: 50 unless set), GOMEMLIMIT (a soft memory limit, e.g. 1GiB) as for any Go program")
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -104,6 +116,10 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	}
 	if *memory {
 		*dir = ""
+	}
+	if os.Getenv("GOGC") == "" {
+		// Half the garbage collector's default headroom: see defaultGOGC.
+		debug.SetGCPercent(defaultGOGC)
 	}
 	level := slog.LevelInfo
 	if *verbose {
