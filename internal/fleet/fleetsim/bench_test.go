@@ -102,6 +102,11 @@ func BenchmarkApplyToReady(b *testing.B) {
 		}
 		hubProc = exec.Command(filepath.Join(dir, "twinhub"), args...)
 		hubProc.Stdout, hubProc.Stderr = io.Discard, io.Discard
+		// TWINLET_FLEET_HUB_GOGC sets GOGC for twinhub alone (it runs
+		// with 50 unless GOGC is set), to compare collector settings.
+		if v := os.Getenv("TWINLET_FLEET_HUB_GOGC"); v != "" {
+			hubProc.Env = append(os.Environ(), "GOGC="+v)
+		}
 		if err := hubProc.Start(); err != nil {
 			b.Fatal(err)
 		}
@@ -186,6 +191,7 @@ spec:
 	if hubProc != nil {
 		b.ReportMetric(float64(rssKiB(b, hubProc.Process.Pid))/float64(n), "hub-rss-KiB/device")
 		b.ReportMetric(float64(rssKiB(b, os.Getpid()))/float64(n), "sim-rss-KiB/device")
+		b.ReportMetric(cpuSeconds(b, hubProc.Process.Pid), "hub-cpu-s")
 		if pprofAddr != "" {
 			reportHubProfile(b, pprofAddr, hubProfile, n)
 		}
@@ -248,6 +254,24 @@ func reportHubProfile(b *testing.B, addr, file string, n int) {
 	if total, err := strconv.Atoi(strings.TrimPrefix(first, "goroutine profile: total ")); err == nil {
 		b.ReportMetric(float64(total)/float64(n), "hub-goroutines/device")
 	}
+}
+
+// cpuSeconds reads the user and system CPU time a process has used so
+// far from /proc (clock ticks of 1/100 s, as on Linux).
+func cpuSeconds(b *testing.B, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses.
+	_, rest, _ := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		b.Fatalf("/proc/%d/stat: %q", pid, data)
+	}
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return float64(utime+stime) / 100
 }
 
 // rssKiB reads a process's resident set size from /proc.
