@@ -197,7 +197,8 @@ func checkSection(name string, section map[string]any, limit int) error {
 
 // mergeSection applies a JSON merge patch to a section and its metadata:
 // null deletes, objects merge recursively, anything else replaces.
-// meta may be nil (tags have no metadata).
+// meta may be nil (tags have no metadata). md becomes the metadata of
+// every leaf the patch sets, shared: the caller must not change it after.
 func mergeSection(dst, meta, patch map[string]any, md map[string]any) {
 	for k, v := range patch {
 		if v == nil {
@@ -211,7 +212,13 @@ func mergeSection(dst, meta, patch map[string]any, md map[string]any) {
 		if !isObj {
 			dst[k] = deepCopy(v)
 			if meta != nil {
-				meta[k] = copyMap(md)
+				// Every leaf a patch writes shares md: a leaf's metadata
+				// is replaced, never written in place (only an object's
+				// metadata map is, and that one is its own), and callers
+				// build md for one patch and leave it alone after. One
+				// map per patch instead of one per leaf is most of a
+				// twin's metadata.
+				meta[k] = md
 			}
 			continue
 		}
@@ -245,14 +252,6 @@ func replaceSection(patch map[string]any, md map[string]any) (map[string]any, ma
 		meta[k] = v
 	}
 	return dst, meta
-}
-
-func copyMap(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 func deepCopy(v any) any {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,13 +86,27 @@ func BenchmarkApplyToReady(b *testing.B) {
 	}
 	mqttAddr, httpsAddr, owner, caPEM := h.MQTTAddr(), h.HTTPSAddr(), h.OwnerConnectionString(), h.CAPEM()
 	var hubProc *exec.Cmd
+	// TWINLET_FLEET_HUB_PROFILE=FILE (with twinhub as its own process)
+	// starts it with --pprof, writes its heap profile to FILE at the end
+	// and reports its heap, stacks and goroutines per device.
+	hubProfile, pprofAddr := os.Getenv("TWINLET_FLEET_HUB_PROFILE"), ""
 	if separate {
 		if err := h.Close(); err != nil {
 			b.Fatal(err)
 		}
 		mqttAddr, httpsAddr = freeAddr(b), freeAddr(b)
-		hubProc = exec.Command(filepath.Join(dir, "twinhub"), "serve", "--dir", hubDir, "--mqtt-addr", mqttAddr, "--https-addr", httpsAddr)
+		args := []string{"serve", "--dir", hubDir, "--mqtt-addr", mqttAddr, "--https-addr", httpsAddr}
+		if hubProfile != "" {
+			pprofAddr = freeAddr(b)
+			args = append(args, "--pprof", pprofAddr)
+		}
+		hubProc = exec.Command(filepath.Join(dir, "twinhub"), args...)
 		hubProc.Stdout, hubProc.Stderr = io.Discard, io.Discard
+		// TWINLET_FLEET_HUB_GOGC sets GOGC for twinhub alone (it runs
+		// with 50 unless GOGC is set), to compare collector settings.
+		if v := os.Getenv("TWINLET_FLEET_HUB_GOGC"); v != "" {
+			hubProc.Env = append(os.Environ(), "GOGC="+v)
+		}
 		if err := hubProc.Start(); err != nil {
 			b.Fatal(err)
 		}
@@ -176,6 +191,10 @@ spec:
 	if hubProc != nil {
 		b.ReportMetric(float64(rssKiB(b, hubProc.Process.Pid))/float64(n), "hub-rss-KiB/device")
 		b.ReportMetric(float64(rssKiB(b, os.Getpid()))/float64(n), "sim-rss-KiB/device")
+		b.ReportMetric(cpuSeconds(b, hubProc.Process.Pid), "hub-cpu-s")
+		if pprofAddr != "" {
+			reportHubProfile(b, pprofAddr, hubProfile, n)
+		}
 	}
 	b.ReportMetric(float64(idleFDs)/float64(n), "fds/device")
 	b.ReportMetric(0, "ns/op")
@@ -197,6 +216,62 @@ func openFDs(b *testing.B) int {
 		b.Fatal(err)
 	}
 	return len(ents)
+}
+
+// reportHubProfile saves twinhub's heap profile to file and reports, per
+// device, the heap in use, the goroutine stacks and the goroutines of the
+// twinhub process (from the MemStats that /debug/pprof/heap?debug=1 ends
+// with, and the goroutine profile's total).
+func reportHubProfile(b *testing.B, addr, file string, n int) {
+	get := func(path string) []byte {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.Fatalf("GET %s: %s %v", path, resp.Status, err)
+		}
+		return data
+	}
+	if err := os.WriteFile(file, get("/debug/pprof/heap?gc=1"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	stats := map[string]float64{}
+	for _, l := range strings.Split(string(get("/debug/pprof/heap?debug=1")), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimPrefix(l, "# "), " = "); ok {
+			v, _, _ = strings.Cut(v, " ") // Stack = inuse / sys
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				stats[k] = f
+			}
+		}
+	}
+	b.ReportMetric(stats["HeapInuse"]/float64(n)/1024, "hub-heap-KiB/device")
+	b.ReportMetric(stats["Stack"]/float64(n)/1024, "hub-stack-KiB/device")
+	b.ReportMetric((stats["HeapIdle"]-stats["HeapReleased"])/float64(n)/1024, "hub-idle-KiB/device")
+	first, _, _ := strings.Cut(string(get("/debug/pprof/goroutine?debug=1")), "\n")
+	if total, err := strconv.Atoi(strings.TrimPrefix(first, "goroutine profile: total ")); err == nil {
+		b.ReportMetric(float64(total)/float64(n), "hub-goroutines/device")
+	}
+}
+
+// cpuSeconds reads the user and system CPU time a process has used so
+// far from /proc (clock ticks of 1/100 s, as on Linux).
+func cpuSeconds(b *testing.B, pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses.
+	_, rest, _ := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		b.Fatalf("/proc/%d/stat: %q", pid, data)
+	}
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return float64(utime+stime) / 100
 }
 
 // rssKiB reads a process's resident set size from /proc.
