@@ -642,3 +642,33 @@ func TestRunPollsForARemovedPolicyDir(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReportGoesOutBeforeItsLocalCopies: a change's report is handed to
+// OnReport before reported.json is written, so that the report is not
+// delayed by its fsyncs; when the reconcile returns, it and the state's
+// bookkeeping (the last good desired) are on disk.
+func TestReportGoesOutBeforeItsLocalCopies(t *testing.T) {
+	f := newFixture(t)
+	f.policy(t, "base.yaml", basePolicy)
+	var onDisk []string
+	r := f.new(t, func(o *Options) {
+		o.OnReport = func(doc []byte) {
+			b, err := os.ReadFile(filepath.Join(f.stateDir, state.ReportedFile))
+			if err == nil && bytes.Equal(bytes.TrimSpace(b), bytes.TrimSpace(indent(doc))) {
+				onDisk = append(onDisk, "reported.json")
+			}
+		}
+	})
+	r.ReconcileAll(context.Background(), false)
+	if len(onDisk) > 0 {
+		t.Fatalf("written before the report went out: %v", onDisk)
+	}
+	st, err := os.ReadFile(filepath.Join(f.stateDir, state.FileName))
+	if err != nil || !bytes.Contains(st, []byte(`"lastGood"`)) {
+		t.Fatalf("the state after the reconcile lacks the last good desired (%v):\n%s", err, st)
+	}
+	rep, err := os.ReadFile(filepath.Join(f.stateDir, state.ReportedFile))
+	if err != nil || !bytes.Equal(bytes.TrimSpace(rep), bytes.TrimSpace(indent(r.Document()))) {
+		t.Fatalf("reported.json is not the last report (%v)", err)
+	}
+}

@@ -58,8 +58,8 @@ func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 }
 
 // Publish builds the reported document from the latest result of every
-// section and, when it changed, writes it to <state-dir>/reported.json
-// and hands it to OnReport. Publishes are serialized.
+// section and, when it changed, hands it to OnReport, then writes it to
+// <state-dir>/reported.json. Publishes are serialized.
 func (r *Reconciler) Publish() *Report {
 	r.pubMu.Lock()
 	defer r.pubMu.Unlock()
@@ -77,14 +77,19 @@ func (r *Reconciler) Publish() *Report {
 	}
 	r.repMu.Unlock()
 	if changed {
+		// The report goes out first: the local copies (reported.json for
+		// `twinlet status`, the state's last report) are derived from it,
+		// and a crash before they are written only means the same report
+		// is made again after the restart. Writing them first put four
+		// fsyncs between a desired change and its report.
+		if r.opts.OnReport != nil {
+			r.opts.OnReport(rep.Document)
+		}
 		if err := r.store.WriteReported(indent(rep.Document)); err != nil {
 			r.log.Error("write reported", "err", err)
 		}
 		if err := r.persist(func(st *state.State) { st.Reported = rep.Document }); err != nil {
 			r.log.Error("save state", "err", err)
-		}
-		if r.opts.OnReport != nil {
-			r.opts.OnReport(rep.Document)
 		}
 	}
 	return rep

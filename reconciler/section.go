@@ -45,6 +45,12 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 	start := time.Now()
 	p := r.newPass(ctx, c, dryRun)
 	p.run()
+	if !dryRun && p.unsaved {
+		r.Publish()
+		if err := r.saveState(); err != nil {
+			p.log.Error("state not saved", "err", err)
+		}
+	}
 	if !dryRun && r.opts.OnSection != nil && !p.res.Absent {
 		r.opts.OnSection(p.res, time.Since(start))
 	}
@@ -92,6 +98,12 @@ type pass struct {
 	plan        []providers.Change
 	skipped     []providers.Change // Once changes that a crash interrupted
 	applied     int
+	// unsaved: the state changed in memory (a first validation, the
+	// managed keys after apply) in ways that need not be on disk before
+	// the result is reported. ReconcileSection publishes the report, then
+	// saves: a desired change's report is not delayed by fsyncs that a
+	// crash would not miss (the restart validates and observes again).
+	unsaved bool
 }
 
 func (r *Reconciler) newPass(ctx context.Context, c *controller, dryRun bool) *pass {
@@ -335,13 +347,13 @@ func (p *pass) validate() bool {
 			sec.Validated = digest
 			sec.Sources = p.merged.Sources()
 			p.r.stMu.Unlock()
-			// A section validated for the first time is recorded at once,
-			// even when there is nothing to apply, so that the next run
-			// need not validate it again.
+			// A section validated for the first time is recorded even when
+			// there is nothing to apply, so that the next run need not
+			// validate it again; after its report (see pass.unsaved), not
+			// here: a write before apply would delay every first change
+			// by its fsyncs, and a crash only means validating again.
 			if fresh {
-				if err := p.r.saveState(); err != nil {
-					p.log.Warn("state not saved", "err", err)
-				}
+				p.unsaved = true
 			}
 		}
 		return true
@@ -516,10 +528,15 @@ func (p *pass) apply() bool {
 	p.env.OnProgress = nil
 	p.res.Status.Changes = p.applied
 	// Deletes forget their keys; an empty plan changed nothing to save.
+	// Saved once the section's result is reported (see pass.unsaved):
+	// keys of new items were saved before they were created, and what is
+	// left (the keys of deleted items, the last good desired) only has
+	// to reach the disk eventually.
 	if len(p.plan) > 0 {
-		if err := p.r.saveSection(id, func(sec *state.Section) { sec.SetManaged(p.managed) }); err != nil && applyErr == nil {
-			applyErr = err
-		}
+		p.r.stMu.Lock()
+		p.r.st.Section(id).SetManaged(p.managed)
+		p.r.stMu.Unlock()
+		p.unsaved = true
 	}
 	if applyErr == nil {
 		return true
