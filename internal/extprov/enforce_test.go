@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/reconciler"
 )
 
@@ -114,5 +115,67 @@ func TestSchemaIsEnforcedBeforeTheProvider(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(root, "chaos/chaos")); string(b) != "ok" {
 		t.Fatalf("applied %q", b)
+	}
+}
+
+// TestDependenciesFromDescribeAndManifest: the dependencies a provider
+// describes are its section's, a manifest's dependsOn replaces them, and
+// the reconciler holds the section until they are Ready, like a built-in
+// one's: nothing is applied while files fails.
+func TestDependenciesFromDescribeAndManifest(t *testing.T) {
+	dir := t.TempDir()
+	exe := chaos(t)
+	manifest(t, dir, "described.yaml", "described", exe, "args: [--depends-on, files]")
+	manifest(t, dir, "manifest.yaml", "declared", exe, "args: [--depends-on, described]", "dependsOn: [files]")
+	h := load(t, testOpts(t), dir)
+	if d := one(t, h, "described").DependsOn; len(d) != 1 || d[0] != "files" {
+		t.Fatalf("described dependsOn %v", d)
+	}
+	if d := one(t, h, "declared").DependsOn; len(d) != 1 || d[0] != "files" {
+		t.Fatalf("the manifest's dependsOn does not replace the described one: %v", d)
+	}
+	root, stateDir, policyDir := t.TempDir(), t.TempDir(), t.TempDir()
+	write := func(motd string) {
+		t.Helper()
+		doc := "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: {name: p}\nspec:\n  mode: enforce\n" +
+			"  described: {value: a}\n  declared: {value: b}\n  files:\n    motd: {path: " + motd + ", content: \"hi\\n\"}\n"
+		if err := os.WriteFile(filepath.Join(policyDir, "p.yaml"), []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("/boot/motd") // outside the allowed roots: files is Invalid
+	files, _ := providers.Lookup("files")
+	r, err := reconciler.New(reconciler.Options{Root: root, StateDir: stateDir, PolicyDir: policyDir, Providers: append(h.Infos(), files)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx := context.Background()
+	rep := r.ReconcileAll(ctx, false)
+	if st := statusOf(rep, "files"); st.Reason != reconciler.ReasonInvalid {
+		t.Fatalf("files: %+v", st)
+	}
+	for _, id := range []string{"described", "declared"} {
+		if st := statusOf(rep, id); st.Reason != reconciler.ReasonDependencyNotReady || st.Message != "waiting for files" {
+			t.Errorf("%s: %+v", id, st)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "chaos")); !os.IsNotExist(err) {
+		t.Fatalf("applied while a dependency failed: %v", err)
+	}
+	write("/etc/motd")
+	if _, err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	rep = r.ReconcileAll(ctx, false)
+	if !rep.AllReady() {
+		t.Fatalf("not ready once files is: %s", rep.Document)
+	}
+	var order []string
+	for _, s := range rep.Sections {
+		order = append(order, s.ID)
+	}
+	if o := strings.Join(order, " "); strings.Index(o, "files") > strings.Index(o, "declared") || strings.Index(o, "files") > strings.Index(o, "described") {
+		t.Errorf("order %s: files is not first", o)
 	}
 }
