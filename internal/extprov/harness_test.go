@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -124,5 +125,72 @@ func TestExternalMethodThroughTheReconciler(t *testing.T) {
 	_, err = r.CallMethod(context.Background(), "sensorCalibration", "read", json.RawMessage(`{}`))
 	if me, ok := err.(*providers.MethodError); !ok || me.Status != 404 {
 		t.Fatalf("read of a missing file: %#v", err)
+	}
+}
+
+// TestGoProviderOutsideTheModule: a Go provider in a module of its own
+// (testdata/outside, given a go.mod that requires twinlet through a
+// replace) imports providers and providers/plugin and nothing else of
+// twinlet, builds with the go tool, and passes the shared harness through
+// the real protocol.
+func TestGoProviderOutsideTheModule(t *testing.T) {
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := t.TempDir()
+	for _, f := range []struct{ src, dst string }{{"testdata/outside/main.go", "main.go"}, {"../../go.sum", "go.sum"}} {
+		b, err := os.ReadFile(f.src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(mod, f.dst), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gomod := "module example.com/greeting\n\ngo 1.26\n\nrequire github.com/twinlet/twinlet v0.0.0\n\nreplace github.com/twinlet/twinlet => " + repo + "\n"
+	if err := os.WriteFile(filepath.Join(mod, "go.mod"), []byte(gomod), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gocmd := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("go", args...)
+		cmd.Dir = mod
+		// Offline: everything comes from the module cache this build filled.
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	var twinlet []string
+	for _, imp := range strings.Fields(gocmd("list", "-f", "{{join .Imports \" \"}}", ".")) {
+		if strings.HasPrefix(imp, "github.com/twinlet/") {
+			twinlet = append(twinlet, imp)
+		}
+	}
+	if strings.Join(twinlet, " ") != "github.com/twinlet/twinlet/providers github.com/twinlet/twinlet/providers/plugin" {
+		t.Fatalf("the outside provider imports %v of twinlet", twinlet)
+	}
+	exe := filepath.Join(t.TempDir(), "greeting")
+	gocmd("build", "-o", exe, ".")
+
+	dir := t.TempDir()
+	manifest(t, dir, "greeting.yaml", "greeting", exe)
+	h := load(t, testOpts(t), dir)
+	p := one(t, h, "greeting").New()
+	env := providertest.NewEnv(t)
+	if got := providertest.Lines(providertest.Converge(t, p, env, json.RawMessage(`{"text": "hello"}`))); strings.Join(got, "|") != "+ text: hello" {
+		t.Fatalf("plan %q", got)
+	}
+	if err := os.WriteFile(filepath.Join(env.Root, "etc/greeting"), []byte("bye"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := providertest.Lines(providertest.Converge(t, p, env, json.RawMessage(`{"text": "hello"}`))); strings.Join(got, "|") != "~ text: bye -> hello" {
+		t.Fatalf("drift plan %q", got)
+	}
+	if s := h.List()[0]; s.State != "running" || s.Version == "" {
+		t.Fatalf("list %+v", s)
 	}
 }
