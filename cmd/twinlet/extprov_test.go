@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -198,7 +199,7 @@ func TestValidateKnowsExternalSections(t *testing.T) {
 // come from the flag definitions, the providers commands' too.
 func TestCompletionsKnowTheProvidersCommands(t *testing.T) {
 	code, out, _ := twinlet(t, "completion", "bash")
-	if code != 0 || !strings.Contains(out, `["providers"]="check list"`) || !strings.Contains(out, `["providers list"]="--config --output --provider-dirs"`) {
+	if code != 0 || !strings.Contains(out, `["providers"]="check list"`) || !strings.Contains(out, `["providers list"]="--config --output --provider-dirs --state-dir"`) {
 		t.Fatalf("completion: exit %d\n%s", code, out)
 	}
 }
@@ -287,5 +288,62 @@ func TestRunHealsExternalDriftThroughWatches(t *testing.T) {
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+}
+
+// TestProvidersListShowsTheReportedStatus: after the agent ran, list shows
+// each provider's section as it reported it: a crashing external provider
+// is ok as a provider and Failed/ProviderCrashed as a section, with the
+// stderr tail; the Go example and a built-in are Ready.
+func TestProvidersListShowsTheReportedStatus(t *testing.T) {
+	dir := externalDir(t)
+	py, _ := os.ReadFile("../../internal/extprov/testdata/chaos.py")
+	exe := filepath.Join(t.TempDir(), "chaos.py")
+	if err := os.WriteFile(exe, py, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "crashy.yaml"), []byte("apiVersion: twinlet.dev/v1\nkind: Provider\nsection: crashy\nexecutable: "+exe+
+		"\nargs: [--crash-in, apply]\nprotocolVersion: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t)
+	s.write(t, "ext.yaml", policyDoc("enforce", externalSpec+"  crashy: { value: x }\n"))
+	if code, out, errs := twinlet(t, s.args("apply", "--once", "--provider-dirs", dir)...); code != 1 {
+		t.Fatalf("apply: exit %d\n%s\n%s", code, out, errs)
+	}
+	code, out, errs := twinlet(t, "providers", "list", "--config", "", "--provider-dirs", dir, "--state-dir", s.state, "--output", "json")
+	if code != 0 {
+		t.Fatalf("list: exit %d\n%s\n%s", code, out, errs)
+	}
+	var rows []providerRow
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	got := map[string]providerRow{}
+	for _, r := range rows {
+		got[r.Section] = r
+	}
+	for id, want := range map[string]string{"crashy": "Failed/ProviderCrashed", "sensorCalibration": "Ready/Applied", "files": "Ready/Applied"} {
+		r := got[id]
+		if r.State != "ok" || r.Status.String() != want {
+			t.Errorf("%s: state %s status %s, want ok %s", id, r.State, r.Status, want)
+		}
+	}
+	if st := got["crashy"].Status; st == nil || !strings.Contains(st.Message, "crashing in apply on purpose") {
+		t.Errorf("crashy's status lacks the stderr tail: %+v", st)
+	}
+	if got["hostname"].Status != nil || got["hostname"].Source != "built-in" {
+		t.Errorf("hostname, not in the policy: %+v", got["hostname"])
+	}
+	// The text form puts the status beside the provider.
+	_, out, _ = twinlet(t, "providers", "list", "--config", "", "--provider-dirs", dir, "--state-dir", s.state)
+	row := ""
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "crashy ") {
+			row = line
+		}
+	}
+	if !strings.Contains(row, "Failed/ProviderCrashed") || !strings.Contains(row, "crashing in apply") {
+		t.Errorf("text row of crashy %q in:\n%s", row, out)
 	}
 }
