@@ -236,3 +236,38 @@ func TestPlanAfterTheProcessStoppedObservesAgain(t *testing.T) {
 		t.Fatalf("calibration.conf = %q", b)
 	}
 }
+
+// TestManifestDirectories: the default directories are the packages' then
+// the local one; *.yaml and *.yml are manifests (not hidden files, not
+// others), in name order; a later directory's file replaces an earlier
+// one's of the same name, so a local manifest overrides a packaged one.
+func TestManifestDirectories(t *testing.T) {
+	if strings.Join(DefaultDirs, " ") != "/usr/lib/twinlet/providers.d /etc/twinlet/providers.d" {
+		t.Fatalf("DefaultDirs %v", DefaultDirs)
+	}
+	pkg, local := t.TempDir(), t.TempDir()
+	for _, f := range []string{pkg + "/b.yaml", pkg + "/a.yml", pkg + "/.hidden.yaml", pkg + "/notes.txt", pkg + "/c.yaml.dpkg-old", local + "/b.yaml"} {
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, probs := manifestFiles([]string{pkg, filepath.Join(pkg, "none"), local})
+	if len(probs) > 0 {
+		t.Fatal(probs)
+	}
+	if got, want := strings.Join(files, " "), pkg+"/a.yml "+local+"/b.yaml"; got != want {
+		t.Fatalf("manifests %s, want %s", got, want)
+	}
+	// Through Load: the local one is the one that runs.
+	exe := chaos(t)
+	manifest(t, pkg, "b.yaml", "fromPackage", exe)
+	manifest(t, local, "b.yaml", "fromLocal", exe)
+	os.Remove(pkg + "/a.yml")
+	opts := testOpts(t)
+	opts.Dirs = []string{pkg, local}
+	h := Load(context.Background(), opts)
+	defer h.Close()
+	if infos := h.Infos(); len(infos) != 1 || infos[0].ID != "fromLocal" || len(h.Problems()) != 0 {
+		t.Fatalf("infos %v, problems %v", infos, h.Problems())
+	}
+}
