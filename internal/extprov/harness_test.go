@@ -104,6 +104,11 @@ func TestGoExampleDriftTimeline(t *testing.T) {
 	if me, ok := err.(*providers.MethodError); !ok || me.Status != 404 {
 		t.Fatalf("read of a missing file: %#v", err)
 	}
+	// All of it went to the process started at load: it is kept for its
+	// keep-alive (the default 5m), not started per call.
+	if s := h.List()[0]; s.Starts != 1 || s.State != "running" {
+		t.Fatalf("process not kept between calls: %+v", s)
+	}
 }
 
 // TestExternalMethodThroughTheReconciler: the reconciler validates an

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twinlet/twinlet/internal/testutil"
 	"github.com/twinlet/twinlet/providers"
 )
 
@@ -61,8 +63,32 @@ func TestKeepAliveStopsAnIdleProcessAndStartsItOnUse(t *testing.T) {
 	})
 }
 
-// TestStderrIsLoggedAndBounded: a provider's stderr reaches the log, and
-// the tail kept for messages stays bounded.
+// TestStderrIsLogged: every line a provider writes to stderr reaches the
+// agent's log, tagged with its section; stdout stays the protocol's.
+func TestStderrIsLogged(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "crash.yaml", "crashy", chaos(t), "args: [--crash-in, observe]")
+	var logs testutil.SyncBuffer
+	opts := testOpts(t)
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	h := load(t, opts, dir)
+	p := one(t, h, "crashy").New()
+	env := &providers.Env{Root: t.TempDir()}
+	spec, err := p.Decode(env, json.RawMessage(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Observe(context.Background(), env, spec); err == nil {
+		t.Fatal("no crash")
+	}
+	h.Close()
+	if !strings.Contains(logs.String(), `msg="provider stderr" provider=crashy`) || !strings.Contains(logs.String(), `line="chaos: crashing in observe on purpose"`) {
+		t.Fatalf("stderr not logged:\n%s", logs.String())
+	}
+}
+
+// TestStderrTailIsBounded: the stderr tail kept for messages stays
+// bounded and starts at a line.
 func TestStderrTailIsBounded(t *testing.T) {
 	var tl tail
 	for i := range 1000 {
