@@ -118,7 +118,7 @@ func TestManifestsRefused(t *testing.T) {
 	for _, info := range h.Infos() {
 		sections[info.ID] = true
 	}
-	for _, id := range []string{"vtwo", "writable", "writableExe", "noUser", "missing", "deps", "timeout"} {
+	for _, id := range []string{"vtwo", "speaksTwo", "writable", "writableExe", "unknownKey", "noUser", "missing", "deps", "relative", "timeout"} {
 		if !sections[id] {
 			t.Errorf("refused section %s has no placeholder: %v", id, sections)
 		}

@@ -168,9 +168,17 @@ func parseManifest(file string, data []byte) (*Manifest, []Problem) {
 	if err != nil {
 		return nil, []Problem{{Pos: file, Message: err.Error()}}
 	}
+	// A manifest that fails its schema still names the section it meant
+	// (when that field is sound), so that the section reports the refusal.
+	section := ""
+	if obj, ok := v.(map[string]any); ok {
+		if id, ok := obj["section"].(string); ok && sectionPattern.MatchString(id) {
+			section = id
+		}
+	}
 	var probs []Problem
 	for _, p := range sp {
-		probs = append(probs, Problem{Pos: at(p.Pointer), Message: strings.TrimPrefix(p.Pointer+": ", ": ") + p.Message})
+		probs = append(probs, Problem{Pos: at(p.Pointer), Section: section, Message: strings.TrimPrefix(p.Pointer+": ", ": ") + p.Message})
 	}
 	if len(probs) > 0 {
 		return nil, probs
