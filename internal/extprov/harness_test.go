@@ -3,6 +3,7 @@ package extprov
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -197,5 +198,37 @@ func TestGoProviderOutsideTheModule(t *testing.T) {
 	}
 	if s := h.List()[0]; s.State != "running" || s.Version == "" {
 		t.Fatalf("list %+v", s)
+	}
+}
+
+// TestProgressReachesTheAgent: the progress notifications both examples
+// send while they apply reach the Env of the apply call, in order, as a
+// built-in provider's Env.Progress would.
+func TestProgressReachesTheAgent(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t))
+	manifest(t, dir, "sensor.yaml", "sensorCalibration", goExample(t))
+	h := load(t, testOpts(t), dir)
+	for _, c := range []struct {
+		id, desired string
+		want        []string
+	}{
+		{"vendorIni", `{"a":{"path":"/etc/a.ini","settings":{"s":{"k":"v"}}}}`, []string{"write /etc/a.ini 0/1", "write /etc/a.ini 1/1"}},
+		{"sensorCalibration", `{"gain": 2}`, []string{"write /etc/vendor/sensor/calibration.conf 0/1"}},
+	} {
+		p := one(t, h, c.id).New()
+		env := providertest.NewEnv(t)
+		plan := providertest.PlanOnly(t, p, env, json.RawMessage(c.desired))
+		if len(plan) != 1 {
+			t.Fatalf("%s: plan %v", c.id, providertest.Lines(plan))
+		}
+		var got []string
+		env.OnProgress = func(step string, done, total int) { got = append(got, fmt.Sprintf("%s %d/%d", step, done, total)) }
+		if err := p.Apply(context.Background(), env, plan[0]); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(got, "|") != strings.Join(c.want, "|") {
+			t.Errorf("%s: progress %q, want %q", c.id, got, c.want)
+		}
 	}
 }
