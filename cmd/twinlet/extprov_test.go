@@ -126,6 +126,23 @@ func TestProvidersListAndCheck(t *testing.T) {
 	if code, _, _ := twinlet(t, "providers", "check"); code != 2 {
 		t.Fatalf("check without a manifest: exit %d", code)
 	}
+	// The Go example passes every step; a program that crashes in observe
+	// fails that step with its stderr, after describe and schema passed.
+	code, out, errs = twinlet(t, "providers", "check", "--root", t.TempDir(), "--output", "json", filepath.Join(dir, "sensor-calibration.yaml"))
+	if code != 0 || strings.Count(out, `"ok": true`) != 7 {
+		t.Fatalf("check of the Go example: exit %d\n%s\n%s", code, out, errs)
+	}
+	py, _ := os.ReadFile("../../internal/extprov/testdata/chaos.py")
+	exe := filepath.Join(t.TempDir(), "chaos.py")
+	os.WriteFile(exe, py, 0o755)
+	crash := filepath.Join(t.TempDir(), "crash.yaml")
+	os.WriteFile(crash, []byte("apiVersion: twinlet.dev/v1\nkind: Provider\nsection: crashy\nexecutable: "+exe+"\nargs: [--crash-in, observe]\nprotocolVersion: 1\n"), 0o644)
+	code, out, _ = twinlet(t, "providers", "check", "--root", t.TempDir(), crash)
+	for _, want := range []string{"describe  ok", "schema    ok", "decode    ok", "observe   FAILED", "crashing in observe on purpose"} {
+		if code != 1 || !strings.Contains(out, want) {
+			t.Errorf("check of a program that crashes in observe: exit %d, no %q in\n%s", code, want, out)
+		}
+	}
 }
 
 // TestRunWithExternalProvidersLeavesNothing: the agent with external
