@@ -123,6 +123,16 @@ func TestProvidersListAndCheck(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "vendorIni") {
 		t.Fatalf("list with a refused manifest: exit %d\n%s", code, out)
 	}
+	// Every built-in section is the agent's: a manifest for one is refused
+	// and the built-in provider stays.
+	for _, id := range []string{"files", "hostname", "packages", "users"} {
+		m := filepath.Join(t.TempDir(), id+".yaml")
+		os.WriteFile(m, bytes.Replace(b, []byte("section: vendorIni"), []byte("section: "+id), 1), 0o644)
+		code, out, _ = twinlet(t, "providers", "check", m)
+		if code != 1 || !strings.Contains(out, `section "`+id+`" belongs to a built-in provider`) {
+			t.Errorf("check of a manifest for %s: exit %d\n%s", id, code, out)
+		}
+	}
 	if code, _, _ := twinlet(t, "providers", "check"); code != 2 {
 		t.Fatalf("check without a manifest: exit %d", code)
 	}
