@@ -297,3 +297,23 @@ func TestManifestDirectories(t *testing.T) {
 		t.Fatalf("infos %v, problems %v", infos, h.Problems())
 	}
 }
+
+// TestKeepAliveZeroStopsAfterEveryCall: keepAlive 0s stops the process
+// once no call is in flight; each call starts it afresh.
+func TestKeepAliveZeroStopsAfterEveryCall(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t), "keepAlive: 0s")
+	h := load(t, testOpts(t), dir)
+	state := func() string { return h.List()[0].State }
+	eventually(t, "the process to stop after describe", func() bool { return state() == "stopped" })
+	p := one(t, h, "vendorIni").New()
+	for i := range 2 {
+		if _, err := p.Decode(&providers.Env{Root: t.TempDir()}, json.RawMessage(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the process to stop after the call", func() bool { return state() == "stopped" })
+		if s := h.List()[0]; s.Starts != i+2 {
+			t.Fatalf("call %d: %+v", i, s)
+		}
+	}
+}
