@@ -232,3 +232,19 @@ func TestProgressReachesTheAgent(t *testing.T) {
 		}
 	}
 }
+
+// TestPythonExampleNeedsOnlyTheStandardLibrary: the Python example runs
+// under Debian's python3 with -I -S (no site-packages, no user site, no
+// PYTHON* environment), so it needs the standard library alone.
+func TestPythonExampleNeedsOnlyTheStandardLibrary(t *testing.T) {
+	script := pythonExample(t)
+	dir := t.TempDir()
+	manifest(t, dir, "vendor-ini.yaml", "vendorIni", "/usr/bin/python3", "args: [-I, -S, "+script+"]")
+	h := load(t, testOpts(t), dir)
+	p := one(t, h, "vendorIni").New()
+	env := providertest.NewEnv(t)
+	got := providertest.Lines(providertest.Converge(t, p, env, json.RawMessage(`{"a":{"path":"/etc/a.ini","settings":{"s":{"k":"v"}}}}`)))
+	if strings.Join(got, "|") != "+ a/s/k: v" {
+		t.Fatalf("plan %q", got)
+	}
+}
