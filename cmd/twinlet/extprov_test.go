@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,8 +123,35 @@ func TestProvidersListAndCheck(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "refused") || !strings.Contains(out, "vendorIni") {
 		t.Fatalf("list with a refused manifest: exit %d\n%s", code, out)
 	}
+	// Every built-in section is the agent's: a manifest for one is refused
+	// and the built-in provider stays.
+	for _, id := range []string{"files", "hostname", "packages", "users"} {
+		m := filepath.Join(t.TempDir(), id+".yaml")
+		os.WriteFile(m, bytes.Replace(b, []byte("section: vendorIni"), []byte("section: "+id), 1), 0o644)
+		code, out, _ = twinlet(t, "providers", "check", m)
+		if code != 1 || !strings.Contains(out, `section "`+id+`" belongs to a built-in provider`) {
+			t.Errorf("check of a manifest for %s: exit %d\n%s", id, code, out)
+		}
+	}
 	if code, _, _ := twinlet(t, "providers", "check"); code != 2 {
 		t.Fatalf("check without a manifest: exit %d", code)
+	}
+	// The Go example passes every step; a program that crashes in observe
+	// fails that step with its stderr, after describe and schema passed.
+	code, out, errs = twinlet(t, "providers", "check", "--root", t.TempDir(), "--output", "json", filepath.Join(dir, "sensor-calibration.yaml"))
+	if code != 0 || strings.Count(out, `"ok": true`) != 7 {
+		t.Fatalf("check of the Go example: exit %d\n%s\n%s", code, out, errs)
+	}
+	py, _ := os.ReadFile("../../internal/extprov/testdata/chaos.py")
+	exe := filepath.Join(t.TempDir(), "chaos.py")
+	os.WriteFile(exe, py, 0o755)
+	crash := filepath.Join(t.TempDir(), "crash.yaml")
+	os.WriteFile(crash, []byte("apiVersion: twinlet.dev/v1\nkind: Provider\nsection: crashy\nexecutable: "+exe+"\nargs: [--crash-in, observe]\nprotocolVersion: 1\n"), 0o644)
+	code, out, _ = twinlet(t, "providers", "check", "--root", t.TempDir(), crash)
+	for _, want := range []string{"describe  ok", "schema    ok", "decode    ok", "observe   FAILED", "crashing in observe on purpose"} {
+		if code != 1 || !strings.Contains(out, want) {
+			t.Errorf("check of a program that crashes in observe: exit %d, no %q in\n%s", code, want, out)
+		}
 	}
 }
 
@@ -198,7 +226,7 @@ func TestValidateKnowsExternalSections(t *testing.T) {
 // come from the flag definitions, the providers commands' too.
 func TestCompletionsKnowTheProvidersCommands(t *testing.T) {
 	code, out, _ := twinlet(t, "completion", "bash")
-	if code != 0 || !strings.Contains(out, `["providers"]="check list"`) || !strings.Contains(out, `["providers list"]="--config --output --provider-dirs"`) {
+	if code != 0 || !strings.Contains(out, `["providers"]="check list"`) || !strings.Contains(out, `["providers list"]="--config --output --provider-dirs --state-dir"`) {
 		t.Fatalf("completion: exit %d\n%s", code, out)
 	}
 }
@@ -287,5 +315,62 @@ func TestRunHealsExternalDriftThroughWatches(t *testing.T) {
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+}
+
+// TestProvidersListShowsTheReportedStatus: after the agent ran, list shows
+// each provider's section as it reported it: a crashing external provider
+// is ok as a provider and Failed/ProviderCrashed as a section, with the
+// stderr tail; the Go example and a built-in are Ready.
+func TestProvidersListShowsTheReportedStatus(t *testing.T) {
+	dir := externalDir(t)
+	py, _ := os.ReadFile("../../internal/extprov/testdata/chaos.py")
+	exe := filepath.Join(t.TempDir(), "chaos.py")
+	if err := os.WriteFile(exe, py, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "crashy.yaml"), []byte("apiVersion: twinlet.dev/v1\nkind: Provider\nsection: crashy\nexecutable: "+exe+
+		"\nargs: [--crash-in, apply]\nprotocolVersion: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := newSandbox(t)
+	s.write(t, "ext.yaml", policyDoc("enforce", externalSpec+"  crashy: { value: x }\n"))
+	if code, out, errs := twinlet(t, s.args("apply", "--once", "--provider-dirs", dir)...); code != 1 {
+		t.Fatalf("apply: exit %d\n%s\n%s", code, out, errs)
+	}
+	code, out, errs := twinlet(t, "providers", "list", "--config", "", "--provider-dirs", dir, "--state-dir", s.state, "--output", "json")
+	if code != 0 {
+		t.Fatalf("list: exit %d\n%s\n%s", code, out, errs)
+	}
+	var rows []providerRow
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	got := map[string]providerRow{}
+	for _, r := range rows {
+		got[r.Section] = r
+	}
+	for id, want := range map[string]string{"crashy": "Failed/ProviderCrashed", "sensorCalibration": "Ready/Applied", "files": "Ready/Applied"} {
+		r := got[id]
+		if r.State != "ok" || r.Status.String() != want {
+			t.Errorf("%s: state %s status %s, want ok %s", id, r.State, r.Status, want)
+		}
+	}
+	if st := got["crashy"].Status; st == nil || !strings.Contains(st.Message, "crashing in apply on purpose") {
+		t.Errorf("crashy's status lacks the stderr tail: %+v", st)
+	}
+	if got["hostname"].Status != nil || got["hostname"].Source != "built-in" {
+		t.Errorf("hostname, not in the policy: %+v", got["hostname"])
+	}
+	// The text form puts the status beside the provider.
+	_, out, _ = twinlet(t, "providers", "list", "--config", "", "--provider-dirs", dir, "--state-dir", s.state)
+	row := ""
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "crashy ") {
+			row = line
+		}
+	}
+	if !strings.Contains(row, "Failed/ProviderCrashed") || !strings.Contains(row, "crashing in apply") {
+		t.Errorf("text row of crashy %q in:\n%s", row, out)
 	}
 }

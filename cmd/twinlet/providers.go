@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -13,12 +16,15 @@ import (
 	"github.com/twinlet/twinlet/internal/extprov"
 	"github.com/twinlet/twinlet/internal/version"
 	"github.com/twinlet/twinlet/providers"
+	"github.com/twinlet/twinlet/reconciler"
+	"github.com/twinlet/twinlet/state"
 )
 
 const providersUsage = `usage: twinlet providers <command> [flags]
 
 commands:
-  list                 the built-in and external providers: version, source, state
+  list                 the built-in and external providers: version, source, state, and
+                       their section's last status as the agent reported it (state dir)
   check MANIFEST       start an external provider, describe it, check its schema, run a no-op observe
 
 list exits 0, or 1 when a manifest was refused (the reason is in its row).
@@ -70,29 +76,46 @@ func providersCommand(ctx context.Context, args []string, stdout, stderr io.Writ
 	return 2
 }
 
-// providerDirsFlags are the flags that say where manifests are.
+// providerDirsFlags are the flags that say where manifests are and where
+// the agent reports its sections' status.
 type providerDirsFlags struct {
-	config, dirs, output string
+	config, dirs, output, stateDir string
 }
 
 func (f *providerDirsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.config, "config", config.DefaultPath, "agent configuration file (for providerDirs)")
+	fs.StringVar(&f.config, "config", config.DefaultPath, "agent configuration file (for providerDirs and stateDir)")
 	fs.StringVar(&f.dirs, "provider-dirs", "", "comma-separated manifest directories (default from config, else /usr/lib/twinlet/providers.d,/etc/twinlet/providers.d)")
+	fs.StringVar(&f.stateDir, "state-dir", "", "state directory whose reported.json gives each section's last status (default from config)")
 	fs.StringVar(&f.output, "output", "text", "output: text or json")
 }
 
-func (f *providerDirsFlags) resolve(fs *flag.FlagSet) ([]string, error) {
+// resolve returns the manifest directories and the state directory. The
+// config is needed only for what the flags leave out; when the manifest
+// directories come from a flag, a config that cannot be read only leaves
+// the status out.
+func (f *providerDirsFlags) resolve(fs *flag.FlagSet) (dirs []string, stateDir string, err error) {
 	if f.output != "text" && f.output != "json" {
-		return nil, fmt.Errorf("--output: %q is not text or json", f.output)
+		return nil, "", fmt.Errorf("--output: %q is not text or json", f.output)
 	}
-	if set(fs, "provider-dirs") {
-		return splitDirs(f.dirs), nil
+	dirsSet, stateSet := set(fs, "provider-dirs"), set(fs, "state-dir")
+	dirs, stateDir = splitDirs(f.dirs), f.stateDir
+	if dirsSet && stateSet {
+		return dirs, stateDir, nil
 	}
 	cfg, err := config.Load(f.config, set(fs, "config"))
-	if err != nil {
-		return nil, err
+	switch {
+	case err != nil && !dirsSet:
+		return nil, "", err
+	case err != nil:
+		return dirs, stateDir, nil
 	}
-	return cfg.ProviderDirs, nil
+	if !dirsSet {
+		dirs = cfg.ProviderDirs
+	}
+	if !stateSet {
+		stateDir = cfg.StateDir
+	}
+	return dirs, stateDir, nil
 }
 
 // providerRow is one line of `twinlet providers list`.
@@ -100,8 +123,57 @@ type providerRow struct {
 	Section string `json:"section"`
 	Version string `json:"version"`
 	Source  string `json:"source"`
+	// State is the provider's: ok, or refused with the reason in Message.
 	State   string `json:"state"`
 	Message string `json:"message,omitempty"`
+	// Status is the section's last status in the agent's reported.json
+	// (a crashed provider's section is Failed/ProviderCrashed there);
+	// absent when the agent has not reported the section.
+	Status *sectionStatus `json:"status,omitempty"`
+}
+
+// sectionStatus is a section's __status as the agent last reported it.
+type sectionStatus struct {
+	State   string `json:"state"`
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
+	Since   string `json:"since,omitempty"`
+}
+
+func (s *sectionStatus) String() string {
+	if s == nil {
+		return "-"
+	}
+	return s.State + "/" + s.Reason
+}
+
+// reportedStatuses reads each section's __status from the reported
+// document in stateDir; none when it does not exist or cannot be read
+// (the list is still useful without it).
+func reportedStatuses(stateDir string) map[string]*sectionStatus {
+	out := map[string]*sectionStatus{}
+	if stateDir == "" {
+		return out
+	}
+	data, err := os.ReadFile(filepath.Join(stateDir, state.ReportedFile))
+	if err != nil {
+		return out
+	}
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(data, &doc) != nil {
+		return out
+	}
+	for id, raw := range doc {
+		var sec struct {
+			Status *reconciler.Status `json:"__status"`
+		}
+		if strings.HasPrefix(id, "__") || json.Unmarshal(raw, &sec) != nil || sec.Status == nil || sec.Status.State == "" {
+			continue
+		}
+		st := sec.Status
+		out[id] = &sectionStatus{State: st.State, Reason: st.Reason, Message: st.Message, Since: st.LastTransitionTime}
+	}
+	return out
 }
 
 func providersList(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -116,19 +188,20 @@ func providersList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stderr, "twinlet providers list: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	dirs, err := f.resolve(fs)
+	dirs, stateDir, err := f.resolve(fs)
 	if err != nil {
 		fmt.Fprintf(stderr, "twinlet providers list: %v\n", err)
 		return 1
 	}
 	h := loadExternal(ctx, dirs, slog.New(slog.DiscardHandler))
 	defer h.Close()
+	reported := reportedStatuses(stateDir)
 	var rows []providerRow
 	for _, info := range providers.All() {
-		rows = append(rows, providerRow{Section: info.ID, Version: version.Version, Source: "built-in", State: "ok"})
+		rows = append(rows, providerRow{Section: info.ID, Version: version.Version, Source: "built-in", State: "ok", Status: reported[info.ID]})
 	}
 	for _, s := range h.List() {
-		row := providerRow{Section: s.Section, Version: s.Version, Source: s.Manifest, State: s.State, Message: s.Message}
+		row := providerRow{Section: s.Section, Version: s.Version, Source: s.Manifest, State: s.State, Message: s.Message, Status: reported[s.Section]}
 		if s.State == "running" || s.State == "stopped" {
 			row.State = "ok" // described; the agent starts it on use
 		}
@@ -141,9 +214,13 @@ func providersList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		writeJSON(stdout, rows)
 	} else {
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SECTION\tVERSION\tSOURCE\tSTATE\tMESSAGE")
+		fmt.Fprintln(tw, "SECTION\tVERSION\tSOURCE\tSTATE\tSTATUS\tMESSAGE")
 		for _, r := range rows {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Section, orDash(r.Version), r.Source, r.State, r.Message)
+			msg := r.Message
+			if msg == "" && r.Status != nil && r.Status.State != reconciler.StateReady {
+				msg = r.Status.Message
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Section, orDash(r.Version), r.Source, r.State, r.Status, msg)
 		}
 		tw.Flush()
 	}

@@ -42,6 +42,22 @@ func TestManifestsRefused(t *testing.T) {
 	manifest(t, dir, "12-relative.yaml", "relative", "chaos.py")
 	manifest(t, dir, "13-timeout.yaml", "timeout", exe, "timeout: soon")
 
+	// StrictModes also means owned by root (or the agent's user): as root,
+	// a manifest and an executable that belong to someone else.
+	foreign := map[string]string{}
+	if os.Geteuid() == 0 {
+		foreignExe := install(t, "testdata/chaos.py")
+		if err := os.Chown(foreignExe, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		manifest(t, dir, "14-foreign-exe.yaml", "foreignExe", foreignExe)
+		if err := os.Chown(manifest(t, dir, "15-foreign.yaml", "foreign", exe), 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		foreign["14-foreign-exe.yaml:4:"] = "refused: owned by uid 65534, not by root"
+		foreign["15-foreign.yaml"] = "refused: owned by uid 65534, not by root"
+	}
+
 	h := load(t, testOpts(t), dir)
 	if len(h.entries) != 1 || h.entries[0].m.Section != "good" {
 		t.Fatalf("accepted %v", h.Infos())
@@ -60,6 +76,9 @@ func TestManifestsRefused(t *testing.T) {
 		"11-syntax.yaml:":         "YAML syntax",
 		"12-relative.yaml:4:":     "/executable",
 		"13-timeout.yaml:6:":      `timeout: time: invalid duration "soon"`,
+	}
+	for pos, msg := range foreign {
+		want[pos] = msg
 	}
 	probs := h.Problems()
 	for pos, msg := range want {
@@ -81,8 +100,34 @@ func TestManifestsRefused(t *testing.T) {
 	for _, s := range list {
 		states[s.Section+" "+filepath.Base(s.Manifest)] = s.State
 	}
-	if states["good 00-good.yaml"] != "running" || states["vtwo 01-v2.yaml"] != "refused" {
+	if states["good 00-good.yaml"] != "running" || states["vtwo 01-v2.yaml"] != "refused" || states["writable 06-writable.yaml"] != "refused" {
 		t.Fatalf("list %+v", list)
+	}
+	// Every refused section but the built-in one reports why.
+	for _, info := range h.Infos() {
+		if info.ID == "good" {
+			continue
+		}
+		_, err := info.New().Decode(&providers.Env{}, json.RawMessage(`{}`))
+		var f *Failure
+		if !asFailure(err, &f) || f.Reason != ReasonRefused {
+			t.Errorf("section %s: %v", info.ID, err)
+		}
+	}
+	sections := map[string]bool{}
+	for _, info := range h.Infos() {
+		sections[info.ID] = true
+	}
+	for _, id := range []string{"vtwo", "speaksTwo", "writable", "writableExe", "unknownKey", "noUser", "missing", "deps", "relative", "timeout"} {
+		if !sections[id] {
+			t.Errorf("refused section %s has no placeholder: %v", id, sections)
+		}
+	}
+	if sections["files"] {
+		t.Error("a refused manifest for the built-in files section took it over")
+	}
+	if os.Geteuid() == 0 && (!sections["foreign"] || !sections["foreignExe"]) {
+		t.Errorf("foreign sections have no placeholder: %v", sections)
 	}
 }
 
@@ -121,7 +166,8 @@ func TestMisbehavingProvidersDoNotStopOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := load(t, testOpts(t), dir)
-	// The writable manifest is not even read: its section is unknown.
+	// The writable manifest is refused before it is parsed; its section
+	// id is read for the refusal alone, so that the section says why.
 	if len(h.Problems()) != 2 || !strings.Contains(h.Problems()[0].String(), "protocol version 2") || !strings.Contains(h.Problems()[1].String(), "mode 0666") {
 		t.Fatalf("problems: %v", h.Problems())
 	}
@@ -135,6 +181,7 @@ spec:
   hangs: {value: two}
   garbage: {value: three}
   vtwo: {value: four}
+  writable: {value: five}
   vendorIni:
     main: {path: /etc/vendor/main.ini, settings: {core: {level: "3"}}}
   files:
@@ -159,6 +206,7 @@ spec:
 		"vendorIni": {"Ready", "Applied", ""},
 		"vtwo":      {"Failed", "ProviderRefused", "v2.yaml:5:18: /protocolVersion: the provider speaks protocol version 2; this agent speaks version 1 only"},
 		"files":     {"Ready", "Applied", ""},
+		"writable":  {"Failed", "ProviderRefused", "writable.yaml: refused: mode 0666 lets group or others write it"},
 	} {
 		st := statusOf(rep, id)
 		if st.State != want.state || st.Reason != want.reason || !strings.Contains(st.Message, want.msg) {

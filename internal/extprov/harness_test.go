@@ -3,7 +3,9 @@ package extprov
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -103,6 +105,11 @@ func TestGoExampleDriftTimeline(t *testing.T) {
 	if me, ok := err.(*providers.MethodError); !ok || me.Status != 404 {
 		t.Fatalf("read of a missing file: %#v", err)
 	}
+	// All of it went to the process started at load: it is kept for its
+	// keep-alive (the default 5m), not started per call.
+	if s := h.List()[0]; s.Starts != 1 || s.State != "running" {
+		t.Fatalf("process not kept between calls: %+v", s)
+	}
 }
 
 // TestExternalMethodThroughTheReconciler: the reconciler validates an
@@ -124,5 +131,120 @@ func TestExternalMethodThroughTheReconciler(t *testing.T) {
 	_, err = r.CallMethod(context.Background(), "sensorCalibration", "read", json.RawMessage(`{}`))
 	if me, ok := err.(*providers.MethodError); !ok || me.Status != 404 {
 		t.Fatalf("read of a missing file: %#v", err)
+	}
+}
+
+// TestGoProviderOutsideTheModule: a Go provider in a module of its own
+// (testdata/outside, given a go.mod that requires twinlet through a
+// replace) imports providers and providers/plugin and nothing else of
+// twinlet, builds with the go tool, and passes the shared harness through
+// the real protocol.
+func TestGoProviderOutsideTheModule(t *testing.T) {
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := t.TempDir()
+	for _, f := range []struct{ src, dst string }{{"testdata/outside/main.go", "main.go"}, {"../../go.sum", "go.sum"}} {
+		b, err := os.ReadFile(f.src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(mod, f.dst), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gomod := "module example.com/greeting\n\ngo 1.26\n\nrequire github.com/twinlet/twinlet v0.0.0\n\nreplace github.com/twinlet/twinlet => " + repo + "\n"
+	if err := os.WriteFile(filepath.Join(mod, "go.mod"), []byte(gomod), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gocmd := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("go", args...)
+		cmd.Dir = mod
+		// Offline: everything comes from the module cache this build filled.
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	var twinlet []string
+	for _, imp := range strings.Fields(gocmd("list", "-f", "{{join .Imports \" \"}}", ".")) {
+		if strings.HasPrefix(imp, "github.com/twinlet/") {
+			twinlet = append(twinlet, imp)
+		}
+	}
+	if strings.Join(twinlet, " ") != "github.com/twinlet/twinlet/providers github.com/twinlet/twinlet/providers/plugin" {
+		t.Fatalf("the outside provider imports %v of twinlet", twinlet)
+	}
+	exe := filepath.Join(t.TempDir(), "greeting")
+	gocmd("build", "-o", exe, ".")
+
+	dir := t.TempDir()
+	manifest(t, dir, "greeting.yaml", "greeting", exe)
+	h := load(t, testOpts(t), dir)
+	p := one(t, h, "greeting").New()
+	env := providertest.NewEnv(t)
+	if got := providertest.Lines(providertest.Converge(t, p, env, json.RawMessage(`{"text": "hello"}`))); strings.Join(got, "|") != "+ text: hello" {
+		t.Fatalf("plan %q", got)
+	}
+	if err := os.WriteFile(filepath.Join(env.Root, "etc/greeting"), []byte("bye"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := providertest.Lines(providertest.Converge(t, p, env, json.RawMessage(`{"text": "hello"}`))); strings.Join(got, "|") != "~ text: bye -> hello" {
+		t.Fatalf("drift plan %q", got)
+	}
+	if s := h.List()[0]; s.State != "running" || s.Version == "" {
+		t.Fatalf("list %+v", s)
+	}
+}
+
+// TestProgressReachesTheAgent: the progress notifications both examples
+// send while they apply reach the Env of the apply call, in order, as a
+// built-in provider's Env.Progress would.
+func TestProgressReachesTheAgent(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t))
+	manifest(t, dir, "sensor.yaml", "sensorCalibration", goExample(t))
+	h := load(t, testOpts(t), dir)
+	for _, c := range []struct {
+		id, desired string
+		want        []string
+	}{
+		{"vendorIni", `{"a":{"path":"/etc/a.ini","settings":{"s":{"k":"v"}}}}`, []string{"write /etc/a.ini 0/1", "write /etc/a.ini 1/1"}},
+		{"sensorCalibration", `{"gain": 2}`, []string{"write /etc/vendor/sensor/calibration.conf 0/1"}},
+	} {
+		p := one(t, h, c.id).New()
+		env := providertest.NewEnv(t)
+		plan := providertest.PlanOnly(t, p, env, json.RawMessage(c.desired))
+		if len(plan) != 1 {
+			t.Fatalf("%s: plan %v", c.id, providertest.Lines(plan))
+		}
+		var got []string
+		env.OnProgress = func(step string, done, total int) { got = append(got, fmt.Sprintf("%s %d/%d", step, done, total)) }
+		if err := p.Apply(context.Background(), env, plan[0]); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(got, "|") != strings.Join(c.want, "|") {
+			t.Errorf("%s: progress %q, want %q", c.id, got, c.want)
+		}
+	}
+}
+
+// TestPythonExampleNeedsOnlyTheStandardLibrary: the Python example runs
+// under Debian's python3 with -I -S (no site-packages, no user site, no
+// PYTHON* environment), so it needs the standard library alone.
+func TestPythonExampleNeedsOnlyTheStandardLibrary(t *testing.T) {
+	script := pythonExample(t)
+	dir := t.TempDir()
+	manifest(t, dir, "vendor-ini.yaml", "vendorIni", "/usr/bin/python3", "args: [-I, -S, "+script+"]")
+	h := load(t, testOpts(t), dir)
+	p := one(t, h, "vendorIni").New()
+	env := providertest.NewEnv(t)
+	got := providertest.Lines(providertest.Converge(t, p, env, json.RawMessage(`{"a":{"path":"/etc/a.ini","settings":{"s":{"k":"v"}}}}`)))
+	if strings.Join(got, "|") != "+ a/s/k: v" {
+		t.Fatalf("plan %q", got)
 	}
 }

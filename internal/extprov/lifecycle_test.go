@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twinlet/twinlet/internal/testutil"
 	"github.com/twinlet/twinlet/providers"
 )
 
@@ -61,8 +63,32 @@ func TestKeepAliveStopsAnIdleProcessAndStartsItOnUse(t *testing.T) {
 	})
 }
 
-// TestStderrIsLoggedAndBounded: a provider's stderr reaches the log, and
-// the tail kept for messages stays bounded.
+// TestStderrIsLogged: every line a provider writes to stderr reaches the
+// agent's log, tagged with its section; stdout stays the protocol's.
+func TestStderrIsLogged(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "crash.yaml", "crashy", chaos(t), "args: [--crash-in, observe]")
+	var logs testutil.SyncBuffer
+	opts := testOpts(t)
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	h := load(t, opts, dir)
+	p := one(t, h, "crashy").New()
+	env := &providers.Env{Root: t.TempDir()}
+	spec, err := p.Decode(env, json.RawMessage(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Observe(context.Background(), env, spec); err == nil {
+		t.Fatal("no crash")
+	}
+	h.Close()
+	if !strings.Contains(logs.String(), `msg="provider stderr" provider=crashy`) || !strings.Contains(logs.String(), `line="chaos: crashing in observe on purpose"`) {
+		t.Fatalf("stderr not logged:\n%s", logs.String())
+	}
+}
+
+// TestStderrTailIsBounded: the stderr tail kept for messages stays
+// bounded and starts at a line.
 func TestStderrTailIsBounded(t *testing.T) {
 	var tl tail
 	for i := range 1000 {
@@ -234,5 +260,60 @@ func TestPlanAfterTheProcessStoppedObservesAgain(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(conf); !strings.Contains(string(b), "5") {
 		t.Fatalf("calibration.conf = %q", b)
+	}
+}
+
+// TestManifestDirectories: the default directories are the packages' then
+// the local one; *.yaml and *.yml are manifests (not hidden files, not
+// others), in name order; a later directory's file replaces an earlier
+// one's of the same name, so a local manifest overrides a packaged one.
+func TestManifestDirectories(t *testing.T) {
+	if strings.Join(DefaultDirs, " ") != "/usr/lib/twinlet/providers.d /etc/twinlet/providers.d" {
+		t.Fatalf("DefaultDirs %v", DefaultDirs)
+	}
+	pkg, local := t.TempDir(), t.TempDir()
+	for _, f := range []string{pkg + "/b.yaml", pkg + "/a.yml", pkg + "/.hidden.yaml", pkg + "/notes.txt", pkg + "/c.yaml.dpkg-old", local + "/b.yaml"} {
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, probs := manifestFiles([]string{pkg, filepath.Join(pkg, "none"), local})
+	if len(probs) > 0 {
+		t.Fatal(probs)
+	}
+	if got, want := strings.Join(files, " "), pkg+"/a.yml "+local+"/b.yaml"; got != want {
+		t.Fatalf("manifests %s, want %s", got, want)
+	}
+	// Through Load: the local one is the one that runs.
+	exe := chaos(t)
+	manifest(t, pkg, "b.yaml", "fromPackage", exe)
+	manifest(t, local, "b.yaml", "fromLocal", exe)
+	os.Remove(pkg + "/a.yml")
+	opts := testOpts(t)
+	opts.Dirs = []string{pkg, local}
+	h := Load(context.Background(), opts)
+	defer h.Close()
+	if infos := h.Infos(); len(infos) != 1 || infos[0].ID != "fromLocal" || len(h.Problems()) != 0 {
+		t.Fatalf("infos %v, problems %v", infos, h.Problems())
+	}
+}
+
+// TestKeepAliveZeroStopsAfterEveryCall: keepAlive 0s stops the process
+// once no call is in flight; each call starts it afresh.
+func TestKeepAliveZeroStopsAfterEveryCall(t *testing.T) {
+	dir := t.TempDir()
+	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t), "keepAlive: 0s")
+	h := load(t, testOpts(t), dir)
+	state := func() string { return h.List()[0].State }
+	eventually(t, "the process to stop after describe", func() bool { return state() == "stopped" })
+	p := one(t, h, "vendorIni").New()
+	for i := range 2 {
+		if _, err := p.Decode(&providers.Env{Root: t.TempDir()}, json.RawMessage(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the process to stop after the call", func() bool { return state() == "stopped" })
+		if s := h.List()[0]; s.Starts != i+2 {
+			t.Fatalf("call %d: %+v", i, s)
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -90,7 +91,7 @@ func (p Problem) String() string { return p.Pos + ": " + p.Message }
 func ParseManifest(file string) (*Manifest, []Problem) {
 	data, err := policy.ReadSecure(file)
 	if err != nil {
-		return nil, []Problem{{Pos: file, Message: strings.TrimPrefix(err.Error(), file+": ")}}
+		return nil, []Problem{{Pos: file, Section: untrustedSection(file), Message: strings.TrimPrefix(err.Error(), file+": ")}}
 	}
 	m, probs := parseManifest(file, data)
 	if len(probs) > 0 {
@@ -100,6 +101,36 @@ func ParseManifest(file string) (*Manifest, []Problem) {
 		return nil, []Problem{{Pos: m.at("/executable"), Section: m.Section, Message: err.Error()}}
 	}
 	return m, nil
+}
+
+// sectionPattern is the manifest schema's pattern of a section id.
+var sectionPattern = regexp.MustCompile(`^[a-z][A-Za-z0-9]{0,62}$`)
+
+// untrustedSection reads the section id of a manifest that failed
+// StrictModes (or could not be read securely), for its refusal only: so
+// that the section it names reports ProviderRefused with the reason
+// instead of being an unknown section. Nothing else of the file is used;
+// "" when no id can be read.
+func untrustedSection(file string) string {
+	f, err := os.Open(file)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return ""
+	}
+	data, err := io.ReadAll(io.LimitReader(f, policy.MaxFileSize))
+	if err != nil {
+		return ""
+	}
+	var m struct {
+		Section string `yaml:"section"`
+	}
+	if yaml.Unmarshal(data, &m) != nil || !sectionPattern.MatchString(m.Section) {
+		return ""
+	}
+	return m.Section
 }
 
 func parseManifest(file string, data []byte) (*Manifest, []Problem) {
@@ -137,9 +168,17 @@ func parseManifest(file string, data []byte) (*Manifest, []Problem) {
 	if err != nil {
 		return nil, []Problem{{Pos: file, Message: err.Error()}}
 	}
+	// A manifest that fails its schema still names the section it meant
+	// (when that field is sound), so that the section reports the refusal.
+	section := ""
+	if obj, ok := v.(map[string]any); ok {
+		if id, ok := obj["section"].(string); ok && sectionPattern.MatchString(id) {
+			section = id
+		}
+	}
 	var probs []Problem
 	for _, p := range sp {
-		probs = append(probs, Problem{Pos: at(p.Pointer), Message: strings.TrimPrefix(p.Pointer+": ", ": ") + p.Message})
+		probs = append(probs, Problem{Pos: at(p.Pointer), Section: section, Message: strings.TrimPrefix(p.Pointer+": ", ": ") + p.Message})
 	}
 	if len(probs) > 0 {
 		return nil, probs

@@ -1,10 +1,13 @@
 package extprov
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -76,6 +79,7 @@ func TestTrafficMatchesTheDocumentedSchemas(t *testing.T) {
 	dir := t.TempDir()
 	manifest(t, dir, "vendor.yaml", "vendorIni", pythonExample(t))
 	manifest(t, dir, "sensor.yaml", "sensorCalibration", goExample(t))
+	manifest(t, dir, "scoped.yaml", "scoped", chaos(t), "args: [--scope]")
 	h := load(t, opts, dir)
 	env := providertest.NewEnv(t)
 	providertest.Converge(t, one(t, h, "vendorIni").New(), env,
@@ -111,14 +115,26 @@ func TestTrafficMatchesTheDocumentedSchemas(t *testing.T) {
 	if _, err := sc.Methods["read"].Call(context.Background(), env, json.RawMessage(`{"file":"/etc/nothing"}`)); err == nil {
 		t.Fatal("no method error")
 	}
+	scoper, ok := one(t, h, "scoped").New().(providers.CloudScoper)
+	if !ok {
+		t.Fatal("the scoped provider has no cloud scope")
+	}
+	if fe := scoper.CloudScope(providers.ScopeRules{Deny: []string{"secret*"}}, json.RawMessage(`{"value":"secret-1"}`)); len(fe) != 1 || fe[0].Pointer != "/value" {
+		t.Fatalf("cloud scope: %v", fe)
+	}
 	h.Close()
+	// The agent closes stdin instead of sending shutdown; a provider
+	// takes it all the same (the Go helper here).
+	shutdownExchange(t, goExample(t), rec)
 
+	used := map[string]bool{}
 	validate := func(name string, v any, line []byte) {
 		s, ok := schemas[name]
 		if !ok {
 			t.Errorf("no schema docs/protocol/%s.json for %s", name, line)
 			return
 		}
+		used[name] = true
 		if err := s.Validate(v); err != nil {
 			t.Errorf("%s does not match docs/protocol/%s.json: %v", line, name, err)
 		}
@@ -161,9 +177,73 @@ func TestTrafficMatchesTheDocumentedSchemas(t *testing.T) {
 			validate(methods[key]+".result", result, l.line)
 		}
 	}
-	for _, want := range []string{"initialize", "describe", "decode", "observe", "plan", "apply", "method", "watchPaths", "progress"} {
+	for _, want := range []string{"initialize", "describe", "decode", "observe", "plan", "apply", "method", "watchPaths", "cloudScope", "shutdown", "progress"} {
 		if !seen[want] {
 			t.Errorf("the traffic had no %s", want)
 		}
 	}
+	// Every message schema in docs/protocol was checked against real
+	// traffic (defs.json holds shared definitions; error.json is checked
+	// through message.json).
+	for name := range schemas {
+		if !used[name] && name != "defs" && name != "error" {
+			t.Errorf("docs/protocol/%s.json matched no traffic", name)
+		}
+	}
+	for _, code := range []int{plugin.CodeInvalid, plugin.CodeMethodError} {
+		if !seenErrorCode(rec, code) {
+			t.Errorf("the traffic had no error object of code %d", code)
+		}
+	}
+}
+
+// seenErrorCode reports whether an error object with code crossed (the
+// caller holds rec.mu).
+func seenErrorCode(rec *recorder, code int) bool {
+	for _, l := range rec.lines {
+		var m plugin.Message
+		if json.Unmarshal(l.line, &m) == nil && m.Error != nil && m.Error.Code == code {
+			return true
+		}
+	}
+	return false
+}
+
+// shutdownExchange runs exe by hand: initialize, then shutdown, whose
+// answer must come before the program exits on its own. Both directions
+// go to rec.
+func shutdownExchange(t *testing.T, exe string, rec *recorder) {
+	t.Helper()
+	cmd := exec.Command(exe)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	for _, req := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1.0","agentVersion":"test","section":"sensorCalibration"}}`,
+		`{"jsonrpc":"2.0","id":2,"method":"shutdown","params":{}}`,
+	} {
+		rec.trace(true, []byte(req))
+		if _, err := io.WriteString(in, req+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		line, err := br.ReadBytes('\n')
+		if err != nil {
+			t.Fatalf("answer to %s: %v", req, err)
+		}
+		rec.trace(false, bytes.TrimSpace(line))
+	}
+	// Exits without its stdin being closed.
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after shutdown: %v", err)
+	}
+	in.Close()
 }

@@ -10,6 +10,7 @@ Section named by TWINLET_SECTION, an object {"value": string} kept in
   --orphan-in METHOD  exit(4) leaving a child that holds stdout open
   --garbage-in METHOD write a line that is not JSON-RPC instead of answering
   --protocol V        answer initialize with protocol version V
+  --depends-on IDS    describe these dependencies (comma-separated)
   --scope             describe a cloud scope: the twin may not set a value
                       that a deny glob (default "secret*") matches
 """
@@ -71,6 +72,8 @@ for line in sys.stdin:
         res = {"protocolVersion": opt("--protocol") or "1.0", "name": "chaos"}
     elif m == "describe":
         res = {"id": SECTION, "kind": "object", "schema": SCHEMA, "version": "0.1"}
+        if opt("--depends-on"):
+            res["dependsOn"] = opt("--depends-on").split(",")
         if "--scope" in args:
             res.update({"cloudScope": True, "cloudDeny": ["secret*"]})
     elif m == "cloudScope":
