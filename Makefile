@@ -91,6 +91,8 @@ bench:
 # timezone and one sysctl item against a floor program that only stats,
 # reads and hashes the same files, in one hyperfine run (Debian package
 # hyperfine, installed here as root when missing).
+# bench-cli builds twinlet and the floor as the packages build them (static,
+# stripped): what is timed is what ships.
 bench-cli:
 	@command -v hyperfine >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -98,7 +100,7 @@ bench-cli:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null || \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null; }; \
 	  else echo "make bench-cli needs hyperfine: apt-get install hyperfine" >&2; exit 1; fi; }
-	$(GO) build -trimpath -o $(BIN)/ ./cmd/twinlet ./internal/tools/clifloor
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BIN)/ ./cmd/twinlet ./internal/tools/clifloor
 	$(GO) run ./internal/tools/benchcli -bin $(BIN) -dir $(RUN_DIR)/bench-cli
 
 FUZZTIME ?= 10s
