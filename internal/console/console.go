@@ -80,6 +80,10 @@ type Server struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	watch  map[string]*watch
+
+	// beforePatch, when set (by tests), runs between reading a twin and
+	// writing a section into it.
+	beforePatch func()
 }
 
 type section struct {

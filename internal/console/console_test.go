@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +18,8 @@ import (
 	"github.com/twinlet/twinlet/internal/hub"
 	"github.com/twinlet/twinlet/internal/iothub"
 	"github.com/twinlet/twinlet/internal/testutil"
+	"github.com/twinlet/twinlet/providers"
+	"github.com/twinlet/twinlet/schemas"
 )
 
 // startConsole serves a console for a twinhub with one device (no agent)
@@ -308,5 +311,117 @@ func TestConfigurationWrites(t *testing.T) {
 	}
 	if _, err := sc.GetConfiguration(ctx, "tz"); !iothub.IsNotFound(err) {
 		t.Errorf("still there: %v", err)
+	}
+}
+
+// TestSectionWriteETag checks the etag guard itself: a change of the twin
+// between the console's read and its write (which the desired version
+// check cannot see) makes the hub refuse the write, and the page gets a
+// 412 while the other change stays.
+func TestSectionWriteETag(t *testing.T) {
+	base, srv, sc, _ := startConsole(t, nil)
+	csrf := csrfOf(t, base)
+	hdr := map[string]string{"Authorization": "Bearer " + token, "X-Twinctl-Csrf": csrf, "Content-Type": "application/json"}
+	ctx := context.Background()
+	tw, err := sc.PatchTwin(ctx, "dev-1", iothub.TwinPatch{Desired: map[string]any{"hostname": map[string]any{"name": "before"}}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := int(tw.Properties.Desired["$version"].(float64))
+	console.SetBeforePatch(srv, func() {
+		if _, err := sc.PatchTwin(ctx, "dev-1", iothub.TwinPatch{Desired: map[string]any{"timezone": map[string]any{"name": "Etc/UTC"}}}, ""); err != nil {
+			t.Error(err)
+		}
+	})
+	code, b, _ := do1(t, base, req{method: "PUT", path: "/api/devices/dev-1/sections/hostname", header: hdr,
+		body: `{"value": {"name": "mine"}, "etag": "` + tw.ETag + `", "desiredVersion": ` + strconv.Itoa(v) + `}`})
+	if code != 412 {
+		t.Errorf("a write after a concurrent change: %d %s, want 412", code, b)
+	}
+	now, _ := sc.GetTwin(ctx, "dev-1")
+	if h, _ := now.Properties.Desired["hostname"].(map[string]any); h["name"] != "before" {
+		t.Errorf("hostname %v: the stale write went through", h)
+	}
+	if _, ok := now.Properties.Desired["timezone"]; !ok {
+		t.Errorf("the other change was lost: %v", now.Properties.Desired)
+	}
+}
+
+// TestEveryRequestNeedsTheToken sends each of the console's routes, and
+// the page's files, without the token.
+func TestEveryRequestNeedsTheToken(t *testing.T) {
+	base, _, _, _ := startConsole(t, nil)
+	csrf := csrfOf(t, base)
+	write := map[string]string{"X-Twinctl-Csrf": csrf, "Content-Type": "application/json"}
+	for _, r := range []req{
+		{method: "GET", path: "/"},
+		{method: "GET", path: "/static/app.js"},
+		{method: "GET", path: "/static/schema.js"},
+		{method: "GET", path: "/static/app.css"},
+		{method: "GET", path: "/static/icon.svg"},
+		{method: "GET", path: "/api/info"},
+		{method: "GET", path: "/api/schemas/hostname"},
+		{method: "GET", path: "/api/devices"},
+		{method: "GET", path: "/api/devices/dev-1"},
+		{method: "GET", path: "/api/configs"},
+		{method: "GET", path: "/api/watch?topic=devices"},
+		{method: "PUT", path: "/api/devices/dev-1/sections/hostname", body: `{"value": {"name": "x"}, "desiredVersion": 1}`, header: write},
+		{method: "POST", path: "/api/devices/dev-1/methods/reconcile", body: `{}`, header: write},
+		{method: "POST", path: "/api/configs", body: `{}`, header: write},
+		{method: "PUT", path: "/api/configs/x", body: `{}`, header: write},
+		{method: "DELETE", path: "/api/configs/x?etag=x", header: write},
+		{method: "GET", path: "/api/nosuch"},
+	} {
+		if code, b, _ := do1(t, base, r); code != 401 {
+			t.Errorf("%s %s without the token: %d %s", r.method, r.path, code, b)
+		}
+	}
+}
+
+// TestNothingFromElsewhere checks that the page refers to nothing
+// outside the console (no font, script, style or image from another
+// origin) and that its Content-Security-Policy allows only the console.
+func TestNothingFromElsewhere(t *testing.T) {
+	base, _, _, _ := startConsole(t, nil)
+	ref := regexp.MustCompile(`(?i)(src|href|action)\s*=\s*["']?\s*(https?:)?//|url\(\s*["']?\s*(https?:)?//|@import|@font-face|\bfetch\(\s*["'](https?:)?//|EventSource\(\s*["'](https?:)?//`)
+	for _, p := range []string{"/", "/static/app.js", "/static/schema.js", "/static/app.css", "/static/icon.svg"} {
+		code, b, hdr := do1(t, base, req{method: "GET", path: p, header: map[string]string{"Authorization": "Bearer " + token}})
+		if code != 200 {
+			t.Fatalf("%s: %d", p, code)
+		}
+		if m := ref.FindString(b); m != "" {
+			t.Errorf("%s refers to another origin: %q", p, m)
+		}
+		csp := hdr.Get("Content-Security-Policy")
+		for _, d := range []string{"default-src 'self'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "img-src 'self' data:"} {
+			if !strings.Contains(csp, d) {
+				t.Errorf("%s: Content-Security-Policy %q lacks %s", p, csp, d)
+			}
+		}
+	}
+}
+
+// TestSchemasAreTheAgents checks that the schema the page validates a
+// section with is the one the agent validates it with (the provider's
+// own, else the embedded schemas/<id>.json), for every writable section.
+func TestSchemasAreTheAgents(t *testing.T) {
+	base, _, _, _ := startConsole(t, nil)
+	n := 0
+	for _, info := range providers.All() {
+		want := []byte(info.Schema)
+		if len(want) == 0 {
+			want, _ = schemas.Raw(info.ID)
+		}
+		code, b, _ := do1(t, base, req{method: "GET", path: "/api/schemas/" + info.ID, header: map[string]string{"Authorization": "Bearer " + token}})
+		if info.ReadOnly && code == 404 {
+			continue
+		}
+		if code != 200 || b != string(want) {
+			t.Errorf("%s: %d, the schema served is not the agent's", info.ID, code)
+		}
+		n++
+	}
+	if n < 10 {
+		t.Errorf("%d sections compared: are the standard providers registered?", n)
 	}
 }

@@ -1,0 +1,5 @@
+package console
+
+// SetBeforePatch makes the server call f between reading a twin and
+// writing a section into it with the etag it read.
+func SetBeforePatch(s *Server, f func()) { s.beforePatch = f }
