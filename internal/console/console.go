@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twinlet/twinlet/internal/iothub"
@@ -84,6 +85,8 @@ type Server struct {
 	// beforePatch, when set (by tests), runs between reading a twin and
 	// writing a section into it.
 	beforePatch func()
+	// fetches counts the shared polls' reads of the hub.
+	fetches atomic.Int64
 }
 
 type section struct {

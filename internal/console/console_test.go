@@ -26,6 +26,12 @@ import (
 // and returns its URL, the server, the service client and the hub.
 func startConsole(t *testing.T, hosts func(addr string) []string) (string, *console.Server, *iothub.ServiceClient, *hub.Hub) {
 	t.Helper()
+	return startConsoleEvery(t, hosts, 50*time.Millisecond)
+}
+
+// startConsoleEvery is startConsole with the shared polls' interval.
+func startConsoleEvery(t *testing.T, hosts func(addr string) []string, interval time.Duration) (string, *console.Server, *iothub.ServiceClient, *hub.Hub) {
+	t.Helper()
 	h, err := hub.New(hub.Options{Dir: filepath.Join(t.TempDir(), "hub"), MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +54,7 @@ func startConsole(t *testing.T, hosts func(addr string) []string) (string, *cons
 	if hosts != nil {
 		hs = hosts(ts.Listener.Addr().String())
 	}
-	srv, err := console.New(console.Options{Client: sc, Token: token, Hosts: hs, Interval: 50 * time.Millisecond, Sections: console.KnownSections()})
+	srv, err := console.New(console.Options{Client: sc, Token: token, Hosts: hs, Interval: interval, Sections: console.KnownSections()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,6 +253,52 @@ func TestSharedPoll(t *testing.T) {
 	c1()
 	c2()
 	testutil.Eventually(t, "the poll stops", func() bool { return srv.Polls() == 0 })
+}
+
+// TestPollCost counts what open pages cost the hub: with an interval
+// longer than the test, ten pages of the devices table and ten of one
+// device are two reads of the hub (a query and a twin), not twenty.
+func TestPollCost(t *testing.T) {
+	base, srv, _, _ := startConsoleEvery(t, nil, time.Hour)
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		topic := "topic=devices&filter="
+		if i%2 == 1 {
+			topic = "topic=device&id=dev-1"
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		r, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/watch?"+topic, nil)
+		r.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		closers = append(closers, func() { cancel(); resp.Body.Close() })
+		br := bufio.NewReader(resp.Body)
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.HasPrefix(l, "data: ") {
+				if !strings.Contains(l, `"dev-1"`) {
+					t.Errorf("page %d got %s", i, l)
+				}
+				break
+			}
+		}
+	}
+	if n := console.Fetches(srv); n != 2 {
+		t.Errorf("20 pages of 2 views read the hub %d times, want 2", n)
+	}
+	if n := srv.Polls(); n != 2 {
+		t.Errorf("%d polls for 2 views", n)
+	}
 }
 
 // TestConfigurationWrites checks what the page may change on a
