@@ -247,7 +247,8 @@ func TestConsoleEndToEnd(t *testing.T) {
 		poll(`[...document.querySelectorAll('tbody tr')].filter(r => r.cells[2].textContent === 'Ready').length === 3`),
 		// every column: connection, no failed section, both versions, last activity
 		poll(`[...document.querySelectorAll('tbody tr')].every(r => r.cells[1].textContent === 'Connected' && r.cells[3].textContent === '' &&
-			parseInt(r.cells[4].textContent) > 0 && parseInt(r.cells[5].textContent) > 0 && r.cells[6].textContent.trim() !== '')`))
+			parseInt(r.cells[4].textContent) > 0 && parseInt(r.cells[5].textContent) > 0 && r.cells[6].textContent.trim() !== '')`),
+		poll(`document.documentElement.scrollWidth <= 1280`))
 	shoot(t, ctx, "devices.png")
 	// A live update keeps the keyboard's place: the focused row's link
 	// stays focused when its row changes.
@@ -294,6 +295,7 @@ func TestConsoleEndToEnd(t *testing.T) {
 			r = document.querySelector('#section-hostname pre.reported').getBoundingClientRect();
 			return Math.abs(d.top - r.top) < 1 && d.right <= r.left })()`),
 		chromedp.WaitNotPresent(`#section-hostname .edit-form`),
+		poll(`document.documentElement.scrollWidth <= 1280`),
 		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
 	if got := e.onDisk("kiosk-01", "etc/hostname"); got != "kiosk-renamed\n" {
 		t.Errorf("etc/hostname = %q", got)
@@ -495,12 +497,21 @@ spec:
 	if got := get(t, ctx, "stages", chromedp.TextContent(sel+" .stages")); !strings.Contains(got, "done") || !strings.Contains(got, "2/3 Ready") {
 		t.Errorf("stages shown: %q", got)
 	}
+	if w := get(t, ctx, "width", chromedp.Evaluate[int](`document.documentElement.scrollWidth`)); w > 1280 {
+		t.Errorf("the configurations are %d pixels wide at 1280", w)
+	}
 	if n := get(t, ctx, "bars", chromedp.Evaluate[int](`document.querySelectorAll('`+sel+` .stages .bar').length`)); n != 2 {
 		t.Errorf("%d bars for two stages", n)
 	}
 	do(t, ctx, "over maxFailed", poll(`document.querySelector('`+sel+` .notice.error').textContent.includes('maxFailed 0')`))
 	shoot(t, ctx, "rollout.png")
 
+	// The failed device's plan, as a diff: the change it cannot make, its
+	// before as a - line and its after as a + line.
+	do(t, ctx, "getPlan of a pending change", chromedp.Navigate(e.url+"/#/device/kiosk-03"), chromedp.WaitVisible(`#section-files`),
+		chromedp.Click(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`),
+		poll(`(() => { const d = document.querySelector('#plan-diff'), has = (c, s) => [...d.querySelectorAll(c)].some(l => l.textContent.includes(s));
+			return has('.chg', 'motd') && has('.del', 'directory') && has('.add', 'sha256:') })()`))
 	// Everything the page loaded came from the console itself.
 	if other := get(t, ctx, "resources", chromedp.Evaluate[[]string](`performance.getEntries().map(e => e.name).filter(n => /^[a-z]+:/.test(n) && !n.startsWith(location.origin + '/'))`)); len(other) > 0 {
 		t.Errorf("the page loaded from elsewhere: %v", other)
