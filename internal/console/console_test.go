@@ -170,6 +170,36 @@ func TestSafety(t *testing.T) {
 			t.Errorf("%s carries the hub's key", p)
 		}
 	}
+	// nor do the live updates
+	for _, q := range []string{"topic=devices", "topic=device&id=dev-1", "topic=configs", "topic=device&id=nosuch"} {
+		if ev := firstEvent(t, base, q); strings.Contains(ev, key) || strings.Contains(ev, "SharedAccessKey") || strings.Contains(ev, "sig=") {
+			t.Errorf("%s carries the hub's key: %s", q, ev)
+		}
+	}
+}
+
+// firstEvent returns the first data line of /api/watch?query.
+func firstEvent(t *testing.T, base, query string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/watch?"+query, nil)
+	r.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		if strings.HasPrefix(l, "data: ") {
+			return l
+		}
+	}
 }
 
 // TestSectionWrite checks the server side of a section edit: the agent's
