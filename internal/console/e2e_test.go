@@ -268,6 +268,10 @@ func TestConsoleEndToEnd(t *testing.T) {
 		chromedp.Click(`.pager button:first-child`),
 		poll(`document.querySelectorAll('tbody tr[data-device]').length === 2`))
 	// The filter, with the keyboard: typed, then Enter.
+	// A filter the hub refuses shows the hub's error.
+	do(t, ctx, "a refused filter", chromedp.Focus(`#filter`), chromedp.SendKeys(`#filter`, "tags.ring = \r"),
+		poll(`!!document.querySelector('main .notice.error') && document.querySelector('main .notice.error').textContent.trim() !== ''`),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('filter').value = ''`))
 	do(t, ctx, "filter", chromedp.Focus(`#filter`), chromedp.SendKeys(`#filter`, "tags.ring = 'canary'\r"),
 		poll(`document.querySelectorAll('tbody tr').length === 1 && !!document.querySelector('tr[data-device="kiosk-01"]')`))
 	do(t, ctx, "open the device", chromedp.Click(`tr[data-device="kiosk-01"] a`), chromedp.WaitVisible(`#section-hostname`),
@@ -503,7 +507,9 @@ spec:
 	if n := get(t, ctx, "bars", chromedp.Evaluate[int](`document.querySelectorAll('`+sel+` .stages .bar').length`)); n != 2 {
 		t.Errorf("%d bars for two stages", n)
 	}
-	do(t, ctx, "over maxFailed", poll(`document.querySelector('`+sel+` .notice.error').textContent.includes('maxFailed 0')`))
+	do(t, ctx, "over maxFailed", poll(`document.querySelector('`+sel+` .notice.error').textContent.includes('maxFailed 0')`),
+		// the numbers came as live updates: the page was never reloaded
+		poll(`window.__sameDocument === true`))
 	shoot(t, ctx, "rollout.png")
 
 	// The failed device's plan, as a diff: the change it cannot make, its
