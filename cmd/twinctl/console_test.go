@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -65,6 +66,12 @@ func TestConsoleCommand(t *testing.T) {
 	}
 	if code, _ := get("/api/info", "attacker.example:"+port, tok); code != 421 {
 		t.Errorf("a rebinding Host: %d", code)
+	}
+	// It listens on 127.0.0.1 alone: another loopback address of this
+	// machine (which a listener on every address would answer) is refused.
+	if c, err := net.Dial("tcp", "127.0.0.2:"+port); err == nil {
+		c.Close()
+		t.Errorf("the console answers on 127.0.0.2: it does not listen on 127.0.0.1 alone")
 	}
 	cancel()
 	if r := <-done; r.code != 0 {
