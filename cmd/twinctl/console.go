@@ -48,16 +48,8 @@ func consoleCmd(fs *flag.FlagSet) runFunc {
 			tok = console.RandomToken()
 		}
 		port := ln.Addr().(*net.TCPAddr).Port
-		var hosts []string
+		hosts, loopback := consoleHosts(host, port)
 		ip := net.ParseIP(host)
-		loopback := host == "localhost" || ip != nil && ip.IsLoopback()
-		if loopback {
-			// Only these names reach a loopback listener: refusing any
-			// other Host keeps DNS rebinding out.
-			for _, h := range []string{"127.0.0.1", "localhost", "[::1]"} {
-				hosts = append(hosts, fmt.Sprintf("%s:%d", h, port))
-			}
-		}
 		srv, err := console.New(console.Options{Client: sc, Token: tok, Hosts: hosts, Interval: *every, Sections: console.KnownSections()})
 		if err != nil {
 			ln.Close()
@@ -98,4 +90,20 @@ func consoleCmd(fs *flag.FlagSet) runFunc {
 		<-errc
 		return nil
 	}
+}
+
+// consoleHosts returns the Host header values a console listening on
+// host:port accepts, and whether host is a loopback address. A loopback
+// listener is reached only by the loopback names: refusing any other Host
+// keeps DNS rebinding out. Any other address accepts every Host (the
+// machine's names are not known) and relies on the token alone.
+func consoleHosts(host string, port int) (hosts []string, loopback bool) {
+	ip := net.ParseIP(host)
+	if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, false
+	}
+	for _, h := range []string{"127.0.0.1", "localhost", "[::1]"} {
+		hosts = append(hosts, fmt.Sprintf("%s:%d", h, port))
+	}
+	return hosts, true
 }

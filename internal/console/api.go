@@ -367,6 +367,9 @@ func (s *Server) putSection(w http.ResponseWriter, r *http.Request) {
 	// A twin patch merges: keys the new value no longer has are set to
 	// null so that the section becomes exactly the value.
 	patch := replacement(t.Properties.Desired[name], value)
+	if s.beforePatch != nil {
+		s.beforePatch() // a test's change of the twin in between
+	}
 	nt, err := s.opts.Client.PatchTwin(ctx, id, iothub.TwinPatch{Desired: map[string]any{name: patch}}, t.ETag)
 	if err != nil {
 		var se *iothub.ServiceError

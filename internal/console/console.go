@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twinlet/twinlet/internal/iothub"
@@ -80,6 +81,12 @@ type Server struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	watch  map[string]*watch
+
+	// beforePatch, when set (by tests), runs between reading a twin and
+	// writing a section into it.
+	beforePatch func()
+	// fetches counts the shared polls' reads of the hub.
+	fetches atomic.Int64
 }
 
 type section struct {

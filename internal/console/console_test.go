@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,11 +18,19 @@ import (
 	"github.com/twinlet/twinlet/internal/hub"
 	"github.com/twinlet/twinlet/internal/iothub"
 	"github.com/twinlet/twinlet/internal/testutil"
+	"github.com/twinlet/twinlet/providers"
+	"github.com/twinlet/twinlet/schemas"
 )
 
 // startConsole serves a console for a twinhub with one device (no agent)
 // and returns its URL, the server, the service client and the hub.
 func startConsole(t *testing.T, hosts func(addr string) []string) (string, *console.Server, *iothub.ServiceClient, *hub.Hub) {
+	t.Helper()
+	return startConsoleEvery(t, hosts, 50*time.Millisecond)
+}
+
+// startConsoleEvery is startConsole with the shared polls' interval.
+func startConsoleEvery(t *testing.T, hosts func(addr string) []string, interval time.Duration) (string, *console.Server, *iothub.ServiceClient, *hub.Hub) {
 	t.Helper()
 	h, err := hub.New(hub.Options{Dir: filepath.Join(t.TempDir(), "hub"), MQTTAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0"})
 	if err != nil {
@@ -45,7 +54,7 @@ func startConsole(t *testing.T, hosts func(addr string) []string) (string, *cons
 	if hosts != nil {
 		hs = hosts(ts.Listener.Addr().String())
 	}
-	srv, err := console.New(console.Options{Client: sc, Token: token, Hosts: hs, Interval: 50 * time.Millisecond, Sections: console.KnownSections()})
+	srv, err := console.New(console.Options{Client: sc, Token: token, Hosts: hs, Interval: interval, Sections: console.KnownSections()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +170,36 @@ func TestSafety(t *testing.T) {
 			t.Errorf("%s carries the hub's key", p)
 		}
 	}
+	// nor do the live updates
+	for _, q := range []string{"topic=devices", "topic=device&id=dev-1", "topic=configs", "topic=device&id=nosuch"} {
+		if ev := firstEvent(t, base, q); strings.Contains(ev, key) || strings.Contains(ev, "SharedAccessKey") || strings.Contains(ev, "sig=") {
+			t.Errorf("%s carries the hub's key: %s", q, ev)
+		}
+	}
+}
+
+// firstEvent returns the first data line of /api/watch?query.
+func firstEvent(t *testing.T, base, query string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/watch?"+query, nil)
+	r.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		if strings.HasPrefix(l, "data: ") {
+			return l
+		}
+	}
 }
 
 // TestSectionWrite checks the server side of a section edit: the agent's
@@ -246,6 +285,52 @@ func TestSharedPoll(t *testing.T) {
 	testutil.Eventually(t, "the poll stops", func() bool { return srv.Polls() == 0 })
 }
 
+// TestPollCost counts what open pages cost the hub: with an interval
+// longer than the test, ten pages of the devices table and ten of one
+// device are two reads of the hub (a query and a twin), not twenty.
+func TestPollCost(t *testing.T) {
+	base, srv, _, _ := startConsoleEvery(t, nil, time.Hour)
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		topic := "topic=devices&filter="
+		if i%2 == 1 {
+			topic = "topic=device&id=dev-1"
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		r, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/watch?"+topic, nil)
+		r.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		closers = append(closers, func() { cancel(); resp.Body.Close() })
+		br := bufio.NewReader(resp.Body)
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.HasPrefix(l, "data: ") {
+				if !strings.Contains(l, `"dev-1"`) {
+					t.Errorf("page %d got %s", i, l)
+				}
+				break
+			}
+		}
+	}
+	if n := console.Fetches(srv); n != 2 {
+		t.Errorf("20 pages of 2 views read the hub %d times, want 2", n)
+	}
+	if n := srv.Polls(); n != 2 {
+		t.Errorf("%d polls for 2 views", n)
+	}
+}
+
 // TestConfigurationWrites checks what the page may change on a
 // configuration: content never, twinctl's own labels never, the rest
 // with the etag it read.
@@ -308,5 +393,117 @@ func TestConfigurationWrites(t *testing.T) {
 	}
 	if _, err := sc.GetConfiguration(ctx, "tz"); !iothub.IsNotFound(err) {
 		t.Errorf("still there: %v", err)
+	}
+}
+
+// TestSectionWriteETag checks the etag guard itself: a change of the twin
+// between the console's read and its write (which the desired version
+// check cannot see) makes the hub refuse the write, and the page gets a
+// 412 while the other change stays.
+func TestSectionWriteETag(t *testing.T) {
+	base, srv, sc, _ := startConsole(t, nil)
+	csrf := csrfOf(t, base)
+	hdr := map[string]string{"Authorization": "Bearer " + token, "X-Twinctl-Csrf": csrf, "Content-Type": "application/json"}
+	ctx := context.Background()
+	tw, err := sc.PatchTwin(ctx, "dev-1", iothub.TwinPatch{Desired: map[string]any{"hostname": map[string]any{"name": "before"}}}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := int(tw.Properties.Desired["$version"].(float64))
+	console.SetBeforePatch(srv, func() {
+		if _, err := sc.PatchTwin(ctx, "dev-1", iothub.TwinPatch{Desired: map[string]any{"timezone": map[string]any{"name": "Etc/UTC"}}}, ""); err != nil {
+			t.Error(err)
+		}
+	})
+	code, b, _ := do1(t, base, req{method: "PUT", path: "/api/devices/dev-1/sections/hostname", header: hdr,
+		body: `{"value": {"name": "mine"}, "etag": "` + tw.ETag + `", "desiredVersion": ` + strconv.Itoa(v) + `}`})
+	if code != 412 {
+		t.Errorf("a write after a concurrent change: %d %s, want 412", code, b)
+	}
+	now, _ := sc.GetTwin(ctx, "dev-1")
+	if h, _ := now.Properties.Desired["hostname"].(map[string]any); h["name"] != "before" {
+		t.Errorf("hostname %v: the stale write went through", h)
+	}
+	if _, ok := now.Properties.Desired["timezone"]; !ok {
+		t.Errorf("the other change was lost: %v", now.Properties.Desired)
+	}
+}
+
+// TestEveryRequestNeedsTheToken sends each of the console's routes, and
+// the page's files, without the token.
+func TestEveryRequestNeedsTheToken(t *testing.T) {
+	base, _, _, _ := startConsole(t, nil)
+	csrf := csrfOf(t, base)
+	write := map[string]string{"X-Twinctl-Csrf": csrf, "Content-Type": "application/json"}
+	for _, r := range []req{
+		{method: "GET", path: "/"},
+		{method: "GET", path: "/static/app.js"},
+		{method: "GET", path: "/static/schema.js"},
+		{method: "GET", path: "/static/app.css"},
+		{method: "GET", path: "/static/icon.svg"},
+		{method: "GET", path: "/api/info"},
+		{method: "GET", path: "/api/schemas/hostname"},
+		{method: "GET", path: "/api/devices"},
+		{method: "GET", path: "/api/devices/dev-1"},
+		{method: "GET", path: "/api/configs"},
+		{method: "GET", path: "/api/watch?topic=devices"},
+		{method: "PUT", path: "/api/devices/dev-1/sections/hostname", body: `{"value": {"name": "x"}, "desiredVersion": 1}`, header: write},
+		{method: "POST", path: "/api/devices/dev-1/methods/reconcile", body: `{}`, header: write},
+		{method: "POST", path: "/api/configs", body: `{}`, header: write},
+		{method: "PUT", path: "/api/configs/x", body: `{}`, header: write},
+		{method: "DELETE", path: "/api/configs/x?etag=x", header: write},
+		{method: "GET", path: "/api/nosuch"},
+	} {
+		if code, b, _ := do1(t, base, r); code != 401 {
+			t.Errorf("%s %s without the token: %d %s", r.method, r.path, code, b)
+		}
+	}
+}
+
+// TestNothingFromElsewhere checks that the page refers to nothing
+// outside the console (no font, script, style or image from another
+// origin) and that its Content-Security-Policy allows only the console.
+func TestNothingFromElsewhere(t *testing.T) {
+	base, _, _, _ := startConsole(t, nil)
+	ref := regexp.MustCompile(`(?i)(src|href|action)\s*=\s*["']?\s*(https?:)?//|url\(\s*["']?\s*(https?:)?//|@import|@font-face|\bfetch\(\s*["'](https?:)?//|EventSource\(\s*["'](https?:)?//`)
+	for _, p := range []string{"/", "/static/app.js", "/static/schema.js", "/static/app.css", "/static/icon.svg"} {
+		code, b, hdr := do1(t, base, req{method: "GET", path: p, header: map[string]string{"Authorization": "Bearer " + token}})
+		if code != 200 {
+			t.Fatalf("%s: %d", p, code)
+		}
+		if m := ref.FindString(b); m != "" {
+			t.Errorf("%s refers to another origin: %q", p, m)
+		}
+		csp := hdr.Get("Content-Security-Policy")
+		for _, d := range []string{"default-src 'self'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "img-src 'self' data:"} {
+			if !strings.Contains(csp, d) {
+				t.Errorf("%s: Content-Security-Policy %q lacks %s", p, csp, d)
+			}
+		}
+	}
+}
+
+// TestSchemasAreTheAgents checks that the schema the page validates a
+// section with is the one the agent validates it with (the provider's
+// own, else the embedded schemas/<id>.json), for every writable section.
+func TestSchemasAreTheAgents(t *testing.T) {
+	base, _, _, _ := startConsole(t, nil)
+	n := 0
+	for _, info := range providers.All() {
+		want := []byte(info.Schema)
+		if len(want) == 0 {
+			want, _ = schemas.Raw(info.ID)
+		}
+		code, b, _ := do1(t, base, req{method: "GET", path: "/api/schemas/" + info.ID, header: map[string]string{"Authorization": "Bearer " + token}})
+		if info.ReadOnly && code == 404 {
+			continue
+		}
+		if code != 200 || b != string(want) {
+			t.Errorf("%s: %d, the schema served is not the agent's", info.ID, code)
+		}
+		n++
+	}
+	if n < 10 {
+		t.Errorf("%d sections compared: are the standard providers registered?", n)
 	}
 }

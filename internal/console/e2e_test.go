@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -35,6 +37,24 @@ type fleetEnv struct {
 	url   string
 	token string
 	roots map[string]string
+
+	mu     sync.Mutex
+	writes []string // the non-GET requests the console received, "PUT /api/…"
+}
+
+// written returns how many writes (requests other than GET and HEAD)
+// reached the console so far.
+func (e *fleetEnv) written() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.writes)
+}
+
+// writesSince returns the writes after the first n.
+func (e *fleetEnv) writesSince(n int) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.writes[n:]...)
 }
 
 const token = "test-token-0123456789abcdef"
@@ -106,7 +126,16 @@ func startFleet(t *testing.T, ids []string, tags func(id string) map[string]any)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(srv)
+	// Every write the page sends is recorded on its way in, so that a test
+	// can tell "refused in the page" from "refused by the server".
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			e.mu.Lock()
+			e.writes = append(e.writes, r.Method+" "+r.URL.Path)
+			e.mu.Unlock()
+		}
+		srv.ServeHTTP(w, r)
+	}))
 	t.Cleanup(func() {
 		srv.Close()
 		ts.Close()
@@ -215,7 +244,11 @@ func TestConsoleEndToEnd(t *testing.T) {
 	do(t, ctx, "open the console", chromedp.EmulateViewport(1280, 800), chromedp.Navigate(e.url+"/?token="+token),
 		chromedp.WaitVisible(`tr[data-device="kiosk-03"]`),
 		chromedp.Evaluate[chromedp.Void]("window.__sameDocument = true"),
-		poll(`[...document.querySelectorAll('tbody tr')].filter(r => r.cells[2].textContent === 'Ready').length === 3`))
+		poll(`[...document.querySelectorAll('tbody tr')].filter(r => r.cells[2].textContent === 'Ready').length === 3`),
+		// every column: connection, no failed section, both versions, last activity
+		poll(`[...document.querySelectorAll('tbody tr')].every(r => r.cells[1].textContent === 'Connected' && r.cells[3].textContent === '' &&
+			parseInt(r.cells[4].textContent) > 0 && parseInt(r.cells[5].textContent) > 0 && r.cells[6].textContent.trim() !== '')`),
+		poll(`document.documentElement.scrollWidth <= 1280`))
 	shoot(t, ctx, "devices.png")
 	// A live update keeps the keyboard's place: the focused row's link
 	// stays focused when its row changes.
@@ -235,6 +268,10 @@ func TestConsoleEndToEnd(t *testing.T) {
 		chromedp.Click(`.pager button:first-child`),
 		poll(`document.querySelectorAll('tbody tr[data-device]').length === 2`))
 	// The filter, with the keyboard: typed, then Enter.
+	// A filter the hub refuses shows the hub's error.
+	do(t, ctx, "a refused filter", chromedp.Focus(`#filter`), chromedp.SendKeys(`#filter`, "tags.ring = \r"),
+		poll(`!!document.querySelector('main .notice.error') && document.querySelector('main .notice.error').textContent.trim() !== ''`),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('filter').value = ''`))
 	do(t, ctx, "filter", chromedp.Focus(`#filter`), chromedp.SendKeys(`#filter`, "tags.ring = 'canary'\r"),
 		poll(`document.querySelectorAll('tbody tr').length === 1 && !!document.querySelector('tr[data-device="kiosk-01"]')`))
 	do(t, ctx, "open the device", chromedp.Click(`tr[data-device="kiosk-01"] a`), chromedp.WaitVisible(`#section-hostname`),
@@ -251,8 +288,18 @@ func TestConsoleEndToEnd(t *testing.T) {
 	do(t, ctx, "the agent's Ready for the new version, without a reload",
 		poll(fmt.Sprintf(`[...document.querySelectorAll('#section-hostname .history li')].some(li => li.textContent.includes('Ready') && li.textContent.includes('desired v%d'))`, v)),
 		poll(`document.querySelector('#section-hostname pre.reported').textContent.includes('kiosk-renamed')`),
+		poll(`document.querySelector('#section-hostname pre.desired').textContent.includes('kiosk-renamed')`),
 		poll(`window.__sameDocument === true`),
+		// a history: the state the page first saw (an older desired
+		// version) and the transitions since
+		poll(fmt.Sprintf(`(() => { const l = [...document.querySelectorAll('#section-hostname .history li')];
+			return l.length >= 2 && !l[0].textContent.includes('desired v%d') })()`, v)),
+		// desired and reported side by side at 1280 pixels
+		poll(`(() => { const d = document.querySelector('#section-hostname pre.desired').getBoundingClientRect(),
+			r = document.querySelector('#section-hostname pre.reported').getBoundingClientRect();
+			return Math.abs(d.top - r.top) < 1 && d.right <= r.left })()`),
 		chromedp.WaitNotPresent(`#section-hostname .edit-form`),
+		poll(`document.documentElement.scrollWidth <= 1280`),
 		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
 	if got := e.onDisk("kiosk-01", "etc/hostname"); got != "kiosk-renamed\n" {
 		t.Errorf("etc/hostname = %q", got)
@@ -260,6 +307,7 @@ func TestConsoleEndToEnd(t *testing.T) {
 
 	// An invalid value is refused in the page, with its pointer; nothing is sent.
 	before := e.twin("kiosk-01")
+	sent := e.written()
 	do(t, ctx, "invalid hostname", chromedp.Click(`#section-hostname button.edit`), chromedp.WaitVisible(`#f-hostname-name`),
 		chromedp.SetValue(`#f-hostname-name`, "Bad_Name!"), chromedp.Click(`#section-hostname .edit-form button.primary`),
 		chromedp.WaitVisible(`#section-hostname .problems`))
@@ -267,12 +315,19 @@ func TestConsoleEndToEnd(t *testing.T) {
 	if !strings.Contains(problems, "/name") {
 		t.Errorf("problems shown: %q, want the pointer /name", problems)
 	}
+	if msg := get(t, ctx, "refusal", chromedp.TextContent(`#section-hostname .result`)); !strings.Contains(msg, "Not sent") {
+		t.Errorf("refusal shown as %q, want the page's own (Not sent)", msg)
+	}
 	// the JSON editor refuses the same, with the same pointer
 	do(t, ctx, "invalid JSON edit", chromedp.Click(`#section-hostname .tabs button:nth-child(2)`),
 		chromedp.SetValue(`#json-hostname`, `{"name": "ok", "colour": "red"}`), chromedp.Click(`#section-hostname .edit-form button.primary`),
 		poll(`document.querySelector('#section-hostname .problems').textContent.includes('/colour')`))
 	if after := e.twin("kiosk-01"); desiredVersion(after) != desiredVersion(before) {
 		t.Errorf("an invalid edit reached the hub: desired v%d → v%d", desiredVersion(before), desiredVersion(after))
+	}
+	// Refused in the page: not one request left it.
+	if w := e.writesSince(sent); len(w) > 0 {
+		t.Errorf("the page sent invalid edits: %v", w)
 	}
 	do(t, ctx, "cancel", chromedp.Click(`#section-hostname .edit-form button.cancel`),
 		chromedp.WaitNotPresent(`#section-hostname .edit-form`))
@@ -286,7 +341,7 @@ func TestConsoleEndToEnd(t *testing.T) {
 	do(t, ctx, "conflict", poll(`document.querySelector('#section-hostname .edit-form').textContent.includes('desired properties changed since you started')`),
 		chromedp.Click(`#section-hostname .edit-form button.primary`), chromedp.WaitVisible(`#section-hostname button.reload`))
 	msg := get(t, ctx, "conflict text", chromedp.TextContent(`#section-hostname .result`))
-	if !strings.Contains(msg, "Conflict") {
+	if !strings.Contains(msg, "Conflict") || !strings.Contains(msg, "412") {
 		t.Errorf("conflict shown as %q", msg)
 	}
 	if n, _ := e.twin("kiosk-01").Properties.Desired["hostname"].(map[string]any); n["name"] != "kiosk-renamed" {
@@ -298,10 +353,44 @@ func TestConsoleEndToEnd(t *testing.T) {
 		poll(`document.querySelector('#section-hostname pre.reported').textContent.includes('kiosk-third')`),
 		chromedp.WaitNotPresent(`#section-hostname .edit-form`))
 
-	// Direct methods: the plan as a diff, the status.
+	// With the keyboard and the JSON editor: Enter on Edit opens the
+	// editor with the focus in it, the JSON is set, Enter on the save
+	// button sends it, and the agent's Ready for it arrives.
+	do(t, ctx, "edit timezone with the keyboard", chromedp.WaitVisible(`#edit-timezone`), chromedp.SendKeys(`#edit-timezone`, "\r"),
+		chromedp.WaitVisible(`#f-timezone-name`),
+		poll(`!!document.activeElement && !!document.activeElement.closest('#section-timezone .edit-form')`),
+		chromedp.Click(`#section-timezone .tabs button:nth-child(2)`), chromedp.SetValue(`#json-timezone`, `{"name": "Europe/Berlin"}`),
+		chromedp.SendKeys(`#section-timezone .edit-form button.primary`, "\r"),
+		chromedp.WaitNotPresent(`#section-timezone .edit-form`))
+	testutil.Eventually(t, "the JSON edit in the twin", func() bool {
+		n, _ := e.twin("kiosk-01").Properties.Desired["timezone"].(map[string]any)
+		return n["name"] == "Europe/Berlin"
+	})
+	vtz := desiredVersion(e.twin("kiosk-01"))
+	do(t, ctx, "the agent's Ready for the JSON edit",
+		poll(fmt.Sprintf(`[...document.querySelectorAll('#section-timezone .history li')].some(li => li.textContent.includes('Ready') && li.textContent.includes('desired v%d'))`, vtz)))
+	testutil.Eventually(t, "etc/timezone", func() bool { return e.onDisk("kiosk-01", "etc/timezone") == "Europe/Berlin\n" })
+
+	// Direct methods: reconcile, the plan as a diff, the status, a
+	// provider's method (its payload checked in the page first).
+	do(t, ctx, "reconcile", chromedp.Click(`#m-reconcile`),
+		poll(`document.querySelector('#methods .answer h3') && document.querySelector('#methods .answer h3').textContent === 'reconcile → status 200'`))
 	do(t, ctx, "getPlan", chromedp.Click(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`))
 	do(t, ctx, "getStatus", chromedp.Click(`#m-getStatus`), chromedp.WaitVisible(`.method-answer`),
 		poll(`document.querySelector('.method-answer').textContent.includes('"summary"')`))
+	sent = e.written()
+	do(t, ctx, "a provider method's payload refused in the page", chromedp.SetValue(`#method-name`, "commands.get"),
+		chromedp.SetValue(`#method-payload`, `{"commandId": ""}`), chromedp.Click(`#m-invoke`),
+		poll(`!!document.querySelector('#methods .answer .problems') && document.querySelector('#methods .answer .problems').textContent.includes('/commandId')`))
+	if w := e.writesSince(sent); len(w) > 0 {
+		t.Errorf("the page sent a payload its schema refuses: %v", w)
+	}
+	do(t, ctx, "a provider method", chromedp.SetValue(`#method-payload`, `{"commandId": "never-ran"}`), chromedp.Click(`#m-invoke`),
+		poll(`!!document.querySelector('#methods .answer h3') && document.querySelector('#methods .answer h3').textContent.startsWith('commands.get → status ')`),
+		poll(`document.querySelector('#methods .method-answer').textContent.includes('never-ran')`))
+	if w := e.writesSince(sent); len(w) != 1 || w[0] != "POST /api/devices/kiosk-01/methods/commands.get" {
+		t.Errorf("the method call sent %v", w)
+	}
 
 	// A section the agent refuses shows its __errors with their pointers
 	// (a file the twin may not write: the cloud scope says Forbidden).
@@ -320,6 +409,11 @@ func TestConsoleEndToEnd(t *testing.T) {
 	do(t, ctx, "getPlan with a refusal", chromedp.Click(`#m-getPlan`),
 		poll(`!!document.querySelector('#plan-diff') && document.querySelector('#plan-diff').textContent.includes('/sudo/path')`),
 		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
+	// The devices table names the failed section.
+	do(t, ctx, "failed sections in the table", chromedp.Navigate(e.url+"/#/devices"),
+		poll(`(() => { const r = document.querySelector('tr[data-device="kiosk-01"]');
+			return !!r && r.cells[2].textContent === 'Failed' && r.cells[3].textContent.includes('files') })()`),
+		chromedp.Navigate(e.url+"/#/device/kiosk-01"), chromedp.WaitVisible(`#section-files`))
 	if _, err := e.sc.PatchTwin(bg, "kiosk-01", iothub.TwinPatch{Desired: map[string]any{"files": nil}}, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -371,6 +465,7 @@ spec:
 
 	// Create a configuration in the page: an invalid section is refused
 	// with its pointer, then a valid one is created.
+	sent = e.written()
 	do(t, ctx, "new configuration", chromedp.Navigate(e.url+"/#/configs/new"), chromedp.WaitVisible("#new-id"),
 		chromedp.SetValue("#new-id", "tz-berlin"), chromedp.SetValue("#new-target", "tags.site = 'berlin'"),
 		chromedp.SetValue("#new-sections", `{"timezone": {"name": "Europe/../../etc"}}`),
@@ -378,6 +473,9 @@ spec:
 		poll(`document.querySelector('form.edit-form .problems') && document.querySelector('form.edit-form .problems').textContent.includes('/timezone/name')`))
 	if _, err := e.sc.GetConfiguration(bg, "tz-berlin"); !iothub.IsNotFound(err) {
 		t.Errorf("an invalid configuration reached the hub: %v", err)
+	}
+	if w := e.writesSince(sent); len(w) > 0 {
+		t.Errorf("the page sent an invalid configuration: %v", w)
 	}
 	do(t, ctx, "valid configuration", chromedp.SetValue("#new-sections", `{"timezone": {"name": "Europe/Berlin"}}`),
 		chromedp.Click(`form.edit-form button.primary`), chromedp.WaitVisible("#config-tz-berlin"))
@@ -403,6 +501,25 @@ spec:
 	if got := get(t, ctx, "stages", chromedp.TextContent(sel+" .stages")); !strings.Contains(got, "done") || !strings.Contains(got, "2/3 Ready") {
 		t.Errorf("stages shown: %q", got)
 	}
-	do(t, ctx, "over maxFailed", poll(`document.querySelector('`+sel+` .notice.error').textContent.includes('maxFailed 0')`))
+	if w := get(t, ctx, "width", chromedp.Evaluate[int](`document.documentElement.scrollWidth`)); w > 1280 {
+		t.Errorf("the configurations are %d pixels wide at 1280", w)
+	}
+	if n := get(t, ctx, "bars", chromedp.Evaluate[int](`document.querySelectorAll('`+sel+` .stages .bar').length`)); n != 2 {
+		t.Errorf("%d bars for two stages", n)
+	}
+	do(t, ctx, "over maxFailed", poll(`document.querySelector('`+sel+` .notice.error').textContent.includes('maxFailed 0')`),
+		// the numbers came as live updates: the page was never reloaded
+		poll(`window.__sameDocument === true`))
 	shoot(t, ctx, "rollout.png")
+
+	// The failed device's plan, as a diff: the change it cannot make, its
+	// before as a - line and its after as a + line.
+	do(t, ctx, "getPlan of a pending change", chromedp.Navigate(e.url+"/#/device/kiosk-03"), chromedp.WaitVisible(`#section-files`),
+		chromedp.Click(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`),
+		poll(`(() => { const d = document.querySelector('#plan-diff'), has = (c, s) => [...d.querySelectorAll(c)].some(l => l.textContent.includes(s));
+			return has('.chg', 'motd') && has('.del', 'directory') && has('.add', 'sha256:') })()`))
+	// Everything the page loaded came from the console itself.
+	if other := get(t, ctx, "resources", chromedp.Evaluate[[]string](`performance.getEntries().map(e => e.name).filter(n => /^[a-z]+:/.test(n) && !n.startsWith(location.origin + '/'))`)); len(other) > 0 {
+		t.Errorf("the page loaded from elsewhere: %v", other)
+	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/twinlet/twinlet/internal/console"
 	"github.com/twinlet/twinlet/schemas"
 )
 
@@ -62,6 +63,8 @@ var corpus = []struct{ schema, doc string }{
 	{"timezone", `{"name": "Europe/Zürich"}`},
 	{"files", `{"m": {"path": "/etc/m", "content": "é", "mode": "0644", "ensure": "present"}}`},
 	{"enrollment", `{"apiVersion": "twinlet.dev/v1", "kind": "Enrollment", "metadata": {"name": "dev-1"}, "spec": {"attestation": {"type": "x509", "x509": {"clientCertificates": {"primary": {}}}}}}`},
+	{"commands", `{"definitions": {"restart-kiosk": {"argv": ["systemctl", "restart", "kiosk"], "user": "kiosk", "workingDir": "/srv", "timeout": "1m30s", "env": {"A": "b"}, "maxOutput": 1024, "chroot": false}}, "runs": {"c-1": {"name": "restart-kiosk"}}, "cloudAllow": ["restart-*"], "results": {"keep": 5, "report": 2, "reportOutput": 64}, "reportingMode": "minimal"}`},
+	{"commands", `{"runs": {"c-1": {"name": "Restart kiosk"}}}`},
 }
 
 // TestValidatorsAgree runs the page's validator in Chromium on the corpus
@@ -130,4 +133,184 @@ func pointers(ps []schemas.Problem) string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, " ")
+}
+
+// methodSeeds are valid payloads of the providers' direct methods, the
+// starting points of their mutations.
+var methodSeeds = map[string][]string{
+	"certificates.get":    {`{"thumbprint": "` + strings.Repeat("ab", 20) + `"}`},
+	"commands.run":        {`{"name": "restart-kiosk", "commandId": "c-1", "wait": true}`},
+	"commands.get":        {`{"commandId": "c-1"}`},
+	"diagnostics.collect": {`{"uploadName": "bundles/kiosk-01.tar.gz"}`},
+	"reboot.now":          {`{"delay": 10, "reason": "kernel update"}`},
+}
+
+// mutations returns documents one change away from doc: at every place,
+// an unknown member added, each member removed, and the value replaced
+// by values of every JSON type, empty, long, out of range and badly
+// formed.
+func mutations(doc any) []any {
+	repl := []any{"", "x", "Bad_Value!", "/abs/path", "a/../b", strings.Repeat("a", 300), "é", float64(0), float64(-1),
+		1.5, float64(1e9), true, false, nil, []any{}, []any{"x"}, []any{"x", "x"}, map[string]any{}}
+	var out []any
+	var walk func(v any, set func(any) any)
+	walk = func(v any, set func(any) any) {
+		for _, r := range repl {
+			out = append(out, set(r))
+		}
+		switch x := v.(type) {
+		case map[string]any:
+			out = append(out, set(with(x, "zzUnknown", "x")))
+			for k := range x {
+				out = append(out, set(without(x, k)))
+				walk(x[k], func(nv any) any { return set(with(x, k, nv)) })
+			}
+		case []any:
+			for i := range x {
+				walk(x[i], func(nv any) any {
+					c := append([]any(nil), x...)
+					c[i] = nv
+					return set(c)
+				})
+			}
+		}
+	}
+	walk(doc, func(v any) any { return v })
+	return out
+}
+
+func with(m map[string]any, k string, v any) map[string]any {
+	c := make(map[string]any, len(m)+1)
+	for a, b := range m {
+		c[a] = b
+	}
+	c[k] = v
+	return c
+}
+
+func without(m map[string]any, k string) map[string]any {
+	c := make(map[string]any, len(m))
+	for a, b := range m {
+		if a != k {
+			c[a] = b
+		}
+	}
+	return c
+}
+
+// TestValidatorsAgreeMutated runs both validators on every section schema
+// the console serves and every provider method's payload schema, over
+// the mutations of valid documents (each schema's examples, the valid
+// documents of the corpus, methodSeeds): the page must refuse exactly
+// what the agent refuses, at the same pointers.
+func TestValidatorsAgreeMutated(t *testing.T) {
+	src, err := os.ReadFile("static/schema.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := browser(t, 800, 600)
+	do(t, ctx, "load schema.js", chromedp.Navigate("about:blank"))
+	get(t, ctx, "load schema.js", chromedp.Evaluate[any]("(0, eval)("+strconvQuote(string(src))+"), 1"))
+
+	type target struct {
+		name  string
+		raw   []byte
+		seeds []string
+	}
+	var targets []target
+	for _, sec := range console.KnownSections() {
+		if len(sec.Schema) > 0 {
+			var s struct{ Examples []json.RawMessage }
+			if err := json.Unmarshal(sec.Schema, &s); err != nil {
+				t.Fatalf("%s: %v", sec.ID, err)
+			}
+			tg := target{name: sec.ID, raw: sec.Schema}
+			for _, ex := range s.Examples {
+				tg.seeds = append(tg.seeds, string(ex))
+			}
+			for _, c := range corpus {
+				if c.schema == sec.ID {
+					tg.seeds = append(tg.seeds, c.doc)
+				}
+			}
+			targets = append(targets, tg)
+		}
+		for _, m := range sec.Methods {
+			if len(m.Schema) == 0 {
+				continue
+			}
+			name := sec.ID + "." + m.Name
+			seeds, ok := methodSeeds[name]
+			if !ok {
+				t.Errorf("%s: no seed payload in methodSeeds", name)
+			}
+			targets = append(targets, target{name: name, raw: m.Schema, seeds: seeds})
+		}
+	}
+	total, invalid, sections := 0, 0, 0
+	for _, tg := range targets {
+		sch, err := schemas.Compile(tg.name, tg.raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var docs [][]byte
+		for _, seed := range tg.seeds {
+			var v any
+			if err := json.Unmarshal([]byte(seed), &v); err != nil {
+				t.Fatalf("%s seed %s: %v", tg.name, seed, err)
+			}
+			if ps, _ := sch.Validate([]byte(seed)); len(ps) > 0 {
+				continue // an invalid corpus document: mutations of it say little
+			}
+			for _, m := range mutations(v) {
+				b, _ := json.Marshal(m)
+				docs = append(docs, b)
+			}
+		}
+		if len(docs) == 0 {
+			t.Errorf("%s: no valid seed document", tg.name)
+			continue
+		}
+		sections++
+		all := "[" + string(joinJSON(docs)) + "]"
+		js := get(t, ctx, "validate "+tg.name, chromedp.Evaluate[[][]schemas.Problem](all+".map(d => TwinSchema.validate("+string(tg.raw)+", d))"))
+		if len(js) != len(docs) {
+			t.Fatalf("%s: %d answers for %d documents", tg.name, len(js), len(docs))
+		}
+		bad := 0
+		for i, doc := range docs {
+			goProblems, err := sch.Validate(doc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			total++
+			if len(goProblems) > 0 {
+				invalid++
+			}
+			same := (len(goProblems) == 0) == (len(js[i]) == 0) && pointers(goProblems) == pointers(js[i])
+			if !same {
+				if bad++; bad <= 5 {
+					t.Errorf("%s %s:\n  Go: %v\n  JS: %v", tg.name, doc, goProblems, js[i])
+				}
+			}
+		}
+		if bad > 5 {
+			t.Errorf("%s: %d more disagreements", tg.name, bad-5)
+		}
+	}
+	t.Logf("%d documents for %d schemas, %d of them invalid", total, sections, invalid)
+	if invalid < total/3 || invalid == total {
+		t.Errorf("%d invalid documents of %d: the mutations must give both", invalid, total)
+	}
+}
+
+func joinJSON(docs [][]byte) []byte {
+	var b []byte
+	for i, d := range docs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, d...)
+	}
+	return b
 }

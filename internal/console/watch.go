@@ -66,6 +66,7 @@ func (s *Server) poll(ctx context.Context, w *watch) {
 	t := time.NewTimer(s.opts.Interval)
 	defer t.Stop()
 	for {
+		s.fetches.Add(1)
 		v, err := w.fetch(ctx)
 		// A query the hub refuses (a filter with a syntax error) is asked
 		// again only every tenth interval, until the page changes it.

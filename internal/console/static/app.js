@@ -384,7 +384,11 @@
         const fb = el("button", { type: "button", "aria-pressed": "false", onclick: () => setMode("form") }, "Form");
         const jb = el("button", { type: "button", "aria-pressed": "true", onclick: () => setMode("json") }, "JSON");
         tabs.append(fb, jb);
+        // The editor opened with the focus in the JSON text, which the
+        // form now hides: the focus moves to the form's first field.
+        const focused = document.activeElement === text;
         setMode("form");
+        if (focused) (formBox.querySelector("input,select") || text).focus();
       }
     });
 
@@ -473,7 +477,7 @@
       const r = await api("PUT", "/api/devices/" + encodeURIComponent(deviceId) + "/sections/" + encodeURIComponent(sid), { value: v, etag, desiredVersion: version });
       save.disabled = false;
       if (r.status === 412) {
-        put(out, notice("warn", "Conflict: someone else changed this twin's desired properties since you started editing. Nothing was written. ",
+        put(out, notice("warn", "Conflict (412 Precondition Failed): someone else changed this twin's desired properties since you started editing. Nothing was written. ",
           el("button", { type: "button", class: "reload", onclick: () => reload() }, "Reload the current desired value")));
         return;
       }
@@ -673,7 +677,7 @@
         const lab = parseLabels(labels.value);
         if (lab.error) { put(out, notice("error", lab.error)); return; }
         const r = await api("PUT", "/api/configs/" + encodeURIComponent(c.id), { etag, targetCondition: target.value, priority: Number(prio.value), labels: lab.value });
-        if (r.status === 412) { put(out, notice("warn", "Conflict: the configuration changed since you opened it (a rollout moved it?). Nothing was written.", " ", el("button", { type: "button", onclick: () => { done(); edit(); } }, "Reload"))); return; }
+        if (r.status === 412) { put(out, notice("warn", "Conflict (412 Precondition Failed): the configuration changed since you opened it (a rollout moved it?). Nothing was written.", " ", el("button", { type: "button", onclick: () => { done(); edit(); } }, "Reload"))); return; }
         if (!r.ok) { put(out, notice("error", r.data.error || "HTTP " + r.status)); return; }
         done();
       } },
