@@ -74,7 +74,8 @@ type Options struct {
 	// CallTimeout, when set, bounds every provider call instead of each
 	// provider's Info.Timeout (tests).
 	CallTimeout time.Duration
-	// Workers is the number of sections reconciled side by side by Run;
+	// Workers is the number of sections reconciled side by side by Run
+	// and ReconcileAll;
 	// 0 means 4.
 	Workers int
 	// ProgressInterval is the least time between two progress reports of

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/twinlet/twinlet/internal/version"
 	"github.com/twinlet/twinlet/state"
@@ -37,16 +38,42 @@ func (rep *Report) Pending() int {
 	return n
 }
 
-// ReconcileAll reconciles every section once, in dependency order, and
-// returns the report. With dryRun nothing is changed (`twinlet plan`,
+// ReconcileAll reconciles every section once, each after the sections it
+// depends on and up to Options.Workers at a time, and returns the report
+// (sections in dependency order). With dryRun nothing is changed (`twinlet plan`,
 // getPlan), not even what the loop remembers of the inputs it saw.
 func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 	if !dryRun {
 		r.changedSections() // remember the inputs this pass uses
 	}
-	var results []*SectionResult
+	// Side by side on the worker pool, as Run does: a section starts once
+	// the sections it depends on have ended, so a slow or hung one holds
+	// back only its dependents.
+	done := make(map[string]chan struct{}, len(r.order))
 	for _, id := range r.order {
-		res := r.ReconcileSection(ctx, id, dryRun)
+		done[id] = make(chan struct{})
+	}
+	all := make([]*SectionResult, len(r.order))
+	slots := make(chan struct{}, r.opts.Workers)
+	var wg sync.WaitGroup
+	for i, id := range r.order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done[id])
+			for _, d := range r.ctrls[id].info.DependsOn {
+				if ch := done[d]; ch != nil {
+					<-ch
+				}
+			}
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			all[i] = r.ReconcileSection(ctx, id, dryRun)
+		}()
+	}
+	wg.Wait()
+	var results []*SectionResult
+	for _, res := range all {
 		if !res.Absent {
 			results = append(results, res)
 		}

@@ -282,3 +282,42 @@ func TestDependencyMustBeReadyForTheSameInput(t *testing.T) {
 		t.Fatalf("later after notes: %+v", s.Status)
 	}
 }
+
+// One pass over every section (`twinlet apply --once`, `twinlet plan`)
+// runs them side by side too: a section whose provider hangs until its
+// timeout holds back only the sections that depend on it.
+func TestReconcileAllDoesNotWaitForAHungSection(t *testing.T) {
+	f := newFixture(t)
+	g := newGate() // never opened
+	f.policy(t, "p.yaml", "apiVersion: twinlet.dev/v1\nkind: DevicePolicy\nmetadata: { name: p }\nspec:\n  stuck: { x: y }\n  after: { x: y }\n  notes: { greeting: hello }\n")
+	var mu sync.Mutex
+	var ended []string
+	r := f.new(t, func(o *Options) {
+		o.CallTimeout = 0
+		// stuck comes first in the order and blocks for its whole
+		// timeout; after depends on it.
+		o.Providers = []providers.Info{g.provider("stuck", 3*time.Second), g.provider("after", time.Hour, "stuck"), testProviders()[0]}
+		o.OnSection = func(res *SectionResult, _ time.Duration) {
+			mu.Lock()
+			ended = append(ended, res.ID)
+			mu.Unlock()
+		}
+	})
+	rep := r.ReconcileAll(context.Background(), false)
+	if got := strings.Join(ended, ","); got != "notes,stuck,after" {
+		t.Fatalf("sections ended in the order %s, want notes,stuck,after", got)
+	}
+	if st := section(rep, "notes").Status; st.State != StateReady || f.read(t, "greeting") != "hello" {
+		t.Fatalf("notes = %+v", st)
+	}
+	if st := section(rep, "after").Status; st.Reason != ReasonDependencyNotReady {
+		t.Fatalf("after = %+v, want waiting for stuck", st)
+	}
+	var ids []string
+	for _, s := range rep.Sections {
+		ids = append(ids, s.ID)
+	}
+	if got := strings.Join(ids, ","); got != "stuck,after,notes" {
+		t.Fatalf("report order %s, want the dependency order stuck,after,notes", got)
+	}
+}
