@@ -158,3 +158,34 @@ func TestInvalid(t *testing.T) {
 		t.Fatalf("invalid input changed the root: %v", ents)
 	}
 }
+
+// TestCloudScope: without rules the twin may name any server; cloud.ntp
+// globs match each server and fallback in canonical form (lower case, no
+// final dot), located at its index.
+func TestCloudScope(t *testing.T) {
+	info, ok := providers.Lookup(ID)
+	if !ok {
+		t.Fatal("ntp is not registered")
+	}
+	scoper, ok := info.New().(providers.CloudScoper)
+	if !ok {
+		t.Fatal("ntp has no cloud scope")
+	}
+	twin := json.RawMessage(`{"servers": ["NTP1.Corp.Example.", "a.b.corp.example", "10.1.2.3", "evil.example"], "fallback": ["pool.ntp.org"], "enabled": true}`)
+	pointers := func(r providers.ScopeRules) []string {
+		out := []string{}
+		for _, fe := range scoper.CloudScope(r, twin) {
+			out = append(out, fe.Pointer)
+		}
+		return out
+	}
+	if got := pointers(providers.ScopeRules{Deny: info.CloudDeny}); len(got) != 0 {
+		t.Fatalf("the default scope forbids %q", got)
+	}
+	if got, want := pointers(providers.ScopeRules{Allow: []string{"*.corp.example", "10.**"}}), []string{"/servers/1", "/servers/3", "/fallback/0"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("allow forbids %q, want %q", got, want)
+	}
+	if got, want := pointers(providers.ScopeRules{Allow: []string{"**.corp.example", "pool.ntp.org"}, Deny: []string{"ntp1.**"}}), []string{"/servers/0", "/servers/2", "/servers/3"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("deny and allow forbid %q, want %q", got, want)
+	}
+}
