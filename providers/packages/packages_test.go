@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -517,5 +518,32 @@ func TestInterruptedDpkgIsFinished(t *testing.T) {
 	providertest.Converge(t, p, f.env, raw)
 	if got := debtest.Installed(t, f.env.Root)["hello"]; got != "2.10-3 install ok installed" {
 		t.Fatalf("hello: %q", got)
+	}
+}
+
+// TestObserveHostRoot observes the running system's own dpkg database
+// (root "/", so dpkg-query without --admindir), read-only: the dpkg
+// package, with the version it has, is observed as installed and needs
+// nothing. Nothing is planned that would run, and nothing is applied.
+func TestObserveHostRoot(t *testing.T) {
+	debtest.Require(t)
+	out, err := exec.Command("dpkg-query", "-W", "-f", "${Version}", "dpkg").Output()
+	if err != nil || len(out) == 0 {
+		t.Skipf("this machine's dpkg database has no dpkg package: %v", err)
+	}
+	env := providertest.NewEnv(t)
+	env.Root = "/"
+	p := New()
+	raw := json.RawMessage(fmt.Sprintf(`{"dpkg": {"version": %q}}`, out))
+	obs := providertest.ObserveJSON(t, p, env, raw)
+	item := obs["dpkg"].(map[string]any)
+	if item["version"] != string(out) || item["status"] != "installed" || item["essential"] != true {
+		t.Fatalf("observed dpkg on /: %v", item)
+	}
+	if inst := obs["__installed"].(map[string]any); inst["packages"].(float64) < 1 {
+		t.Fatalf("installed set of /: %v", inst)
+	}
+	if got := providertest.PlanOnly(t, p, env, raw); len(got) != 0 {
+		t.Fatalf("plan on /: %s", lines(got))
 	}
 }
