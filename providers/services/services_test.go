@@ -315,6 +315,17 @@ func TestLivePlan(t *testing.T) {
 	if got := providertest.Lines(changes); len(got) != 3 || got[1] != "~ daemon-reload: reload systemd's unit files" || got[2] != "~ db: db.service drop-in changed -> restart" {
 		t.Fatalf("drop-in change: %v", got)
 	}
+
+	// Once: after the restart recorded the new fingerprint, the same
+	// file restarts nothing more.
+	o.Units["web"].Restarted = map[string]string{"webConf": "sha256:new"}
+	o.Units["fresh"].Restarted = map[string]string{"freshConf": "sha256:f"}
+	changes, _ = p.Plan(spec, o)
+	for _, l := range providertest.Lines(changes) {
+		if strings.HasSuffix(l, "-> restart") {
+			t.Errorf("restarted again for a recorded fingerprint: %s", l)
+		}
+	}
 }
 
 func TestParseShow(t *testing.T) {
