@@ -239,9 +239,10 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 				errs.Add(p, "%v", err)
 				continue
 			}
-			k := Key{Armored: in.Armored, Absent: ensure(in.Ensure, errs, p+"/ensure")}
+			// Line ends as gpg writes them: a key pasted with CRLF is the same key.
+			k := Key{Armored: strings.ReplaceAll(in.Armored, "\r\n", "\n"), Absent: ensure(in.Ensure, errs, p+"/ensure")}
 			if !k.Absent {
-				if msg := checkArmored(in.Armored); msg != "" {
+				if msg := checkArmored(k.Armored); msg != "" {
 					errs.Add(p+"/armored", "%s", msg)
 				}
 				if !strings.HasSuffix(k.Armored, "\n") {
@@ -334,6 +335,14 @@ func checkArmored(s string) string {
 		return "must be one ASCII-armored OpenPGP public key block (-----BEGIN PGP PUBLIC KEY BLOCK----- … -----END PGP PUBLIC KEY BLOCK-----)"
 	case len(t) > 64<<10:
 		return "longer than 64 KiB"
+	}
+	// ASCII armor is printable ASCII in lines; anything else has no place
+	// in a keyring or, on a root other than /, in the sources file that
+	// holds the key.
+	for i := 0; i < len(t); i++ {
+		if c := t[i]; (c < ' ' || c > '~') && c != '\n' {
+			return fmt.Sprintf("byte %d (%q) is not ASCII armor (printable ASCII in lines)", i, c)
+		}
 	}
 	return ""
 }

@@ -401,6 +401,7 @@ func TestInvalidInput(t *testing.T) {
 		{`{"sources": {"s": {"uri": "https://x/debian", "suite": "bookworm", "components": ["main"], "signedBy": "nokey"}}}`, []string{"/sources/s/signedBy"}},
 		{`{"sources": {"s.1": {"uri": "https://x/debian", "suite": "bookworm", "components": ["main"]}}}`, []string{"/sources/s.1"}},
 		{`{"keys": {"k": {"armored": "hello"}}}`, []string{"/keys/k/armored"}},
+		{`{"keys": {"k": {"armored": "-----BEGIN PGP PUBLIC KEY BLOCK-----\nx\rTypes: deb\n-----END PGP PUBLIC KEY BLOCK-----"}}}`, []string{"/keys/k/armored"}},
 		{`{"keys": {"k": {"armored": "-----BEGIN PGP PRIVATE KEY BLOCK-----\nx\n-----END PGP PRIVATE KEY BLOCK-----"}}}`, []string{"/keys/k/armored"}},
 		{`{"keys": {"k": {"armored": ` + key + `}}, "sources": {"s": {"uri": "https://x/d", "suite": "s", "components": ["main"], "signedBy": "k", "trusted": true}}}`, []string{"/sources/s/trusted"}},
 	} {
