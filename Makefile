@@ -12,7 +12,7 @@ LDFLAGS     := -X github.com/twinlet/twinlet/internal/version.Version=$(VERSION)
 ARCHES      ?= amd64 arm64
 DIST        := dist
 
-.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools systemd-tools chromium screenshots test-tools azurite diag-tools ext-tools release
+.PHONY: all build run test unit conformance bench bench-cli fuzz lint clean demo tpm-tools deb deb-tools ca-tools packages-tools systemd-tools chromium screenshots test-tools azurite diag-tools ext-tools release
 
 all: build
 
@@ -45,6 +45,11 @@ deb-tools:
 ca-tools:
 	@sh packaging/test-tools.sh certificates update-ca-certificates:ca-certificates openssl:openssl
 
+# gpg for the packages tests that sign a local repository (dpkg and apt
+# are on every Debian system).
+packages-tools:
+	@sh packaging/test-tools.sh packages gpg:gpg
+
 # systemctl (package systemd) for the services provider's tests, which
 # drive systemctl --root on temporary roots; no running systemd is needed.
 systemd-tools:
@@ -73,7 +78,7 @@ test: lint unit conformance
 # Every Debian package the Go tests drive, in one apt-get call (the
 # per-suite targets above install their own share).
 test-tools:
-	@sh packaging/test-tools.sh "Go" swtpm:swtpm swtpm_setup:swtpm-tools tpm2_nvread:tpm2-tools lintian:lintian zsh:zsh fish:fish update-ca-certificates:ca-certificates openssl:openssl systemctl:systemd chromium:chromium \
+	@sh packaging/test-tools.sh "Go" swtpm:swtpm swtpm_setup:swtpm-tools tpm2_nvread:tpm2-tools lintian:lintian zsh:zsh fish:fish update-ca-certificates:ca-certificates openssl:openssl systemctl:systemd gpg:gpg chromium:chromium \
 	  /lib/systemd/systemd-journal-remote:systemd-journal-remote /usr/bin/python3:python3
 
 # Every Go test under the race detector.

@@ -224,6 +224,27 @@ func TestCloudScope(t *testing.T) {
 	}
 }
 
+// A twin whose every key is forbidden desires nothing: with no other
+// layer the section is refused as Forbidden, not validated as an empty
+// section (an object section such as ntp would read as Invalid).
+func TestCloudScopeAllKeysForbidden(t *testing.T) {
+	f := newFixture(t)
+	twin := filepath.Join(t.TempDir(), "twin.json")
+	os.WriteFile(twin, []byte(`{"notes":{"ssh-keys":"evil","x":"rootkit"},"$version":4}`), 0o644)
+	infos := testProviders()
+	infos[0].New = func() providers.Provider { return scoped{} }
+	infos[0].CloudDeny = []string{"ssh*"}
+	infos[1].DependsOn = nil
+	rep := f.new(t, func(o *Options) { o.Providers, o.TwinDesiredFile = infos, twin }).ReconcileAll(context.Background(), false)
+	s := section(rep, "notes")
+	if s.Status.State != StateFailed || s.Status.Reason != ReasonForbidden || !strings.Contains(s.Status.Message, "nothing else desires the section") || len(s.Errors) != 2 {
+		t.Fatalf("notes: %+v %+v", s.Status, s.Errors)
+	}
+	if f.read(t, "ssh-keys") != "<missing>" || f.read(t, "x") != "<missing>" {
+		t.Fatal("a forbidden value was applied")
+	}
+}
+
 // staticSource is a further desired-state source (a fleet source, later).
 type staticSource map[string]json.RawMessage
 

@@ -219,6 +219,13 @@ func (p *pass) scope() bool {
 		for k := range drop {
 			delete(obj, k)
 		}
+		if len(obj) == 0 {
+			// Every key the twin gave was forbidden: it desires nothing
+			// (an object section left as {} would read as Invalid).
+			p.ins = append(p.ins[:i], p.ins[i+1:]...)
+			i--
+			continue
+		}
 		in.Value, _ = json.Marshal(obj)
 	}
 	if len(p.forbidden) > 0 && len(p.ins) == 0 {

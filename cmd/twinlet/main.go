@@ -272,8 +272,14 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 		fmt.Fprintf(stderr, "twinlet %s: %v\n", cmd, err)
 		return 1
 	}
+	infos := append(providers.All(), ext.Infos()...)
+	for i := range infos {
+		if d, ok := cfg.Timeouts[infos[i].ID]; ok {
+			infos[i].Timeout = d
+		}
+	}
 	opts := reconciler.Options{
-		Providers: append(providers.All(), ext.Infos()...),
+		Providers: infos,
 		Root:      cfg.Root, StateDir: cfg.StateDir, PolicyDir: cfg.PolicyDir, TwinDesiredFile: c.twinDesired,
 		AllowedRoots: cfg.AllowedRoots, Logger: log, Workers: cfg.Workers,
 		// The cloud scope comes from the local config alone; plan

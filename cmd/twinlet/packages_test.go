@@ -110,3 +110,41 @@ func TestPackagesCloudScope(t *testing.T) {
 		t.Fatalf("plan: %d\n%s%s", code, out, errs)
 	}
 }
+
+// TestPackagesTimeoutFromConfig: timeouts.packages in twinlet.yaml bounds
+// each call of the section: an install whose postinst does not finish is
+// stopped at the deadline (the section fails, dpkg's lock is free), and
+// once the script can finish the next apply configures the package.
+func TestPackagesTimeoutFromConfig(t *testing.T) {
+	debtest.Require(t)
+	s := newSandbox(t)
+	debtest.InitRoot(t, s.root)
+	repo := debtest.NewRepo(t, debtest.Deb{Name: "slow", Version: "1.0",
+		Postinst: `while [ ! -e "$DPKG_ROOT/tmp/go" ]; do sleep 0.05; done`})
+	s.write(t, "pkgs.yaml", policyDoc("default", `  packages:
+    sources:
+      local: { uri: "`+repo.URI()+`", suite: ./, trusted: true }
+    slow: {}
+`))
+	cfg := filepath.Join(t.TempDir(), "twinlet.yaml")
+	os.WriteFile(cfg, []byte("timeouts:\n  packages: 3s\n"), 0o644)
+	a := s.args("apply", "--once", "--output", "json")
+	a[2] = cfg // --config
+	code, out, errs := twinlet(t, a...)
+	st := packagesStatus(t, out)
+	if code == 0 || st.State != "Failed" || !strings.Contains(st.Message, "deadline exceeded") {
+		t.Fatalf("apply with a hung postinst: %d %+v\n%s", code, st, errs)
+	}
+	if got := debtest.Installed(t, s.root)["slow"]; strings.HasSuffix(got, " installed") {
+		t.Fatalf("slow: %q", got)
+	}
+	if err := os.WriteFile(filepath.Join(s.root, "tmp/go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := twinlet(t, a...); code != 0 {
+		t.Fatalf("apply once the script can finish: %d\n%s%s", code, out, errs)
+	}
+	if got := debtest.Installed(t, s.root)["slow"]; got != "1.0 install ok installed" {
+		t.Fatalf("slow: %q", got)
+	}
+}

@@ -138,3 +138,29 @@ func TestServicesCloudScope(t *testing.T) {
 		t.Errorf("local drop-in: %q", got)
 	}
 }
+
+// TestNTPCloudScope: cloud.ntp in twinlet.yaml limits the time servers
+// the twin may name; one outside the allowlist is Forbidden at its index
+// and nothing is written, while local policy is not limited.
+func TestNTPCloudScope(t *testing.T) {
+	s := newSandbox(t)
+	twin := filepath.Join(t.TempDir(), "twin.json")
+	os.WriteFile(twin, []byte(`{"ntp":{"servers":["ntp1.corp.example","time.evil.example"]},"$version":2}`), 0o644)
+	cfg := filepath.Join(t.TempDir(), "twinlet.yaml")
+	os.WriteFile(cfg, []byte("cloud:\n  ntp:\n    allow: [\"*.corp.example\"]\n"), 0o644)
+	a := s.args("apply", "--once", "--twin-desired", twin, "--output", "json")
+	a[2] = cfg // --config
+	code, out, errs := twinlet(t, a...)
+	if code == 0 || !strings.Contains(out, `"Forbidden"`) || !strings.Contains(out, `"pointer": "/servers/1"`) {
+		t.Fatalf("apply: %d\n%s%s", code, out, errs)
+	}
+	if got := s.file("etc/systemd/timesyncd.conf.d/twinlet.conf"); got != "<missing>" {
+		t.Fatalf("a forbidden twin wrote the drop-in: %q", got)
+	}
+	s.write(t, "ntp.yaml", policyDoc("enforce", "  ntp: { servers: [time.evil.example] }\n"))
+	a = s.args("apply", "--once")
+	a[2] = cfg
+	if code, out, errs := twinlet(t, a...); code != 0 || !strings.Contains(s.file("etc/systemd/timesyncd.conf.d/twinlet.conf"), "NTP=time.evil.example\n") {
+		t.Fatalf("local policy: %d\n%s%s", code, out, errs)
+	}
+}

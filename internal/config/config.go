@@ -54,6 +54,10 @@ type Config struct {
 	// Workers is how many sections are reconciled side by side; 0 means
 	// the reconciler's default (4).
 	Workers int `yaml:"workers"`
+	// Timeouts replace, per section, how long one provider call may take
+	// (an observe, an apply of one change): its provider's own, 2 minutes
+	// unless it declares more (packages: 30 minutes for an install).
+	Timeouts map[string]time.Duration `yaml:"timeouts"`
 	// Log sets the log format and level.
 	Log struct {
 		Format string `yaml:"format"` // text | json
@@ -373,6 +377,14 @@ func (c *Config) Check() error {
 
 	if c.Workers < 0 || c.Workers > 64 {
 		return fmt.Errorf("workers: %d is not between 1 and 64 (0 for the default, 4)", c.Workers)
+	}
+	for _, id := range slices.Sorted(maps.Keys(c.Timeouts)) {
+		if _, ok := providers.Lookup(id); !ok && !c.declared(id) {
+			return fmt.Errorf("%stimeouts.%s: unknown section %q (known: %s)", c.at("timeouts", id), id, id, knownSections())
+		}
+		if d := c.Timeouts[id]; d < time.Second || d > 24*time.Hour {
+			return fmt.Errorf("%stimeouts.%s: %v is not between 1s and 24h", c.at("timeouts", id), id, d)
+		}
 	}
 	n := 0
 	if c.Connection.ConnectionString != "" {

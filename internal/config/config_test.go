@@ -277,3 +277,21 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestTimeouts: timeouts replaces a section's call timeout; an unknown
+// section and a value out of range are located.
+func TestTimeouts(t *testing.T) {
+	c, err := located(t, "timeouts:\n  packages: 2h\n  services: 90s\n", 0o600)
+	if err != "" || c.Timeouts["packages"] != 2*time.Hour || c.Timeouts["services"] != 90*time.Second {
+		t.Fatalf("timeouts: %v %s", c.Timeouts, err)
+	}
+	for _, tt := range []struct{ body, want string }{
+		{"timeouts:\n  packagez: 1h\n", "F:2: timeouts.packagez: unknown section \"packagez\""},
+		{"timeouts:\n  hostname: 1h\n  packages: 0s\n", "F:3: timeouts.packages: 0s is not between 1s and 24h"},
+		{"timeouts:\n  packages: 48h\n", "F:2: timeouts.packages: 48h0m0s is not between 1s and 24h"},
+	} {
+		if _, err := located(t, tt.body, 0o600); !strings.Contains(err, tt.want) {
+			t.Errorf("%q: %s, want %s", tt.body, err, tt.want)
+		}
+	}
+}

@@ -138,6 +138,35 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 	return s, nil
 }
 
+// CloudScope implements providers.CloudScoper. The globs of cloud.ntp
+// (deny, allow) match each server the twin names, in servers and in
+// fallback, as a host name in lower case without a final dot ("." is the
+// separator: "*.corp.example" is one label, "**.corp.example" any number;
+// "10.**" the addresses 10.x.x.x). There are no default denials: without
+// rules the twin may set any server, and enabled. A config that wants
+// time sources from local policy alone leaves ntp out of cloud.sections.
+func (Provider) CloudScope(rules providers.ScopeRules, twin json.RawMessage) []providers.FieldError {
+	var in struct {
+		Servers  []string `json:"servers"`
+		Fallback []string `json:"fallback"`
+	}
+	if json.Unmarshal(twin, &in) != nil {
+		return nil
+	}
+	var out []providers.FieldError
+	for _, list := range []struct {
+		field string
+		names []string
+	}{{"servers", in.Servers}, {"fallback", in.Fallback}} {
+		for i, srv := range list.names {
+			if why, no := rules.Forbids(strings.ToLower(strings.TrimSuffix(srv, ".")), '.'); no {
+				out = append(out, providers.FieldError{Pointer: providers.Pointer(list.field, fmt.Sprint(i)), Message: why})
+			}
+		}
+	}
+	return out
+}
+
 // checkServer accepts an IPv4 or IPv6 address (no zone) or an RFC 1123
 // host name (labels of letters, digits and '-', not starting or ending in
 // '-', at most 63 characters each, 253 in all, a final dot allowed).

@@ -3,6 +3,7 @@ package ntp
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -32,9 +33,25 @@ func write(t *testing.T, env *providers.Env, p, content string) {
 	}
 }
 
-// TestTimesyncdTimeline: a root without chrony gets a timesyncd drop-in;
+// catConfig is timesyncd's configuration as systemd itself reads it from
+// the root: the main file and every drop-in that it would apply, in order
+// (systemd-analyze cat-config, the real reader of the .conf.d hierarchy).
+func catConfig(t *testing.T, env *providers.Env) string {
+	t.Helper()
+	out, err := exec.Command("systemd-analyze", "--root="+env.Root, "cat-config", "systemd/timesyncd.conf").CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze cat-config: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// TestTimesyncdTimeline: a root without chrony gets a timesyncd drop-in,
+// which systemd's own reader (systemd-analyze --root cat-config) applies;
 // an edit behind twinlet's back is put right; enabled: false removes it.
 func TestTimesyncdTimeline(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("systemd-analyze is not installed: run `make systemd-tools` (apt-get install systemd)")
+	}
 	env := providertest.NewEnv(t)
 	p := New()
 	raw := json.RawMessage(`{"servers": ["ntp1.corp.example", "10.0.0.1", "2001:db8::1"], "fallback": ["pool.ntp.org"]}`)
@@ -46,6 +63,9 @@ func TestTimesyncdTimeline(t *testing.T) {
 	providertest.Converge(t, p, env, raw)
 	if s := read(t, env, TimesyncdPath); s != header+"[Time]\nNTP=ntp1.corp.example 10.0.0.1 2001:db8::1\nFallbackNTP=pool.ntp.org\n" {
 		t.Fatalf("drop-in:\n%s", s)
+	}
+	if got := catConfig(t, env); !strings.Contains(got, "# "+filepath.Join(env.Root, TimesyncdPath)+"\n"+header+"[Time]\nNTP=ntp1.corp.example 10.0.0.1 2001:db8::1\nFallbackNTP=pool.ntp.org\n") {
+		t.Fatalf("systemd does not read twinlet's drop-in:\n%s", got)
 	}
 	obs := providertest.ObserveJSON(t, p, env, raw)
 	if !strings.Contains(obs["message"].(string), "neither chrony nor systemd-timesyncd is installed") {
@@ -65,12 +85,18 @@ func TestTimesyncdTimeline(t *testing.T) {
 	if len(got) != 1 || got[0] != "~ servers: servers evil.example -> servers ntp1.corp.example, 10.0.0.1, 2001:db8::1; fallback pool.ntp.org" {
 		t.Fatalf("drift: %q", got)
 	}
+	if got := catConfig(t, env); strings.Contains(got, "evil.example") || !strings.Contains(got, "NTP=ntp1.corp.example ") {
+		t.Fatalf("after the drift, systemd reads:\n%s", got)
+	}
 	got = providertest.Lines(providertest.Converge(t, p, env, json.RawMessage(`{"enabled": false}`)))
 	if len(got) != 1 || !strings.HasPrefix(got[0], "- servers: /etc/systemd/timesyncd.conf.d/twinlet.conf") {
 		t.Fatalf("disable: %q", got)
 	}
 	if s := read(t, env, TimesyncdPath); s != "<missing>" {
 		t.Fatalf("drop-in left: %q", s)
+	}
+	if got := catConfig(t, env); strings.Contains(got, "NTP=") {
+		t.Fatalf("disabled, systemd still reads servers:\n%s", got)
 	}
 }
 
@@ -130,5 +156,36 @@ func TestInvalid(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(env.Root); len(ents) != 0 {
 		t.Fatalf("invalid input changed the root: %v", ents)
+	}
+}
+
+// TestCloudScope: without rules the twin may name any server; cloud.ntp
+// globs match each server and fallback in canonical form (lower case, no
+// final dot), located at its index.
+func TestCloudScope(t *testing.T) {
+	info, ok := providers.Lookup(ID)
+	if !ok {
+		t.Fatal("ntp is not registered")
+	}
+	scoper, ok := info.New().(providers.CloudScoper)
+	if !ok {
+		t.Fatal("ntp has no cloud scope")
+	}
+	twin := json.RawMessage(`{"servers": ["NTP1.Corp.Example.", "a.b.corp.example", "10.1.2.3", "evil.example"], "fallback": ["pool.ntp.org"], "enabled": true}`)
+	pointers := func(r providers.ScopeRules) []string {
+		out := []string{}
+		for _, fe := range scoper.CloudScope(r, twin) {
+			out = append(out, fe.Pointer)
+		}
+		return out
+	}
+	if got := pointers(providers.ScopeRules{Deny: info.CloudDeny}); len(got) != 0 {
+		t.Fatalf("the default scope forbids %q", got)
+	}
+	if got, want := pointers(providers.ScopeRules{Allow: []string{"*.corp.example", "10.**"}}), []string{"/servers/1", "/servers/3", "/fallback/0"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("allow forbids %q, want %q", got, want)
+	}
+	if got, want := pointers(providers.ScopeRules{Allow: []string{"**.corp.example", "pool.ntp.org"}, Deny: []string{"ntp1.**"}}), []string{"/servers/0", "/servers/2", "/servers/3"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("deny and allow forbid %q, want %q", got, want)
 	}
 }

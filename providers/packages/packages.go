@@ -26,7 +26,9 @@
 // Keys are written to <root>/etc/apt/keyrings/twinlet-<name>.asc and
 // sources as deb822 files <root>/etc/apt/sources.list.d/twinlet-<name>.sources;
 // after one of them changes, the package lists are updated (apt-get update)
-// before any package is installed.
+// before any package is installed. A source's Signed-By names the key's
+// file on "/"; on another root it holds the key in place, since apt reads
+// a Signed-By path from the machine it runs on.
 package packages
 
 import (
@@ -101,6 +103,11 @@ type Source struct {
 	SignedBy      string // a key item name
 	Trusted       bool
 	Absent        bool
+	// embedKey, on a root other than "/", is the armored key of SignedBy,
+	// written into the sources file itself: apt reads a Signed-By path
+	// from the machine it runs on, not under its Dir, so a path would
+	// name the host's file (or none) there.
+	embedKey string
 }
 
 // Spec is the decoded section.
@@ -232,9 +239,10 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 				errs.Add(p, "%v", err)
 				continue
 			}
-			k := Key{Armored: in.Armored, Absent: ensure(in.Ensure, errs, p+"/ensure")}
+			// Line ends as gpg writes them: a key pasted with CRLF is the same key.
+			k := Key{Armored: strings.ReplaceAll(in.Armored, "\r\n", "\n"), Absent: ensure(in.Ensure, errs, p+"/ensure")}
 			if !k.Absent {
-				if msg := checkArmored(in.Armored); msg != "" {
+				if msg := checkArmored(k.Armored); msg != "" {
 					errs.Add(p+"/armored", "%s", msg)
 				}
 				if !strings.HasSuffix(k.Armored, "\n") {
@@ -261,6 +269,9 @@ func (Provider) Decode(env *providers.Env, raw json.RawMessage) (providers.Spec,
 				continue
 			}
 			if s, ok := decodeSource(in, p, spec.Keys, col.Items["keys"] != nil, errs); ok {
+				if s.SignedBy != "" && !env.IsHostRoot() {
+					s.embedKey = spec.Keys[s.SignedBy].Armored
+				}
 				spec.Sources[name] = s
 			}
 		}
@@ -324,6 +335,14 @@ func checkArmored(s string) string {
 		return "must be one ASCII-armored OpenPGP public key block (-----BEGIN PGP PUBLIC KEY BLOCK----- … -----END PGP PUBLIC KEY BLOCK-----)"
 	case len(t) > 64<<10:
 		return "longer than 64 KiB"
+	}
+	// ASCII armor is printable ASCII in lines; anything else has no place
+	// in a keyring or, on a root other than /, in the sources file that
+	// holds the key.
+	for i := 0; i < len(t); i++ {
+		if c := t[i]; (c < ' ' || c > '~') && c != '\n' {
+			return fmt.Sprintf("byte %d (%q) is not ASCII armor (printable ASCII in lines)", i, c)
+		}
 	}
 	return ""
 }
@@ -418,6 +437,9 @@ func SourcePath(name string) string { return path.Join(SourcesDir, "twinlet-"+na
 func renderSource(name string, s Source) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Managed by twinlet (section %q, source %q): edits are overwritten.\n", ID, name)
+	if s.embedKey != "" {
+		fmt.Fprintf(&b, "# Signed-By holds the key item %q (%s) in place: this root is not the running system.\n", s.SignedBy, KeyPath(s.SignedBy))
+	}
 	fmt.Fprintf(&b, "Types: %s\n", strings.Join(s.Types, " "))
 	fmt.Fprintf(&b, "URIs: %s\n", strings.Join(s.URIs, " "))
 	fmt.Fprintf(&b, "Suites: %s\n", strings.Join(s.Suites, " "))
@@ -427,7 +449,18 @@ func renderSource(name string, s Source) []byte {
 	if len(s.Architectures) > 0 {
 		fmt.Fprintf(&b, "Architectures: %s\n", strings.Join(s.Architectures, " "))
 	}
-	if s.SignedBy != "" {
+	switch {
+	case s.embedKey != "":
+		// deb822 continuation lines: each line indented, an empty one
+		// written as " ." (apt 2.3.10 and later read a key in place).
+		b.WriteString("Signed-By:\n")
+		for _, l := range strings.Split(strings.TrimRight(s.embedKey, "\n"), "\n") {
+			if l = strings.TrimRight(l, " \t\r"); l == "" {
+				l = "."
+			}
+			b.WriteString(" " + l + "\n")
+		}
+	case s.SignedBy != "":
 		fmt.Fprintf(&b, "Signed-By: %s\n", KeyPath(s.SignedBy))
 	}
 	if s.Trusted {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -334,9 +335,18 @@ func TestKeysAndSources(t *testing.T) {
 	// files only.
 	providertest.Apply(t, p, env, plan[:2])
 	b, _ := os.ReadFile(filepath.Join(env.Root, "etc/apt/sources.list.d/twinlet-corp.sources"))
-	want := "Types: deb\nURIs: https://apt.example.com/debian\nSuites: bookworm\nComponents: main contrib\nArchitectures: amd64\nSigned-By: /etc/apt/keyrings/twinlet-corp.asc\n"
+	// Not the running system: the key is in the file itself (apt would
+	// read a Signed-By path from the host).
+	want := "Types: deb\nURIs: https://apt.example.com/debian\nSuites: bookworm\nComponents: main contrib\nArchitectures: amd64\n" +
+		"Signed-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n mDMEZx\n -----END PGP PUBLIC KEY BLOCK-----\n"
 	if !strings.HasSuffix(string(b), want) {
 		t.Fatalf("sources file:\n%s", b)
+	}
+	// On the running system, the keyring's path.
+	host := providertest.NewEnv(t)
+	host.Root = "/"
+	if got := renderSource("corp", providertest.Decode(t, p, host, raw).(Spec).Sources["corp"]); !strings.HasSuffix(string(got), "Architectures: amd64\nSigned-By: /etc/apt/keyrings/twinlet-corp.asc\n") {
+		t.Fatalf("sources file on /:\n%s", got)
 	}
 	if k, _ := os.ReadFile(filepath.Join(env.Root, "etc/apt/keyrings/twinlet-corp.asc")); string(k) != key+"\n" {
 		t.Fatalf("key file: %q", k)
@@ -391,6 +401,7 @@ func TestInvalidInput(t *testing.T) {
 		{`{"sources": {"s": {"uri": "https://x/debian", "suite": "bookworm", "components": ["main"], "signedBy": "nokey"}}}`, []string{"/sources/s/signedBy"}},
 		{`{"sources": {"s.1": {"uri": "https://x/debian", "suite": "bookworm", "components": ["main"]}}}`, []string{"/sources/s.1"}},
 		{`{"keys": {"k": {"armored": "hello"}}}`, []string{"/keys/k/armored"}},
+		{`{"keys": {"k": {"armored": "-----BEGIN PGP PUBLIC KEY BLOCK-----\nx\rTypes: deb\n-----END PGP PUBLIC KEY BLOCK-----"}}}`, []string{"/keys/k/armored"}},
 		{`{"keys": {"k": {"armored": "-----BEGIN PGP PRIVATE KEY BLOCK-----\nx\n-----END PGP PRIVATE KEY BLOCK-----"}}}`, []string{"/keys/k/armored"}},
 		{`{"keys": {"k": {"armored": ` + key + `}}, "sources": {"s": {"uri": "https://x/d", "suite": "s", "components": ["main"], "signedBy": "k", "trusted": true}}}`, []string{"/sources/s/trusted"}},
 	} {
@@ -517,5 +528,77 @@ func TestInterruptedDpkgIsFinished(t *testing.T) {
 	providertest.Converge(t, p, f.env, raw)
 	if got := debtest.Installed(t, f.env.Root)["hello"]; got != "2.10-3 install ok installed" {
 		t.Fatalf("hello: %q", got)
+	}
+}
+
+// TestObserveHostRoot observes the running system's own dpkg database
+// (root "/", so dpkg-query without --admindir), read-only: the dpkg
+// package, with the version it has, is observed as installed and needs
+// nothing. Nothing is planned that would run, and nothing is applied.
+func TestObserveHostRoot(t *testing.T) {
+	debtest.Require(t)
+	out, err := exec.Command("dpkg-query", "-W", "-f", "${Version}", "dpkg").Output()
+	if err != nil || len(out) == 0 {
+		t.Skipf("this machine's dpkg database has no dpkg package: %v", err)
+	}
+	env := providertest.NewEnv(t)
+	env.Root = "/"
+	p := New()
+	raw := json.RawMessage(fmt.Sprintf(`{"dpkg": {"version": %q}}`, out))
+	obs := providertest.ObserveJSON(t, p, env, raw)
+	item := obs["dpkg"].(map[string]any)
+	if item["version"] != string(out) || item["status"] != "installed" || item["essential"] != true {
+		t.Fatalf("observed dpkg on /: %v", item)
+	}
+	if inst := obs["__installed"].(map[string]any); inst["packages"].(float64) < 1 {
+		t.Fatalf("installed set of /: %v", inst)
+	}
+	if got := providertest.PlanOnly(t, p, env, raw); len(got) != 0 {
+		t.Fatalf("plan on /: %s", lines(got))
+	}
+}
+
+// TestSignedSource: a source signed by a key item verifies with apt's
+// own signature check (no trusted: yes) on a sandbox root, and hello
+// installs from it; a repository signed by another key fails the update
+// of the lists with apt's reason, and nothing is installed from it.
+func TestSignedSource(t *testing.T) {
+	debtest.Require(t)
+	corp, other := debtest.NewSigner(t), debtest.NewSigner(t)
+	env := providertest.NewEnv(t)
+	debtest.InitRoot(t, env.Root)
+	repo := debtest.NewRepo(t, debtest.Deb{Name: "hello", Version: "1.0"})
+	repo.Sign(t, corp)
+	p := New()
+	section := func(uri string, items string) json.RawMessage {
+		return json.RawMessage(fmt.Sprintf(`{"keys": {"corp": {"armored": %q}},
+		  "sources": {"corp": {"uri": %q, "suite": "./", "signedBy": "corp"}}%s}`, corp.Armored, uri, items))
+	}
+	providertest.Converge(t, p, env, section(repo.URI(), `, "hello": {}`))
+	if got := debtest.Installed(t, env.Root)["hello"]; got != "1.0 install ok installed" {
+		t.Fatalf("hello from the signed source: %q", got)
+	}
+	if m, _ := filepath.Glob(filepath.Join(env.Root, "var/lib/apt/lists/*InRelease")); len(m) != 1 {
+		t.Fatalf("apt kept no verified InRelease: %v", m)
+	}
+
+	evil := debtest.NewRepo(t, debtest.Deb{Name: "hello", Version: "9.0"}, debtest.Deb{Name: "rootkit", Version: "1.0"})
+	evil.Sign(t, other)
+	raw := section(evil.URI(), `, "rootkit": {}`)
+	plan := providertest.PlanOnly(t, p, env, raw)
+	if got := lines(plan); !strings.Contains(got, "~ lists: package lists -> apt-get update") {
+		t.Fatalf("plan: %s", got)
+	}
+	var err error
+	for _, c := range plan {
+		if err = p.Apply(context.Background(), env, c); err != nil {
+			break
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "NO_PUBKEY") {
+		t.Fatalf("want apt's signature failure, got %v", err)
+	}
+	if got := debtest.Installed(t, env.Root); got["rootkit"] != "" || got["hello"] != "1.0 install ok installed" {
+		t.Fatalf("installed from a repository signed by another key: %v", got)
 	}
 }

@@ -3,7 +3,9 @@ package packages
 import (
 	"encoding/json"
 	"testing"
+	"time"
 
+	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/providers/providertest"
 	"github.com/twinlet/twinlet/schemas"
 )
@@ -89,4 +91,16 @@ func TestSchemaDocs(t *testing.T) {
 		}
 	}
 	walk("", s)
+}
+
+// TestRegistered: the section is a collection whose calls the reconciler
+// bounds by 30 minutes (a long install), not the 2 minute default.
+func TestRegistered(t *testing.T) {
+	info, ok := providers.Lookup(ID)
+	if !ok || info.Kind != providers.Collection {
+		t.Fatalf("not registered as a collection: %+v", info)
+	}
+	if info.Timeout != 30*time.Minute || info.Timeout == providers.DefaultTimeout {
+		t.Fatalf("timeout %v, want 30m", info.Timeout)
+	}
 }

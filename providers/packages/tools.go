@@ -261,10 +261,14 @@ func failure(what string, res result) error {
 	// line of the tool's standard error but warnings (dpkg says what is
 	// wrong over several lines: "dependency problems prevent removal of
 	// libgreet:", " hello depends on libgreet (>= 1.0).").
+	// apt's "GPG error" warning is the reason of the error that follows
+	// it ("… is not signed": signed, but not by the source's key).
 	perPackage := len(msgs) > 0
 	for _, l := range strings.Split(res.stderr, "\n") {
 		l = strings.TrimSpace(l)
 		switch {
+		case strings.HasPrefix(l, "W: GPG error: "):
+			msgs = append(msgs, strings.TrimPrefix(l, "W: "))
 		case l == "" || strings.HasPrefix(l, "W: ") || strings.HasPrefix(l, "dpkg: warning: "):
 		case perPackage && !strings.HasPrefix(l, "E: "):
 		default:

@@ -315,6 +315,17 @@ func TestLivePlan(t *testing.T) {
 	if got := providertest.Lines(changes); len(got) != 3 || got[1] != "~ daemon-reload: reload systemd's unit files" || got[2] != "~ db: db.service drop-in changed -> restart" {
 		t.Fatalf("drop-in change: %v", got)
 	}
+
+	// Once: after the restart recorded the new fingerprint, the same
+	// file restarts nothing more.
+	o.Units["web"].Restarted = map[string]string{"webConf": "sha256:new"}
+	o.Units["fresh"].Restarted = map[string]string{"freshConf": "sha256:f"}
+	changes, _ = p.Plan(spec, o)
+	for _, l := range providertest.Lines(changes) {
+		if strings.HasSuffix(l, "-> restart") {
+			t.Errorf("restarted again for a recorded fingerprint: %s", l)
+		}
+	}
 }
 
 func TestParseShow(t *testing.T) {
@@ -413,5 +424,38 @@ func TestCloudScope(t *testing.T) {
 	}
 	if !reflect.DeepEqual(ptrs, []string{"/dropIns/b/unit", "/other/unit"}) {
 		t.Fatalf("privileged with allow: %v", fes)
+	}
+}
+
+// TestObserveHostRoot observes a unit of the machine itself (root "/"),
+// read-only, with the real systemctl: where systemd is not PID 1 (a
+// container, a build host) the unit's enablement is observed offline and
+// whether it runs is "unknown" with the reason; where systemd runs, its
+// ActiveState is read. Nothing is planned that would change the machine.
+func TestObserveHostRoot(t *testing.T) {
+	needSystemctl(t)
+	const unit = "getty@.service" // a template: never started by the item
+	if _, err := os.Stat("/usr/lib/systemd/system/" + unit); err != nil {
+		if _, err := os.Stat("/lib/systemd/system/" + unit); err != nil {
+			t.Skipf("this machine has no %s", unit)
+		}
+	}
+	env := providertest.NewEnv(t)
+	env.Root = "/"
+	p := New()
+	raw := json.RawMessage(`{"getty": {"unit": "getty@.service"}}`)
+	obs := providertest.ObserveJSON(t, p, env, raw)["getty"].(map[string]any)
+	if obs["enabled"] == "" || obs["enabled"] == "not-found" {
+		t.Fatalf("observed on /: %v", obs)
+	}
+	_, err := os.Stat("/run/systemd/system")
+	switch booted := err == nil; {
+	case !booted && (obs["active"] != "unknown" || !strings.Contains(obs["message"].(string), "PID 1 is not systemd")):
+		t.Fatalf("not booted, observed %v", obs)
+	case booted && obs["active"] == "unknown":
+		t.Fatalf("booted, observed %v", obs)
+	}
+	if got := providertest.PlanOnly(t, p, env, raw); len(got) != 0 {
+		t.Fatalf("plan on /: %v", providertest.Lines(got))
 	}
 }

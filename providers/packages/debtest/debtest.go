@@ -186,3 +186,68 @@ func Installed(t testing.TB, root string) map[string]string {
 	}
 	return m
 }
+
+// Signer is an OpenPGP signing key of a test's own, in a GnuPG home
+// under a temporary directory.
+type Signer struct {
+	home string
+	// Armored is the ASCII-armored public key, as a key item holds it.
+	Armored string
+}
+
+// NeedGPG skips the test when gpg (Debian package gpg, `make
+// packages-tools`) is missing.
+func NeedGPG(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("gpg"); err != nil {
+		t.Skip("signing a test repository needs gpg: run `make packages-tools` (apt-get install gpg)")
+	}
+}
+
+// NewSigner makes a new ed25519 signing key without a passphrase.
+func NewSigner(t testing.TB) *Signer {
+	t.Helper()
+	NeedGPG(t)
+	// A short path: gpg-agent's socket lives in the home.
+	home, err := os.MkdirTemp("", "gpg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		exec.Command("gpgconf", "--homedir", home, "--kill", "all").Run()
+		os.RemoveAll(home)
+	})
+	s := &Signer{home: home}
+	s.gpg(t, "--passphrase", "", "--quick-generate-key", "twinlet tests <tests@twinlet.invalid>", "ed25519", "sign", "never")
+	s.Armored = s.gpg(t, "--armor", "--export")
+	return s
+}
+
+func (s *Signer) gpg(t testing.TB, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("gpg", append([]string{"--homedir", s.home, "--batch", "--quiet", "--pinentry-mode", "loopback"}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("gpg %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out)
+}
+
+// Sign writes the repository's Release file (the Packages index's size
+// and SHA256) and InRelease, the Release file clear-signed by s. Call it
+// after the last Add.
+func (r *Repo) Sign(t testing.TB, s *Signer) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.Dir, "Packages"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	release := fmt.Sprintf("Origin: twinlet-tests\nLabel: twinlet-tests\nDate: Thu, 01 Jan 2026 00:00:00 UTC\nSHA256:\n %s %d Packages\n", hex.EncodeToString(sum[:]), len(b))
+	rel := filepath.Join(r.Dir, "Release")
+	write(t, rel, release, 0o644)
+	os.Remove(filepath.Join(r.Dir, "InRelease"))
+	s.gpg(t, "--clearsign", "--output", filepath.Join(r.Dir, "InRelease"), rel)
+}
