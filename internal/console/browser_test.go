@@ -133,6 +133,18 @@ func do(t *testing.T, ctx context.Context, what string, actions ...chromedp.Acti
 	}
 }
 
+// activate presses Enter on the element sel (a button or a link), once it
+// is visible: what a keyboard user does. Not a mouse click: chromedp
+// clicks at the coordinates it measured a moment before, and a live
+// update that moves the page in between (a section's history growing
+// above the buttons) makes the click land elsewhere, on a loaded machine
+// now and then.
+func activate(sel string) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+		return chromedp.Void{}, chromedp.Do(ctx, chromedp.WaitVisible(sel), chromedp.SendKeys(sel, "\r"))
+	}
+}
+
 // get runs one browser action with a deadline and returns its value.
 func get[T any](t *testing.T, ctx context.Context, what string, a chromedp.Action[T]) T {
 	t.Helper()

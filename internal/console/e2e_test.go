@@ -263,9 +263,9 @@ func TestConsoleEndToEnd(t *testing.T) {
 	// Paging with the hub's continuation tokens, two rows a page.
 	do(t, ctx, "paging", chromedp.Navigate(e.url+"/#/devices?size=2"),
 		poll(`document.querySelectorAll('tbody tr[data-device]').length === 2 && !document.querySelector('.pager button:last-child').disabled`),
-		chromedp.Click(`.pager button:last-child`),
+		activate(`.pager button:last-child`),
 		poll(`document.querySelectorAll('tbody tr[data-device]').length === 1 && !!document.querySelector('tr[data-device="kiosk-03"]')`),
-		chromedp.Click(`.pager button:first-child`),
+		activate(`.pager button:first-child`),
 		poll(`document.querySelectorAll('tbody tr[data-device]').length === 2`))
 	// The filter, with the keyboard: typed, then Enter.
 	// A filter the hub refuses shows the hub's error.
@@ -274,12 +274,12 @@ func TestConsoleEndToEnd(t *testing.T) {
 		chromedp.Evaluate[chromedp.Void](`document.getElementById('filter').value = ''`))
 	do(t, ctx, "filter", chromedp.Focus(`#filter`), chromedp.SendKeys(`#filter`, "tags.ring = 'canary'\r"),
 		poll(`document.querySelectorAll('tbody tr').length === 1 && !!document.querySelector('tr[data-device="kiosk-01"]')`))
-	do(t, ctx, "open the device", chromedp.Click(`tr[data-device="kiosk-01"] a`), chromedp.WaitVisible(`#section-hostname`),
+	do(t, ctx, "open the device", activate(`tr[data-device="kiosk-01"] a`), chromedp.WaitVisible(`#section-hostname`),
 		poll(`document.querySelector('#section-hostname .section-head .badge').textContent === 'Ready'`))
 
 	// Change the hostname in the page's form.
-	do(t, ctx, "edit hostname", chromedp.Click(`#section-hostname button.edit`), chromedp.WaitVisible(`#f-hostname-name`),
-		chromedp.SetValue(`#f-hostname-name`, "kiosk-renamed"), chromedp.Click(`#section-hostname .edit-form button.primary`))
+	do(t, ctx, "edit hostname", activate(`#section-hostname button.edit`), chromedp.WaitVisible(`#f-hostname-name`),
+		chromedp.SetValue(`#f-hostname-name`, "kiosk-renamed"), activate(`#section-hostname .edit-form button.primary`))
 	testutil.Eventually(t, "the new hostname in the twin", func() bool {
 		n, _ := e.twin("kiosk-01").Properties.Desired["hostname"].(map[string]any)
 		return n["name"] == "kiosk-renamed"
@@ -308,8 +308,8 @@ func TestConsoleEndToEnd(t *testing.T) {
 	// An invalid value is refused in the page, with its pointer; nothing is sent.
 	before := e.twin("kiosk-01")
 	sent := e.written()
-	do(t, ctx, "invalid hostname", chromedp.Click(`#section-hostname button.edit`), chromedp.WaitVisible(`#f-hostname-name`),
-		chromedp.SetValue(`#f-hostname-name`, "Bad_Name!"), chromedp.Click(`#section-hostname .edit-form button.primary`),
+	do(t, ctx, "invalid hostname", activate(`#section-hostname button.edit`), chromedp.WaitVisible(`#f-hostname-name`),
+		chromedp.SetValue(`#f-hostname-name`, "Bad_Name!"), activate(`#section-hostname .edit-form button.primary`),
 		chromedp.WaitVisible(`#section-hostname .problems`))
 	problems := get(t, ctx, "problems", chromedp.TextContent(`#section-hostname .problems`))
 	if !strings.Contains(problems, "/name") {
@@ -319,8 +319,8 @@ func TestConsoleEndToEnd(t *testing.T) {
 		t.Errorf("refusal shown as %q, want the page's own (Not sent)", msg)
 	}
 	// the JSON editor refuses the same, with the same pointer
-	do(t, ctx, "invalid JSON edit", chromedp.Click(`#section-hostname .tabs button:nth-child(2)`),
-		chromedp.SetValue(`#json-hostname`, `{"name": "ok", "colour": "red"}`), chromedp.Click(`#section-hostname .edit-form button.primary`),
+	do(t, ctx, "invalid JSON edit", activate(`#section-hostname .tabs button:nth-child(2)`),
+		chromedp.SetValue(`#json-hostname`, `{"name": "ok", "colour": "red"}`), activate(`#section-hostname .edit-form button.primary`),
 		poll(`document.querySelector('#section-hostname .problems').textContent.includes('/colour')`))
 	if after := e.twin("kiosk-01"); desiredVersion(after) != desiredVersion(before) {
 		t.Errorf("an invalid edit reached the hub: desired v%d → v%d", desiredVersion(before), desiredVersion(after))
@@ -329,17 +329,17 @@ func TestConsoleEndToEnd(t *testing.T) {
 	if w := e.writesSince(sent); len(w) > 0 {
 		t.Errorf("the page sent invalid edits: %v", w)
 	}
-	do(t, ctx, "cancel", chromedp.Click(`#section-hostname .edit-form button.cancel`),
+	do(t, ctx, "cancel", activate(`#section-hostname .edit-form button.cancel`),
 		chromedp.WaitNotPresent(`#section-hostname .edit-form`))
 
 	// A stale etag: someone else changes the twin while the page edits.
-	do(t, ctx, "start editing", chromedp.Click(`#section-hostname button.edit`), chromedp.WaitVisible(`#f-hostname-name`),
+	do(t, ctx, "start editing", activate(`#section-hostname button.edit`), chromedp.WaitVisible(`#f-hostname-name`),
 		chromedp.SetValue(`#f-hostname-name`, "kiosk-third"))
 	if _, err := e.sc.PatchTwin(bg, "kiosk-01", iothub.TwinPatch{Desired: map[string]any{"timezone": map[string]any{"name": "Etc/UTC"}}}, ""); err != nil {
 		t.Fatal(err)
 	}
 	do(t, ctx, "conflict", poll(`document.querySelector('#section-hostname .edit-form').textContent.includes('desired properties changed since you started')`),
-		chromedp.Click(`#section-hostname .edit-form button.primary`), chromedp.WaitVisible(`#section-hostname button.reload`))
+		activate(`#section-hostname .edit-form button.primary`), chromedp.WaitVisible(`#section-hostname button.reload`))
 	msg := get(t, ctx, "conflict text", chromedp.TextContent(`#section-hostname .result`))
 	if !strings.Contains(msg, "Conflict") || !strings.Contains(msg, "412") {
 		t.Errorf("conflict shown as %q", msg)
@@ -347,9 +347,9 @@ func TestConsoleEndToEnd(t *testing.T) {
 	if n, _ := e.twin("kiosk-01").Properties.Desired["hostname"].(map[string]any); n["name"] != "kiosk-renamed" {
 		t.Errorf("a stale edit was written: %v", n)
 	}
-	do(t, ctx, "reload and save", chromedp.Click(`#section-hostname button.reload`),
+	do(t, ctx, "reload and save", activate(`#section-hostname button.reload`),
 		poll(`document.querySelector('#section-hostname .result').textContent.includes('Reloaded at desired version')`),
-		chromedp.SetValue(`#f-hostname-name`, "kiosk-third"), chromedp.Click(`#section-hostname .edit-form button.primary`),
+		chromedp.SetValue(`#f-hostname-name`, "kiosk-third"), activate(`#section-hostname .edit-form button.primary`),
 		poll(`document.querySelector('#section-hostname pre.reported').textContent.includes('kiosk-third')`),
 		chromedp.WaitNotPresent(`#section-hostname .edit-form`))
 
@@ -359,7 +359,7 @@ func TestConsoleEndToEnd(t *testing.T) {
 	do(t, ctx, "edit timezone with the keyboard", chromedp.WaitVisible(`#edit-timezone`), chromedp.SendKeys(`#edit-timezone`, "\r"),
 		chromedp.WaitVisible(`#f-timezone-name`),
 		poll(`!!document.activeElement && !!document.activeElement.closest('#section-timezone .edit-form')`),
-		chromedp.Click(`#section-timezone .tabs button:nth-child(2)`), chromedp.SetValue(`#json-timezone`, `{"name": "Europe/Berlin"}`),
+		activate(`#section-timezone .tabs button:nth-child(2)`), chromedp.SetValue(`#json-timezone`, `{"name": "Europe/Berlin"}`),
 		chromedp.SendKeys(`#section-timezone .edit-form button.primary`, "\r"),
 		chromedp.WaitNotPresent(`#section-timezone .edit-form`))
 	testutil.Eventually(t, "the JSON edit in the twin", func() bool {
@@ -373,19 +373,19 @@ func TestConsoleEndToEnd(t *testing.T) {
 
 	// Direct methods: reconcile, the plan as a diff, the status, a
 	// provider's method (its payload checked in the page first).
-	do(t, ctx, "reconcile", chromedp.Click(`#m-reconcile`),
+	do(t, ctx, "reconcile", activate(`#m-reconcile`),
 		poll(`document.querySelector('#methods .answer h3') && document.querySelector('#methods .answer h3').textContent === 'reconcile → status 200'`))
-	do(t, ctx, "getPlan", chromedp.Click(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`))
-	do(t, ctx, "getStatus", chromedp.Click(`#m-getStatus`), chromedp.WaitVisible(`.method-answer`),
+	do(t, ctx, "getPlan", activate(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`))
+	do(t, ctx, "getStatus", activate(`#m-getStatus`), chromedp.WaitVisible(`.method-answer`),
 		poll(`document.querySelector('.method-answer').textContent.includes('"summary"')`))
 	sent = e.written()
 	do(t, ctx, "a provider method's payload refused in the page", chromedp.SetValue(`#method-name`, "commands.get"),
-		chromedp.SetValue(`#method-payload`, `{"commandId": ""}`), chromedp.Click(`#m-invoke`),
+		chromedp.SetValue(`#method-payload`, `{"commandId": ""}`), activate(`#m-invoke`),
 		poll(`!!document.querySelector('#methods .answer .problems') && document.querySelector('#methods .answer .problems').textContent.includes('/commandId')`))
 	if w := e.writesSince(sent); len(w) > 0 {
 		t.Errorf("the page sent a payload its schema refuses: %v", w)
 	}
-	do(t, ctx, "a provider method", chromedp.SetValue(`#method-payload`, `{"commandId": "never-ran"}`), chromedp.Click(`#m-invoke`),
+	do(t, ctx, "a provider method", chromedp.SetValue(`#method-payload`, `{"commandId": "never-ran"}`), activate(`#m-invoke`),
 		poll(`!!document.querySelector('#methods .answer h3') && document.querySelector('#methods .answer h3').textContent.startsWith('commands.get → status ')`),
 		poll(`document.querySelector('#methods .method-answer').textContent.includes('never-ran')`))
 	if w := e.writesSince(sent); len(w) != 1 || w[0] != "POST /api/devices/kiosk-01/methods/commands.get" {
@@ -406,7 +406,7 @@ func TestConsoleEndToEnd(t *testing.T) {
 		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
 	shoot(t, ctx, "device.png")
 	// The dry run shows the refused item with its pointer, as a diff line.
-	do(t, ctx, "getPlan with a refusal", chromedp.Click(`#m-getPlan`),
+	do(t, ctx, "getPlan with a refusal", activate(`#m-getPlan`),
 		poll(`!!document.querySelector('#plan-diff') && document.querySelector('#plan-diff').textContent.includes('/sudo/path')`),
 		chromedp.Evaluate[chromedp.Void]("window.scrollTo(0, 0)"))
 	// The devices table names the failed section.
@@ -455,8 +455,8 @@ spec:
 	testutil.Eventually(t, "the canary's motd", func() bool { return e.onDisk("kiosk-01", "etc/motd") == "welcome\n" })
 
 	// Edit what the service lets change: the priority.
-	do(t, ctx, "edit the configuration", chromedp.Click(sel+" .section-head button"), chromedp.WaitVisible("#p-"+cfg.ID),
-		chromedp.SetValue("#p-"+cfg.ID, "42"), chromedp.Click(sel+" .edit-form button.primary"),
+	do(t, ctx, "edit the configuration", activate(sel+" .section-head button"), chromedp.WaitVisible("#p-"+cfg.ID),
+		chromedp.SetValue("#p-"+cfg.ID, "42"), activate(sel+" .edit-form button.primary"),
 		chromedp.WaitNotPresent(sel+" .edit-form"))
 	testutil.Eventually(t, "priority 42 on the hub", func() bool {
 		c, err := e.sc.GetConfiguration(bg, cfg.ID)
@@ -469,7 +469,7 @@ spec:
 	do(t, ctx, "new configuration", chromedp.Navigate(e.url+"/#/configs/new"), chromedp.WaitVisible("#new-id"),
 		chromedp.SetValue("#new-id", "tz-berlin"), chromedp.SetValue("#new-target", "tags.site = 'berlin'"),
 		chromedp.SetValue("#new-sections", `{"timezone": {"name": "Europe/../../etc"}}`),
-		chromedp.Click(`form.edit-form button.primary`),
+		activate(`form.edit-form button.primary`),
 		poll(`document.querySelector('form.edit-form .problems') && document.querySelector('form.edit-form .problems').textContent.includes('/timezone/name')`))
 	if _, err := e.sc.GetConfiguration(bg, "tz-berlin"); !iothub.IsNotFound(err) {
 		t.Errorf("an invalid configuration reached the hub: %v", err)
@@ -478,7 +478,7 @@ spec:
 		t.Errorf("the page sent an invalid configuration: %v", w)
 	}
 	do(t, ctx, "valid configuration", chromedp.SetValue("#new-sections", `{"timezone": {"name": "Europe/Berlin"}}`),
-		chromedp.Click(`form.edit-form button.primary`), chromedp.WaitVisible("#config-tz-berlin"))
+		activate(`form.edit-form button.primary`), chromedp.WaitVisible("#config-tz-berlin"))
 	testutil.Eventually(t, "the new configuration reaches the devices", func() bool {
 		return e.onDisk("kiosk-02", "etc/timezone") == "Europe/Berlin\n"
 	})
@@ -515,7 +515,7 @@ spec:
 	// The failed device's plan, as a diff: the change it cannot make, its
 	// before as a - line and its after as a + line.
 	do(t, ctx, "getPlan of a pending change", chromedp.Navigate(e.url+"/#/device/kiosk-03"), chromedp.WaitVisible(`#section-files`),
-		chromedp.Click(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`),
+		activate(`#m-getPlan`), chromedp.WaitVisible(`#plan-diff`),
 		poll(`(() => { const d = document.querySelector('#plan-diff'), has = (c, s) => [...d.querySelectorAll(c)].some(l => l.textContent.includes(s));
 			return has('.chg', 'motd') && has('.del', 'directory') && has('.add', 'sha256:') })()`))
 	// Everything the page loaded came from the console itself.
