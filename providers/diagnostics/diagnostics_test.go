@@ -355,7 +355,7 @@ func TestUploadThroughTwinhub(t *testing.T) {
 	providertest.Converge(t, p, env, raw)
 	obs := providertest.ObserveJSON(t, p, env, raw)
 	r1 := obs["requests"].(map[string]any)["r1"].(map[string]any)
-	if r1["state"] != diagnostics.StateUploaded || r1["blobName"] != "dev1/case/r1.tar.gz" || r1["uploadId"] == "" {
+	if id, _ := r1["uploadId"].(string); r1["state"] != diagnostics.StateUploaded || r1["blobName"] != "dev1/case/r1.tar.gz" || id == "" {
 		t.Fatalf("r1: %v", r1)
 	}
 	blob, err := az.Download("diag", "dev1/case/r1.tar.gz")
@@ -374,7 +374,10 @@ func TestUploadThroughTwinhub(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(env.StateDir, "diagnostics", "pending", "r1.tar.gz")); !os.IsNotExist(err) {
 		t.Errorf("the uploaded bundle is still kept: %v", err)
 	}
-	if lu := obs["lastUpload"].(map[string]any); lu["result"] != "Succeeded" || lu["blobName"] != "dev1/case/r1.tar.gz" {
+	// lastUpload: the hub's upload (correlation) id, the size and blob
+	// name of what landed in the storage, the result.
+	if lu := obs["lastUpload"].(map[string]any); lu["result"] != "Succeeded" || lu["blobName"] != "dev1/case/r1.tar.gz" ||
+		lu["uploadId"] != r1["uploadId"] || lu["size"] != float64(len(blob)) || lu["requestId"] != "r1" {
 		t.Errorf("lastUpload: %v", lu)
 	}
 
