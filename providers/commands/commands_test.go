@@ -449,3 +449,19 @@ func TestProgress(t *testing.T) {
 		t.Fatalf("%+v %q", res, steps)
 	}
 }
+
+// Arguments reach the program as they are: no shell expands variables,
+// globs, command substitutions or separators.
+func TestArgvWithoutAShell(t *testing.T) {
+	env := newEnv(t)
+	os.WriteFile(filepath.Join(env.Root, "srv/app/file"), nil, 0o644)
+	args := []string{"$HOME", "*", "`id`", "$(id)", ";", "|", "&&", "'q'", "a b"}
+	res := Run(context.Background(), env, Def{Name: "lit", Argv: append([]string{"printf", `[%s]`}, args...), WorkingDir: "/srv/app"}, nil)
+	want := ""
+	for _, a := range args {
+		want += "[" + a + "]"
+	}
+	if res.State != Succeeded || res.Stdout != want {
+		t.Fatalf("stdout %q, want %q (%+v)", res.Stdout, want, res)
+	}
+}
