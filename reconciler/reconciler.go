@@ -353,12 +353,15 @@ func newController(info providers.Info, override time.Duration) (*controller, er
 // cancelled. Run calls it when it returns.
 func (r *Reconciler) Close() { r.stop() }
 
-// topoOrder orders providers so that dependencies come first; ties are
-// broken by id so the order is stable.
+// topoOrder orders providers so that dependencies (and the sections a
+// provider reads, Info.ReadsDesired) come first; ties are broken by id so
+// the order is stable.
 func topoOrder(infos []providers.Info) ([]string, error) {
 	deps := map[string][]string{}
 	for _, in := range infos {
-		deps[in.ID] = in.DependsOn
+		// A section read through Env.SectionDesired comes first too, so
+		// that a pass has validated it before its reader runs.
+		deps[in.ID] = append(append([]string(nil), in.DependsOn...), in.ReadsDesired...)
 	}
 	ids := make([]string, 0, len(deps))
 	for id := range deps {
@@ -715,6 +718,7 @@ func (r *Reconciler) env(id string, managed, interrupted map[string]bool, log *s
 		CloudAllowed:       r.cloud == nil || r.cloud[id],
 		CloudRules:         rules,
 		DependencyObserved: r.dependencyObserved(id),
+		SectionDesired:     r.sectionDesired(id),
 		Uploader:           r.opts.Uploader,
 	}
 }
@@ -743,6 +747,32 @@ func (r *Reconciler) dependencyObserved(id string) func(string) (json.RawMessage
 			return nil, false
 		}
 		return b, true
+	}
+}
+
+// sectionDesired is Env.SectionDesired for section id: the last good
+// desired value of a section that id reads (Info.ReadsDesired), as a
+// direct method of that section sees it in Env.Desired.
+func (r *Reconciler) sectionDesired(id string) func(string) (json.RawMessage, bool) {
+	c := r.ctrls[id]
+	if c == nil || len(c.info.ReadsDesired) == 0 {
+		return nil
+	}
+	return func(other string) (json.RawMessage, bool) {
+		if !slices.Contains(c.info.ReadsDesired, other) || r.ctrls[other] == nil {
+			return nil, false
+		}
+		r.stMu.Lock()
+		var lastGood json.RawMessage
+		if sec := r.st.Sections[other]; sec != nil {
+			lastGood = sec.LastGood
+		}
+		r.stMu.Unlock()
+		var v map[string]json.RawMessage
+		if lastGood == nil || json.Unmarshal(lastGood, &v) != nil {
+			return nil, false
+		}
+		return stripReserved(v), true
 	}
 }
 
