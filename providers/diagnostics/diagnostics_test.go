@@ -373,7 +373,7 @@ func TestUploadThroughTwinhub(t *testing.T) {
 	if files := untar(t, blob); string(files["files/var/log/app/a.log"]) != "first\n" || files["manifest.json"] == nil {
 		t.Errorf("uploaded bundle: %v", files)
 	}
-	if n := notifications(t, h, &seq); !n.IsSuccess || n.BlobName != "dev1/case/r1.tar.gz" || n.BlobSizeInBytes != int64(len(blob)) {
+	if n := notifications(t, h, &seq); !n.IsSuccess || n.BlobName != "dev1/case/r1.tar.gz" || n.BlobSizeInBytes != int64(len(blob)) || n.CorrelationID != r1["uploadId"] {
 		t.Errorf("notification: %+v", n)
 	}
 	if _, err := os.Stat(filepath.Join(env.StateDir, "diagnostics", "pending", "r1.tar.gz")); !os.IsNotExist(err) {
