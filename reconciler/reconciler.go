@@ -122,6 +122,11 @@ type controller struct {
 	result       *SectionResult
 	failures     int
 	seenHash     string // inputs last seen by changedSections
+	// changedGen counts the input changes changedSections saw; doneGen
+	// is the count the last finished reconcile (not a dry run) started
+	// with. While doneGen < changedGen the section's result is older than
+	// its input, and the summary is not Ready.
+	changedGen, doneGen uint64
 	valid        *validEntry
 	merged       *mergeEntry
 	lastProgress time.Time
@@ -575,6 +580,7 @@ func (r *Reconciler) changedSections() []string {
 		c.mu.Lock()
 		if c.seenHash != h {
 			c.seenHash = h
+			c.changedGen++
 			out = append(out, id)
 		}
 		c.mu.Unlock()
