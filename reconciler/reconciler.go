@@ -118,18 +118,18 @@ type controller struct {
 	// never sees two calls for one section at once.
 	run sync.Mutex
 
-	mu           sync.Mutex // guards what follows
-	result       *SectionResult
-	failures     int
-	seenHash     string // inputs last seen by changedSections
+	mu       sync.Mutex // guards what follows
+	result   *SectionResult
+	failures int
+	seenHash string // inputs last seen by changedSections
 	// changedGen counts the input changes changedSections saw; doneGen
 	// is the count the last finished reconcile (not a dry run) started
 	// with. While doneGen < changedGen the section's result is older than
 	// its input, and the summary is not Ready.
 	changedGen, doneGen uint64
-	valid        *validEntry
-	merged       *mergeEntry
-	lastProgress time.Time
+	valid               *validEntry
+	merged              *mergeEntry
+	lastProgress        time.Time
 	// restored is the section's status in the last reported document of
 	// an earlier run, until this run records a result: a state that has
 	// not changed keeps its lastTransitionTime across restarts (so that a
