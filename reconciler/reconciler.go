@@ -238,6 +238,10 @@ func New(opts Options) (*Reconciler, error) {
 		if _, dup := r.ctrls[info.ID]; dup {
 			return nil, fmt.Errorf("reconciler: provider %s given twice", info.ID)
 		}
+		// Not reconciled since the start: the summary is not Ready
+		// before every section has been (a section nothing desires
+		// reports nothing, so a missing result says nothing).
+		c.changedGen = 1
 		r.ctrls[info.ID] = c
 	}
 	order, err := topoOrder(opts.Providers)

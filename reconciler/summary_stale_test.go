@@ -43,3 +43,22 @@ func TestSummaryNotReadyBeforeTheSectionsTookUpThePatch(t *testing.T) {
 		t.Fatalf("a patch that changes no input: %+v", sum)
 	}
 }
+
+// Before every section has been reconciled once since the start, the
+// summary is Reconciling: a section nothing has reported yet is not Ready.
+func TestSummaryNotReadyBeforeEverySectionRan(t *testing.T) {
+	f := newFixture(t)
+	r := f.new(t)
+	ctx := context.Background()
+	if sum := r.Publish().Summary; sum.State != StateReconciling {
+		t.Fatalf("before any reconcile: %+v", sum)
+	}
+	r.ReconcileSection(ctx, "notes", false)
+	if sum := r.Publish().Summary; sum.State != StateReconciling {
+		t.Fatalf("with later not reconciled yet: %+v", sum)
+	}
+	r.ReconcileSection(ctx, "later", false)
+	if sum := r.Publish().Summary; sum.State != StateReady {
+		t.Fatalf("after both: %+v", sum)
+	}
+}
