@@ -63,6 +63,14 @@ type Env struct {
 	// agent started, or not Ready has none. Nil when the runtime offers
 	// none (a test Env). services reads the files items it restarts on.
 	DependencyObserved func(section string) (json.RawMessage, bool)
+	// SectionDesired returns the last good desired value of another
+	// section (merged, schema-valid, the cloud scope applied, without the
+	// reserved keys __meta and reportingMode) and whether there is one.
+	// Only the sections of the provider's Info.ReadsDesired are visible.
+	// One that nothing desires, or that never passed validation, has
+	// none; one whose latest input is invalid keeps its last good value.
+	// Nil when the runtime offers none (a test Env).
+	SectionDesired func(section string) (json.RawMessage, bool)
 	// Uploader uploads files to the cloud's blob storage (IoT Hub file
 	// upload); nil when the agent is not connected. See FileUploader.
 	Uploader FileUploader

@@ -47,6 +47,11 @@ type Info struct {
 	// that nothing desires, or that no provider of the reconciler owns,
 	// holds nobody back.
 	DependsOn []string
+	// ReadsDesired lists sections whose last good desired value this
+	// provider reads through Env.SectionDesired (diagnostics runs the
+	// commands section's named commands). Unlike DependsOn it orders
+	// nothing and waits for nothing.
+	ReadsDesired []string
 	// ReadOnly providers only observe and report (deviceInfo); they have
 	// no desired state, their Plan always returns no change, and they are
 	// reconciled on every pass whether or not anything desires them.

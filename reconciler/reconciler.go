@@ -119,13 +119,18 @@ type controller struct {
 	// never sees two calls for one section at once.
 	run sync.Mutex
 
-	mu           sync.Mutex // guards what follows
-	result       *SectionResult
-	failures     int
-	seenHash     string // inputs last seen by changedSections
-	valid        *validEntry
-	merged       *mergeEntry
-	lastProgress time.Time
+	mu       sync.Mutex // guards what follows
+	result   *SectionResult
+	failures int
+	seenHash string // inputs last seen by changedSections
+	// changedGen counts the input changes changedSections saw; doneGen
+	// is the count the last finished reconcile (not a dry run) started
+	// with. While doneGen < changedGen the section's result is older than
+	// its input, and the summary is not Ready.
+	changedGen, doneGen uint64
+	valid               *validEntry
+	merged              *mergeEntry
+	lastProgress        time.Time
 	// restored is the section's status in the last reported document of
 	// an earlier run, until this run records a result: a state that has
 	// not changed keeps its lastTransitionTime across restarts (so that a
@@ -234,6 +239,10 @@ func New(opts Options) (*Reconciler, error) {
 		if _, dup := r.ctrls[info.ID]; dup {
 			return nil, fmt.Errorf("reconciler: provider %s given twice", info.ID)
 		}
+		// Not reconciled since the start: the summary is not Ready
+		// before every section has been (a section nothing desires
+		// reports nothing, so a missing result says nothing).
+		c.changedGen = 1
 		r.ctrls[info.ID] = c
 	}
 	order, err := topoOrder(opts.Providers)
@@ -354,12 +363,15 @@ func newController(info providers.Info, override time.Duration) (*controller, er
 // cancelled. Run calls it when it returns.
 func (r *Reconciler) Close() { r.stop() }
 
-// topoOrder orders providers so that dependencies come first; ties are
-// broken by id so the order is stable.
+// topoOrder orders providers so that dependencies (and the sections a
+// provider reads, Info.ReadsDesired) come first; ties are broken by id so
+// the order is stable.
 func topoOrder(infos []providers.Info) ([]string, error) {
 	deps := map[string][]string{}
 	for _, in := range infos {
-		deps[in.ID] = in.DependsOn
+		// A section read through Env.SectionDesired comes first too, so
+		// that a pass has validated it before its reader runs.
+		deps[in.ID] = append(append([]string(nil), in.DependsOn...), in.ReadsDesired...)
 	}
 	ids := make([]string, 0, len(deps))
 	for id := range deps {
@@ -573,6 +585,7 @@ func (r *Reconciler) changedSections() []string {
 		c.mu.Lock()
 		if c.seenHash != h {
 			c.seenHash = h
+			c.changedGen++
 			out = append(out, id)
 		}
 		c.mu.Unlock()
@@ -716,6 +729,7 @@ func (r *Reconciler) env(id string, managed, interrupted map[string]bool, log *s
 		CloudAllowed:       r.cloud == nil || r.cloud[id],
 		CloudRules:         rules,
 		DependencyObserved: r.dependencyObserved(id),
+		SectionDesired:     r.sectionDesired(id),
 		Uploader:           r.opts.Uploader,
 	}
 }
@@ -744,6 +758,32 @@ func (r *Reconciler) dependencyObserved(id string) func(string) (json.RawMessage
 			return nil, false
 		}
 		return b, true
+	}
+}
+
+// sectionDesired is Env.SectionDesired for section id: the last good
+// desired value of a section that id reads (Info.ReadsDesired), as a
+// direct method of that section sees it in Env.Desired.
+func (r *Reconciler) sectionDesired(id string) func(string) (json.RawMessage, bool) {
+	c := r.ctrls[id]
+	if c == nil || len(c.info.ReadsDesired) == 0 {
+		return nil
+	}
+	return func(other string) (json.RawMessage, bool) {
+		if !slices.Contains(c.info.ReadsDesired, other) || r.ctrls[other] == nil {
+			return nil, false
+		}
+		r.stMu.Lock()
+		var lastGood json.RawMessage
+		if sec := r.st.Sections[other]; sec != nil {
+			lastGood = sec.LastGood
+		}
+		r.stMu.Unlock()
+		var v map[string]json.RawMessage
+		if lastGood == nil || json.Unmarshal(lastGood, &v) != nil {
+			return nil, false
+		}
+		return stripReserved(v), true
 	}
 }
 

@@ -79,7 +79,7 @@ func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 		}
 	}
 	if dryRun {
-		return r.buildReport(results, true)
+		return r.buildReport(results, true, false)
 	}
 	return r.Publish()
 }
@@ -91,12 +91,17 @@ func (r *Reconciler) Publish() *Report {
 	r.pubMu.Lock()
 	defer r.pubMu.Unlock()
 	var results []*SectionResult
+	stale := false
 	for _, id := range r.order {
-		if res := r.ctrls[id].lastResult(); res != nil {
+		c := r.ctrls[id]
+		if res := c.lastResult(); res != nil {
 			results = append(results, res)
 		}
+		c.mu.Lock()
+		stale = stale || c.doneGen < c.changedGen
+		c.mu.Unlock()
 	}
-	rep := r.buildReport(results, false)
+	rep := r.buildReport(results, false, stale)
 	r.repMu.Lock()
 	changed := !bytes.Equal(rep.Document, r.reported)
 	if changed {
@@ -133,8 +138,11 @@ func indent(b []byte) []byte {
 
 // buildReport aggregates section results into the reported document. The
 // summary's lastReconcile moves only when something else in the document
-// changed, so that an idle agent writes nothing.
-func (r *Reconciler) buildReport(results []*SectionResult, dryRun bool) *Report {
+// changed, so that an idle agent writes nothing. stale says that a
+// section's input changed since its last reconcile (a twin patch not
+// taken up yet): the summary is then Reconciling, not Ready, though it
+// names the new desiredVersion.
+func (r *Reconciler) buildReport(results []*SectionResult, dryRun, stale bool) *Report {
 	by := r.RebootRequiredBy()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -190,7 +198,7 @@ func (r *Reconciler) buildReport(results []*SectionResult, dryRun bool) *Report 
 	switch {
 	case sum.Failed > 0 || len(rep.PolicyProblems) > 0:
 		sum.State = StateFailed
-	case sum.Ready < len(results):
+	case sum.Ready < len(results) || stale:
 		sum.State = StateReconciling
 	}
 	// lastReconcile: keep the previous value unless the document changed.

@@ -42,9 +42,17 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 		c.run.Lock()
 	}
 	defer c.run.Unlock()
+	c.mu.Lock()
+	gen := c.changedGen
+	c.mu.Unlock()
 	start := time.Now()
 	p := r.newPass(ctx, c, dryRun)
 	p.run()
+	if !dryRun {
+		c.mu.Lock()
+		c.doneGen = max(c.doneGen, gen)
+		c.mu.Unlock()
+	}
 	if !dryRun && p.unsaved {
 		r.Publish()
 		if err := r.saveState(); err != nil {

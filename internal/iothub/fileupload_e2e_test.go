@@ -5,17 +5,20 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"math/big"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -217,5 +220,73 @@ func TestFileUploadRefused(t *testing.T) {
 	}
 	if st, body := post(d, "/devices/d3/files/notifications", `{"correlationId": "nope", "isSuccess": true}`); st != 400 || !strings.Contains(body, "/correlationId") {
 		t.Errorf("unknown correlation id: %d %s", st, body)
+	}
+}
+
+// TestFileUploadSASCheckedByAzurite: the SAS URI twinhub hands a device
+// is what lets the PUT into Azurite: signed with the account key, it
+// writes that blob; with its signature altered, or for another blob name,
+// Azurite refuses it (403). So the uploads above prove twinhub's
+// signature, not an emulator that lets anything through.
+func TestFileUploadSASCheckedByAzurite(t *testing.T) {
+	h, az := uploadHub(t)
+	d := sasDevice(t, h, "d5")
+	hubClient := &http.Client{Transport: &http.Transport{TLSClientConfig: h.TLSConfig()}}
+	tok, _ := d.Signer.Sign(context.Background(), iothub.DeviceResource(h.Hostname(), "d5", ""), time.Now().Add(time.Hour))
+	req, _ := http.NewRequest(http.MethodPost, "https://"+h.HTTPSAddr()+"/devices/d5/files?api-version=2021-04-12", strings.NewReader(`{"blobName": "sas.bin"}`))
+	req.Host = h.Hostname()
+	req.Header.Set("Authorization", tok)
+	resp, err := hubClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sas struct{ CorrelationID, HostName, ContainerName, BlobName, SasToken string }
+	err = json.NewDecoder(resp.Body).Decode(&sas)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || sas.BlobName != "d5/sas.bin" {
+		t.Fatalf("POST /devices/d5/files: %d %+v %v", resp.StatusCode, sas, err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(az.CAPEM)
+	storage := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	put := func(blob, token string, data []byte) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPut, "https://"+sas.HostName+"/"+sas.ContainerName+"/"+blob+token, bytes.NewReader(data))
+		req.Header.Set("x-ms-blob-type", "BlockBlob")
+		resp, err := storage.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	q, err := url.ParseQuery(strings.TrimPrefix(sas.SasToken, "?"))
+	if err != nil || q.Get("sig") == "" || q.Get("sp") != "rcw" || q.Get("sr") != "b" {
+		t.Fatalf("sasToken %q: %v", sas.SasToken, err)
+	}
+	// Another signature of the same length: an HMAC with another key.
+	forged := url.Values{}
+	for k, v := range q {
+		forged[k] = v
+	}
+	mac := hmac.New(sha256.New, []byte("not the account key"))
+	mac.Write([]byte(sas.BlobName))
+	forged.Set("sig", base64.StdEncoding.EncodeToString(mac.Sum(nil)))
+	data := payload(512)
+	if st := put(sas.BlobName, "?"+forged.Encode(), data); st != http.StatusForbidden {
+		t.Errorf("PUT with a forged signature: %d, want 403", st)
+	}
+	if st := put("d5/other.bin", sas.SasToken, data); st != http.StatusForbidden {
+		t.Errorf("PUT of another blob with the SAS: %d, want 403", st)
+	}
+	if _, err := az.Download(container, "d5/other.bin"); err == nil {
+		t.Error("the blob the SAS does not name was written")
+	}
+	if st := put(sas.BlobName, sas.SasToken, data); st != http.StatusCreated {
+		t.Fatalf("PUT with twinhub's SAS: %d, want 201", st)
+	}
+	if got, err := az.Download(container, sas.BlobName); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("download: %v", err)
 	}
 }

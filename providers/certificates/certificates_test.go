@@ -482,3 +482,40 @@ func TestThroughRuntime(t *testing.T) {
 		t.Fatalf("get: %+v, %v", out, err)
 	}
 }
+
+// TestExpiringWindow: the Expiring window is each item's expiringDays
+// (30 by default), and notAfter is reported as the certificate has it.
+// Device certificates need no store tool.
+func TestExpiringWindow(t *testing.T) {
+	p, env := New(), providertest.NewEnv(t)
+	leaf := mint(t, "window-leaf", false, 10*24*time.Hour, nil) // 10 days left
+	item := func(days *int) map[string]any {
+		m := map[string]any{"type": "device", "pem": leaf.certPEM, "key": leaf.keyPEM}
+		if days != nil {
+			m["expiringDays"] = *days
+		}
+		return m
+	}
+	five, fifteen := 5, 15
+	raw := section(t, map[string]any{"narrow": item(&five), "wide": item(&fifteen), "default": item(nil)})
+	providertest.Converge(t, p, env, raw)
+	obs := providertest.ObserveJSON(t, p, env, raw)
+	want := map[string]string{"narrow": StateValid, "wide": StateExpiring, "default": StateExpiring}
+	for name, state := range want {
+		it := obs[name].(map[string]any)
+		if it["state"] != state {
+			t.Errorf("%s (10 days left): state %v, want %s", name, it["state"], state)
+		}
+		if it["notAfter"] != leaf.cert.NotAfter.UTC().Format(time.RFC3339) {
+			t.Errorf("%s: notAfter %v, want %s", name, it["notAfter"], leaf.cert.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	if c := (Provider{}).SummaryCounters(providertest.Observe(t, p, env, raw)); c["certificatesExpiring"] != 2 {
+		t.Errorf("counters %v, want 2 expiring", c)
+	}
+	// Six days later the narrow window is entered too.
+	env.Now = func() time.Time { return time.Now().Add(6 * 24 * time.Hour) }
+	if it := providertest.ObserveJSON(t, p, env, raw)["narrow"].(map[string]any); it["state"] != StateExpiring {
+		t.Errorf("narrow, 4 days left: state %v", it["state"])
+	}
+}

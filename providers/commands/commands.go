@@ -573,3 +573,25 @@ func callGet(ctx context.Context, env *providers.Env, payload json.RawMessage) (
 	c.Owner = nil
 	return &c, nil
 }
+
+// Definition returns the command called name of a commands section given
+// as its JSON value: the section's last good desired, as
+// Env.SectionDesired hands it to the providers that read it (diagnostics
+// collects the output of named commands). Definitions come from local
+// policy only (the cloud scope forbids them from the twin). Run it with
+// Run; no record is kept of such a run.
+func Definition(section json.RawMessage, name string) (Def, error) {
+	spec, err := decode(section)
+	if err != nil {
+		return Def{}, fmt.Errorf("the commands section does not decode: %w", err)
+	}
+	d, ok := spec.Defs[name]
+	if !ok {
+		defined := "none"
+		if len(spec.Defs) > 0 {
+			defined = strings.Join(sortedKeys(spec.Defs), ", ")
+		}
+		return Def{}, fmt.Errorf("no command %q in the commands section (defined: %s)", name, defined)
+	}
+	return d, nil
+}

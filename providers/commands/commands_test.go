@@ -449,3 +449,52 @@ func TestProgress(t *testing.T) {
 		t.Fatalf("%+v %q", res, steps)
 	}
 }
+
+// Arguments reach the program as they are: no shell expands variables,
+// globs, command substitutions or separators.
+func TestArgvWithoutAShell(t *testing.T) {
+	env := newEnv(t)
+	os.WriteFile(filepath.Join(env.Root, "srv/app/file"), nil, 0o644)
+	args := []string{"$HOME", "*", "`id`", "$(id)", ";", "|", "&&", "'q'", "a b"}
+	res := Run(context.Background(), env, Def{Name: "lit", Argv: append([]string{"printf", `[%s]`}, args...), WorkingDir: "/srv/app"}, nil)
+	want := ""
+	for _, a := range args {
+		want += "[" + a + "]"
+	}
+	if res.State != Succeeded || res.Stdout != want {
+		t.Fatalf("stdout %q, want %q (%+v)", res.Stdout, want, res)
+	}
+}
+
+// While a twin run runs it is reported Running; an agent shutdown (the
+// end of Apply's context) kills it and reports it Canceled, and it is
+// never run again.
+func TestRunningThenCanceled(t *testing.T) {
+	env := newEnv(t)
+	raw := section(t, `"nap": {"argv": ["sh", "-c", "echo run >> \"$TWINLET_ROOT/marker\"; exec sleep 120"], "timeout": "5m"}`, `"c1": {"name": "nap"}`)
+	plan := providertest.PlanOnly(t, Provider{}, env, raw)
+	if len(plan) != 1 {
+		t.Fatalf("plan %q", providertest.Lines(plan))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Provider{}.Apply(ctx, env, plan[0]) }()
+	marker := func() string { b, _ := os.ReadFile(filepath.Join(env.Root, "marker")); return string(b) }
+	testutil.Eventually(t, "the command runs", func() bool { return marker() == "run\n" })
+	if r := observe(t, env, raw).Runs["c1"]; r.State != Running || r.StartTime == "" {
+		t.Fatalf("while it runs: %+v", r)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if r := observe(t, env, raw).Runs["c1"]; r.State != Canceled || r.DurationMs == nil {
+		t.Fatalf("after the shutdown: %+v", r)
+	}
+	if plan := providertest.PlanOnly(t, Provider{}, env, raw); len(plan) != 0 {
+		t.Fatalf("planned again: %q", providertest.Lines(plan))
+	}
+	if marker() != "run\n" {
+		t.Fatalf("ran twice: %q", marker())
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/twinlet/twinlet/providers"
+	"github.com/twinlet/twinlet/providers/commands"
 )
 
 // Manifest is manifest.json, the last entry of a bundle.
@@ -135,7 +136,7 @@ func writeBundle(ctx context.Context, env *providers.Env, spec Spec, hostPath st
 		case c.Journal != nil:
 			err = collectJournal(ctx, env, b, c)
 		case c.Command != nil:
-			err = collectCommand(ctx, b, c)
+			err = collectCommand(ctx, env, b, c)
 		}
 		if err != nil {
 			return bundleSummary{}, err
@@ -332,8 +333,11 @@ func runBounded(ctx context.Context, argv []string, timeout time.Duration, max i
 	return out, err
 }
 
-func collectCommand(ctx context.Context, b *bundle, c Collector) error {
+func collectCommand(ctx context.Context, env *providers.Env, b *bundle, c Collector) error {
 	cmd := c.Command
+	if cmd.Name != "" {
+		return collectNamed(ctx, env, b, c)
+	}
 	out, err := runBounded(ctx, cmd.Argv, cmd.Timeout, cmd.MaxOutput)
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -343,6 +347,59 @@ func collectCommand(ctx context.Context, b *bundle, c Collector) error {
 		e.Error = err.Error()
 	}
 	return b.add(e, out.buf.Bytes(), out.total)
+}
+
+// collectNamed runs a command of the commands section as that section
+// defines it (commands.Run: its user, working directory, clean
+// environment whose values are redacted from the output, process group
+// killed at its timeout, bounded tails) and stores its standard output as
+// commands/<collector>.out and its standard error, when there is any, as
+// commands/<collector>.err. A run that did not succeed is an error of the
+// entry, not of the bundle.
+func collectNamed(ctx context.Context, env *providers.Env, b *bundle, c Collector) error {
+	e := Entry{Collector: c.Name, Source: "commands." + c.Command.Name}
+	var section json.RawMessage
+	ok := false
+	if env.SectionDesired != nil {
+		section, ok = env.SectionDesired(commands.ID)
+	}
+	if !ok {
+		e.Error = fmt.Sprintf("command %q: no commands section is desired (define it in local policy)", c.Command.Name)
+		return b.add(e, nil, 0)
+	}
+	def, err := commands.Definition(section, c.Command.Name)
+	if err != nil {
+		e.Error = err.Error()
+		return b.add(e, nil, 0)
+	}
+	e.Source += ": " + strings.Join(def.Argv, " ")
+	res := commands.Run(ctx, env, def, nil)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if res.State != commands.Succeeded {
+		switch {
+		case res.Error != "":
+			e.Error = res.State + ": " + res.Error
+		case res.ExitCode != nil:
+			e.Error = fmt.Sprintf("%s: exit status %d", res.State, *res.ExitCode)
+		case res.Signal != "":
+			e.Error = res.State + ": " + res.Signal
+		default:
+			e.Error = res.State
+		}
+	}
+	out := e
+	out.Path = "commands/" + c.Name + ".out"
+	if err := b.add(out, []byte(res.Stdout), res.StdoutBytes); err != nil {
+		return err
+	}
+	if res.StderrBytes == 0 {
+		return nil
+	}
+	errEntry := e
+	errEntry.Path, errEntry.Error = "commands/"+c.Name+".err", ""
+	return b.add(errEntry, []byte(res.Stderr), res.StderrBytes)
 }
 
 // journalArgs is the journalctl command line of a collector: the root's

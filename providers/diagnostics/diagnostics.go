@@ -10,11 +10,17 @@
 //	  "collectors": {
 //	    "syslog":  {"files": {"paths": ["/var/log/syslog*"]}},
 //	    "agent":   {"journal": {"units": ["twinlet.service"], "lines": 2000, "since": "-1d"}},
-//	    "network": {"command": {"argv": ["/usr/sbin/ip", "-j", "addr"], "timeout": "10s", "maxOutput": 65536}}
+//	    "network": {"command": {"argv": ["/usr/sbin/ip", "-j", "addr"], "timeout": "10s", "maxOutput": 65536}},
+//	    "disk":    {"command": {"name": "disk-usage"}}
 //	  },
 //	  "maxBundleSize": 16777216,
 //	  "requests": {"r42": {"uploadName": "support/case-42.tar.gz"}}
 //	}
+//
+// A command collector either gives its argv or names a command of the
+// commands section (its definitions, from local policy), run as that
+// section defines it: user, working directory, environment (redacted from
+// the output), timeout and output bound.
 //
 // Each request runs once (the runtime's Change.Once: never again, even
 // after a crash in the middle). Its bundle is written to the state
@@ -68,6 +74,8 @@ var MethodSchema = json.RawMessage(`{
 func init() {
 	providers.Register(providers.Info{
 		ID: ID, Kind: providers.Object, New: New, Timeout: 15 * time.Minute,
+		// Named command collectors run the commands section's definitions.
+		ReadsDesired: []string{"commands"},
 		Methods: map[string]providers.Method{
 			"collect": {
 				Description: "collect a diagnostic bundle with the collectors of local policy and upload it {uploadName}",
@@ -100,8 +108,10 @@ type Journal struct {
 	Since string
 }
 
-// Command is a named command whose output goes into the bundle.
+// Command is a command whose output goes into the bundle: Argv, or Name,
+// a definition of the commands section.
 type Command struct {
+	Name      string
 	Argv      []string
 	Timeout   time.Duration
 	MaxOutput int
@@ -128,6 +138,7 @@ var (
 	nameRE       = charsRE{regexp.MustCompile(`^[A-Za-z0-9_-]+$`), 128}
 	uploadNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
 	unitRE       = charsRE{regexp.MustCompile(`^[A-Za-z0-9:_.@\\-]+$`), 256}
+	commandRE    = charsRE{regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`), 64} // the commands section's names
 	sinceRE      = charsRE{regexp.MustCompile(`^[A-Za-z0-9 :+-]+$`), 64}
 )
 
@@ -237,6 +248,7 @@ func decodeCollector(name string, raw json.RawMessage, errs *providers.InvalidEr
 			Since string   `json:"since"`
 		} `json:"journal"`
 		Command *struct {
+			Name      string   `json:"name"`
 			Argv      []string `json:"argv"`
 			Timeout   string   `json:"timeout"`
 			MaxOutput *int     `json:"maxOutput"`
@@ -284,8 +296,20 @@ func decodeCollector(name string, raw json.RawMessage, errs *providers.InvalidEr
 	}
 	if in.Command != nil {
 		n++
-		cmd := &Command{Argv: in.Command.Argv, Timeout: DefaultCommandTimeout, MaxOutput: DefaultMaxOutput}
+		cmd := &Command{Name: in.Command.Name, Argv: in.Command.Argv, Timeout: DefaultCommandTimeout, MaxOutput: DefaultMaxOutput}
 		switch {
+		case cmd.Name != "" && len(cmd.Argv) > 0:
+			errs.Add(ptr+"/command", "either argv or the name of a command of the commands section, not both")
+		case cmd.Name != "":
+			if !commandRE.MatchString(cmd.Name) {
+				errs.Add(ptr+"/command/name", "%q is not a command name of the commands section", cmd.Name)
+			}
+			if in.Command.Timeout != "" {
+				errs.Add(ptr+"/command/timeout", "a named command has the timeout of its definition in the commands section")
+			}
+			if in.Command.MaxOutput != nil {
+				errs.Add(ptr+"/command/maxOutput", "a named command has the output bound of its definition in the commands section")
+			}
 		case len(cmd.Argv) == 0:
 			errs.Add(ptr+"/command/argv", "the program and its arguments (argv, never a shell line)")
 		case !path.IsAbs(cmd.Argv[0]):

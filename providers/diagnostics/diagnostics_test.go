@@ -236,6 +236,11 @@ func TestInvalid(t *testing.T) {
 		{`{"collectors": {"x": {"files": {"paths": ["/var/../etc/*"]}}}}`, "/collectors/x/files/paths/0"},
 		{`{"collectors": {"x": {"command": {"argv": ["ls"]}}}}`, "/collectors/x/command/argv/0"},
 		{`{"collectors": {"x": {"command": {"argv": ["/bin/ls"], "timeout": "2d"}}}}`, "/collectors/x/command/timeout"},
+		{`{"collectors": {"x": {"command": {"name": "df", "argv": ["/bin/df"]}}}}`, "/collectors/x/command"},
+		{`{"collectors": {"x": {"command": {"name": "df", "timeout": "5s"}}}}`, "/collectors/x/command/timeout"},
+		{`{"collectors": {"x": {"command": {"name": "df", "maxOutput": 100}}}}`, "/collectors/x/command/maxOutput"},
+		{`{"collectors": {"x": {"command": {"name": "-df"}}}}`, "/collectors/x/command/name"},
+		{`{"collectors": {"x": {"command": {}}}}`, "/collectors/x/command/argv"},
 		{`{"collectors": {"x": {"journal": {"units": ["--all"]}}}}`, "/collectors/x/journal/units/0"},
 		{`{"collectors": {"x": {"journal": {"since": "--x"}}}}`, "/collectors/x/journal/since"},
 		{`{"collectors": {"x": {"journal": {}, "files": {"paths": ["/a"]}}}}`, "/collectors/x"},
@@ -355,7 +360,7 @@ func TestUploadThroughTwinhub(t *testing.T) {
 	providertest.Converge(t, p, env, raw)
 	obs := providertest.ObserveJSON(t, p, env, raw)
 	r1 := obs["requests"].(map[string]any)["r1"].(map[string]any)
-	if r1["state"] != diagnostics.StateUploaded || r1["blobName"] != "dev1/case/r1.tar.gz" || r1["uploadId"] == "" {
+	if id, _ := r1["uploadId"].(string); r1["state"] != diagnostics.StateUploaded || r1["blobName"] != "dev1/case/r1.tar.gz" || id == "" {
 		t.Fatalf("r1: %v", r1)
 	}
 	blob, err := az.Download("diag", "dev1/case/r1.tar.gz")
@@ -368,13 +373,16 @@ func TestUploadThroughTwinhub(t *testing.T) {
 	if files := untar(t, blob); string(files["files/var/log/app/a.log"]) != "first\n" || files["manifest.json"] == nil {
 		t.Errorf("uploaded bundle: %v", files)
 	}
-	if n := notifications(t, h, &seq); !n.IsSuccess || n.BlobName != "dev1/case/r1.tar.gz" || n.BlobSizeInBytes != int64(len(blob)) {
+	if n := notifications(t, h, &seq); !n.IsSuccess || n.BlobName != "dev1/case/r1.tar.gz" || n.BlobSizeInBytes != int64(len(blob)) || n.CorrelationID != r1["uploadId"] {
 		t.Errorf("notification: %+v", n)
 	}
 	if _, err := os.Stat(filepath.Join(env.StateDir, "diagnostics", "pending", "r1.tar.gz")); !os.IsNotExist(err) {
 		t.Errorf("the uploaded bundle is still kept: %v", err)
 	}
-	if lu := obs["lastUpload"].(map[string]any); lu["result"] != "Succeeded" || lu["blobName"] != "dev1/case/r1.tar.gz" {
+	// lastUpload: the hub's upload (correlation) id, the size and blob
+	// name of what landed in the storage, the result.
+	if lu := obs["lastUpload"].(map[string]any); lu["result"] != "Succeeded" || lu["blobName"] != "dev1/case/r1.tar.gz" ||
+		lu["uploadId"] != r1["uploadId"] || lu["size"] != float64(len(blob)) || lu["requestId"] != "r1" {
 		t.Errorf("lastUpload: %v", lu)
 	}
 

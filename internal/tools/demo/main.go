@@ -280,6 +280,39 @@ func run(bin string, timeout time.Duration, keep bool) error {
 		return err
 	}
 	if az != nil {
+		// The request is reported uploaded once its bundle is in the
+		// storage: the summary can read Ready before the diagnostics
+		// section took up the new request, so wait for the request itself.
+		var state string
+		if err := poll(ctx, func() (bool, error) {
+			out, err := twinctl("", "twin", "show", "kiosk-demo", "-o", "json")
+			if err != nil {
+				return false, nil
+			}
+			var tw struct {
+				Properties struct {
+					Reported struct {
+						Diagnostics struct {
+							Requests map[string]struct{ State, Error string } `json:"requests"`
+						} `json:"diagnostics"`
+					} `json:"reported"`
+				} `json:"properties"`
+			}
+			if err := json.Unmarshal(out, &tw); err != nil {
+				return false, err
+			}
+			req := tw.Properties.Reported.Diagnostics.Requests["demo1"]
+			state = req.State
+			switch req.State {
+			case "Uploaded":
+				return true, nil
+			case "Dropped", "Interrupted":
+				return false, fmt.Errorf("the diagnostics request demo1 is %s: %s", req.State, req.Error)
+			}
+			return false, nil
+		}); err != nil {
+			return fmt.Errorf("the diagnostic bundle was not reported uploaded (last state %q): %w\n%s", state, err, agentLog)
+		}
 		blob, err := az.Download(ctx, "fileupload", "kiosk-demo/demo/bundle.tar.gz")
 		if err != nil {
 			return fmt.Errorf("the diagnostic bundle is not in Azurite: %w", err)
