@@ -47,8 +47,8 @@ func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 		r.changedSections() // remember the inputs this pass uses
 	}
 	// Side by side on the worker pool, as Run does: a section starts once
-	// the sections it depends on have ended, so a slow or hung one holds
-	// back only its dependents.
+	// the sections it depends on have ended (passDeps), so a slow or hung
+	// one holds back only its dependents.
 	done := make(map[string]chan struct{}, len(r.order))
 	for _, id := range r.order {
 		done[id] = make(chan struct{})
@@ -61,7 +61,7 @@ func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 		go func() {
 			defer wg.Done()
 			defer close(done[id])
-			for _, d := range r.ctrls[id].info.DependsOn {
+			for _, d := range r.passDeps(id) {
 				if ch := done[d]; ch != nil {
 					<-ch
 				}
@@ -82,6 +82,43 @@ func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 		return r.buildReport(results, true, false)
 	}
 	return r.Publish()
+}
+
+// passDeps are the sections that one pass over every section (ReconcileAll)
+// runs before id: those it depends on and those it reads
+// (Info.ReadsDesired), and for a reboot policy every other section, so
+// that it sees every reboot the pass latches.
+func (r *Reconciler) passDeps(id string) []string {
+	info := r.ctrls[id].info
+	if !info.RebootPolicy {
+		return append(append([]string(nil), info.DependsOn...), info.ReadsDesired...)
+	}
+	var ds []string
+	for _, other := range r.order {
+		if !r.ctrls[other].info.RebootPolicy && !r.reaches(other, id, map[string]bool{}) {
+			ds = append(ds, other)
+		}
+	}
+	return ds
+}
+
+// reaches tells whether section from depends on (or reads) to, directly
+// or through others: such a section cannot also be waited for by to.
+func (r *Reconciler) reaches(from, to string, seen map[string]bool) bool {
+	if seen[from] {
+		return false
+	}
+	seen[from] = true
+	c := r.ctrls[from]
+	if c == nil {
+		return false
+	}
+	for _, d := range append(append([]string(nil), c.info.DependsOn...), c.info.ReadsDesired...) {
+		if d == to || r.reaches(d, to, seen) {
+			return true
+		}
+	}
+	return false
 }
 
 // Publish builds the reported document from the latest result of every

@@ -66,18 +66,20 @@ func document(t *testing.T, rep *reconciler.Report) doc {
 }
 
 // TestLatchThroughRuntime drives the real reconciler: a section's change
-// latches "reboot required", the reboot section waits for the window,
+// latches "reboot required" (a section whose id sorts after "reboot", so
+// that the pass must run the reboot policy after it, not in id order),
+// the reboot section waits for the window,
 // records the reboot in it, and a new boot id clears the latch and reports
 // the reboot done with its duration.
 func TestLatchThroughRuntime(t *testing.T) {
 	root, stateDir := t.TempDir(), t.TempDir()
 	twin := filepath.Join(t.TempDir(), "twin.json")
-	os.WriteFile(twin, []byte(`{"kmod": {"option": "a"}, "reboot": {"maintenanceWindow": {"start": "02:00", "duration": "2h"}}}`), 0o600)
+	os.WriteFile(twin, []byte(`{"zkmod": {"option": "a"}, "reboot": {"maintenanceWindow": {"start": "02:00", "duration": "2h"}}}`), 0o600)
 	clk := &clock{t: at("2026-12-25 23:00")}
 	env := &providers.Env{Root: root}
 	boot(t, env, "boot-1", at("2026-12-20 08:00"))
 	info, _ := providers.Lookup(ID)
-	infos := []providers.Info{info, {ID: "kmod", Kind: providers.Object, Schema: json.RawMessage(`{"type": "object"}`), New: func() providers.Provider { return kmod{} }}}
+	infos := []providers.Info{info, {ID: "zkmod", Kind: providers.Object, Schema: json.RawMessage(`{"type": "object"}`), New: func() providers.Provider { return kmod{} }}}
 	opts := reconciler.Options{Root: root, StateDir: stateDir, TwinDesiredFile: twin, Providers: infos, Now: clk.Now,
 		Logger: slog.New(slog.DiscardHandler), CallTimeout: 5 * time.Second}
 	r, err := reconciler.New(opts)
@@ -86,7 +88,7 @@ func TestLatchThroughRuntime(t *testing.T) {
 	}
 	ctx := context.Background()
 	d := document(t, r.ReconcileAll(ctx, false))
-	if !d.Summary.RebootRequired || d.Summary.RebootRequiredBy != "kmod" || !reflect.DeepEqual(d.Reboot.RequiredBy, []string{"kmod"}) ||
+	if !d.Summary.RebootRequired || d.Summary.RebootRequiredBy != "zkmod" || !reflect.DeepEqual(d.Reboot.RequiredBy, []string{"zkmod"}) ||
 		d.Reboot.Pending == nil || d.Reboot.Pending.State != "Scheduled" || d.Reboot.Pending.At != "2026-12-26T01:00:00Z" {
 		t.Fatalf("before the window: %+v", d)
 	}
@@ -112,13 +114,13 @@ func TestLatchThroughRuntime(t *testing.T) {
 	d = document(t, r.ReconcileAll(ctx, false))
 	if d.Summary.RebootRequired || d.Reboot.RebootRequired || d.Reboot.Pending != nil || d.Reboot.LastReboot == nil ||
 		*d.Reboot.LastReboot.DurationSeconds != 60 || d.Reboot.LastReboot.NewBootID != "boot-2" ||
-		!reflect.DeepEqual(d.Reboot.LastReboot.By, []string{"kmod"}) {
+		!reflect.DeepEqual(d.Reboot.LastReboot.By, []string{"zkmod"}) {
 		t.Fatalf("after the boot: %+v %+v", d.Summary, d.Reboot)
 	}
 
 	// Another change latches in the same window: no second reboot sooner
 	// than LatchInterval after the last one.
-	os.WriteFile(twin, []byte(`{"kmod": {"option": "b"}, "reboot": {"maintenanceWindow": {"start": "02:00", "duration": "2h"}}}`), 0o600)
+	os.WriteFile(twin, []byte(`{"zkmod": {"option": "b"}, "reboot": {"maintenanceWindow": {"start": "02:00", "duration": "2h"}}}`), 0o600)
 	if _, err := r.Reload(); err != nil {
 		t.Fatal(err)
 	}
