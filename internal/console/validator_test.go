@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"sort"
@@ -67,10 +68,10 @@ var corpus = []struct{ schema, doc string }{
 	{"commands", `{"runs": {"c-1": {"name": "Restart kiosk"}}}`},
 }
 
-// TestValidatorsAgree runs the page's validator in Chromium on the corpus
-// and checks that it accepts exactly what the agent's accepts, and finds
-// the problems at the same JSON pointers.
-func TestValidatorsAgree(t *testing.T) {
+// pageValidator is a blank page in Chromium with the console's validator
+// (static/schema.js) loaded.
+func pageValidator(t *testing.T) context.Context {
+	t.Helper()
 	src, err := os.ReadFile("static/schema.js")
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +79,14 @@ func TestValidatorsAgree(t *testing.T) {
 	ctx := browser(t, 800, 600)
 	do(t, ctx, "load schema.js", chromedp.Navigate("about:blank"))
 	get(t, ctx, "load schema.js", chromedp.Evaluate[any]("(0, eval)("+strconvQuote(string(src))+"), 1"))
+	return ctx
+}
+
+// TestValidatorsAgree runs the page's validator in Chromium on the corpus
+// and checks that it accepts exactly what the agent's accepts, and finds
+// the problems at the same JSON pointers.
+func TestValidatorsAgree(t *testing.T) {
+	ctx := pageValidator(t)
 	invalid := 0
 	for i, c := range corpus {
 		raw, ok := schemas.Raw(c.schema)
@@ -204,13 +213,7 @@ func without(m map[string]any, k string) map[string]any {
 // documents of the corpus, methodSeeds): the page must refuse exactly
 // what the agent refuses, at the same pointers.
 func TestValidatorsAgreeMutated(t *testing.T) {
-	src, err := os.ReadFile("static/schema.js")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := browser(t, 800, 600)
-	do(t, ctx, "load schema.js", chromedp.Navigate("about:blank"))
-	get(t, ctx, "load schema.js", chromedp.Evaluate[any]("(0, eval)("+strconvQuote(string(src))+"), 1"))
+	ctx := pageValidator(t)
 
 	type target struct {
 		name  string
