@@ -90,8 +90,9 @@ func deviceConfig(cfg config.Config, tpms *tpmSet) (iothub.DeviceConfig, error) 
 }
 
 // cloud connects the agent to IoT Hub and serves metrics; it returns a
-// function that runs both until ctx ends.
-func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Metrics, log *slog.Logger) (func(context.Context), error) {
+// function that runs both until ctx ends. afterPing is called when the
+// hub answers a keep-alive ping (memtrim.Trimmer.AfterWake).
+func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Metrics, afterPing func(), log *slog.Logger) (func(context.Context), error) {
 	var runs []func(context.Context)
 	tpms := &tpmSet{}
 	ok := false
@@ -105,6 +106,7 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Me
 		if err != nil {
 			return nil, err
 		}
+		p.afterPing = afterPing
 		runs = append(runs, p.run)
 	} else if hasConnection(cfg.Connection) {
 		dc, err := deviceConfig(cfg, tpms)
@@ -112,7 +114,7 @@ func cloud(cfg config.Config, r *reconciler.Reconciler, a *agentRef, m *agent.Me
 			return nil, err
 		}
 		ag, err := agent.New(r, dc, agent.Options{StateDir: cfg.StateDir, Metrics: m, Logger: log.With("component", "iothub"),
-			FileUploadAddr: fileUploadAddr(cfg.Connection, dc.HostName)})
+			FileUploadAddr: fileUploadAddr(cfg.Connection, dc.HostName), AfterPing: afterPing})
 		if err != nil {
 			return nil, err
 		}

@@ -351,7 +351,7 @@ func runAgent(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	defer stop()
 	reload, hupDone := forwardHUP(ctx)
 	defer func() { stop(); <-hupDone }()
-	runCloud, err := cloud(cfg, r, &ag, metrics, log)
+	runCloud, err := cloud(cfg, r, &ag, metrics, trim.AfterWake, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "twinlet run: %v\n", err)
 		return 1

@@ -73,6 +73,8 @@ type provisioner struct {
 	metrics *agent.Metrics
 	tpms    *tpmSet
 	log     *slog.Logger
+	// afterPing is the agent's AfterPing (agent.Options).
+	afterPing func()
 
 	// retryMin/Max bound the delay after a provisioning that may succeed
 	// later (the service unreachable, throttling, a hub refusing a fresh
@@ -266,7 +268,8 @@ func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending 
 		default:
 		}
 	}
-	ag, err := agent.New(p.r, dc, agent.Options{StateDir: p.cfg.StateDir, Metrics: p.metrics, Logger: p.log.With("component", "iothub")})
+	ag, err := agent.New(p.r, dc, agent.Options{StateDir: p.cfg.StateDir, Metrics: p.metrics, Logger: p.log.With("component", "iothub"),
+		AfterPing: p.afterPing})
 	if err != nil {
 		p.log.Error("agent", "err", err)
 		return false

@@ -43,6 +43,9 @@ type Options struct {
 	// FileUploadAddr overrides the hub address (host:port) of the file
 	// upload requests (default HostName:443); see UploadFile.
 	FileUploadAddr string
+	// AfterPing, when set, becomes the device client's AfterPing (see
+	// iothub.DeviceConfig), unless that is set already.
+	AfterPing func()
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -91,6 +94,9 @@ func New(r *reconciler.Reconciler, cfg iothub.DeviceConfig, opts Options) (*Agen
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AfterPing == nil {
+		cfg.AfterPing = opts.AfterPing
 	}
 	if opts.Reboot == nil && slices.Contains(r.MethodNames(), "reboot.now") {
 		// The built-in reboot method goes to the reboot provider's

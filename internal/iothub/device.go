@@ -46,6 +46,10 @@ type DeviceConfig struct {
 	MinBackoff, MaxBackoff time.Duration
 	// KeepAlive defaults to 120s.
 	KeepAlive time.Duration
+	// AfterPing, when set, is called each time the hub answers a
+	// keep-alive ping, on the connection's reader: it must not block.
+	// An idle agent hands back the pages the ping touched.
+	AfterPing func()
 	// RequestTimeout bounds a twin request (default 30s).
 	RequestTimeout time.Duration
 	// Logger; nil discards.
@@ -352,6 +356,7 @@ func (c *DeviceClient) dial(uri *url.URL, o paho.ClientOptions) (net.Conn, error
 		return nil, err
 	}
 	k := newKeepConn(conn, c.cfg.KeepAlive, c.cfg.RequestTimeout, c.log)
+	k.afterPing = c.cfg.AfterPing
 	c.mu.Lock()
 	c.conn = k
 	c.mu.Unlock()

@@ -35,6 +35,7 @@ type keepConn struct {
 	pingSent    atomic.Int64 // 0: none outstanding
 	pings       atomic.Int64 // for tests
 	mute        atomic.Bool  // tests: stop pinging
+	afterPing   func()       // DeviceConfig.AfterPing
 
 	mu     sync.Mutex
 	timer  *time.Timer
@@ -88,6 +89,9 @@ func (k *keepConn) Read(b []byte) (int, error) {
 		k.lastRead.Store(time.Now().UnixNano())
 		if k.pingSent.Swap(0) != 0 {
 			k.arm(k.every * 3 / 4)
+			if k.afterPing != nil {
+				k.afterPing()
+			}
 		}
 	}
 	return n, err

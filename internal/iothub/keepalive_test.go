@@ -1,6 +1,7 @@
 package iothub_test
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,8 +17,13 @@ import (
 // packet carried the keep-alive although paho was told none.
 func TestKeepAlivePingsAQuietConnection(t *testing.T) {
 	h := iothubtest.StartHub(t)
-	c, _ := startDevice(t, h, "d1", func(cfg *iothub.DeviceConfig) { cfg.KeepAlive = 2 * time.Second })
+	var answered atomic.Int64
+	c, _ := startDevice(t, h, "d1", func(cfg *iothub.DeviceConfig) {
+		cfg.KeepAlive = 2 * time.Second
+		cfg.AfterPing = func() { answered.Add(1) }
+	})
 	testutil.Eventually(t, "two pings", func() bool { return c.KeepAlivePings() >= 2 })
+	testutil.Eventually(t, "AfterPing for an answered ping", func() bool { return answered.Load() >= 1 })
 	if n := c.Reconnects.Load(); n != 1 {
 		t.Fatalf("%d connects while pinging, want 1", n)
 	}

@@ -53,6 +53,12 @@ type Trimmer struct {
 	// by the last one (what madvise was asked for, not what was resident).
 	Trims    atomic.Int64
 	Released atomic.Int64
+	// Unmaps counts the executable's pages handed back after a wake
+	// (AfterWake) without a full trim.
+	Unmaps atomic.Int64
+
+	wakeMu    sync.Mutex // guards wakeTimer only: AfterWake never waits for a trim
+	wakeTimer *time.Timer
 }
 
 // New returns a trimmer; a delay of 0 or less never trims. log (nil:
@@ -120,6 +126,44 @@ func (t *Trimmer) Busy() (done func()) {
 	}
 }
 
+// afterWakeDelay is how long after a wake the pages it touched are handed
+// back: long enough for the wake's work to end (a ping's answer is read
+// and dropped in microseconds), short enough to stay within the same
+// burst of activity for the CPU.
+const afterWakeDelay = time.Second
+
+// AfterWake tells the trimmer that the agent woke briefly for something
+// that is not work (the keep-alive ping): the pages of the executable it
+// touched come back into the resident set and, while the agent is idle
+// (trimmed, nothing in progress), are handed back a moment later. Unlike
+// a trim, the collector stays off and the heap is not scanned. It never
+// blocks; a nil Trimmer or one that never trims does nothing.
+func (t *Trimmer) AfterWake() {
+	if t == nil || t.delay <= 0 {
+		return
+	}
+	t.wakeMu.Lock()
+	defer t.wakeMu.Unlock()
+	if t.wakeTimer == nil {
+		t.wakeTimer = time.AfterFunc(afterWakeDelay, t.unmapIfIdle)
+		return
+	}
+	t.wakeTimer.Reset(afterWakeDelay)
+}
+
+func (t *Trimmer) unmapIfIdle() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped || t.active > 0 || !t.idleGC {
+		return // a trim is due anyway, or work is in progress
+	}
+	if _, err := UnmapExecutable(); err != nil {
+		t.log.Debug("idle: unmapping the executable", "err", err)
+		return
+	}
+	t.Unmaps.Add(1)
+}
+
 // Stop cancels a pending trim; Touch does nothing after it.
 func (t *Trimmer) Stop() {
 	if t == nil {
@@ -131,6 +175,11 @@ func (t *Trimmer) Stop() {
 	if t.timer != nil {
 		t.timer.Stop()
 	}
+	t.wakeMu.Lock()
+	if t.wakeTimer != nil {
+		t.wakeTimer.Stop()
+	}
+	t.wakeMu.Unlock()
 	t.wakeLocked()
 }
 

@@ -140,3 +140,38 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestAfterWakeUnmapsOnlyWhenIdle: a wake that is not work (a keep-alive
+// ping) hands the executable's pages back a moment later while the agent
+// is trimmed, leaving the collector off; before the first trim or during
+// work it does nothing.
+func TestAfterWakeUnmapsOnlyWhenIdle(t *testing.T) {
+	gc := debug.SetGCPercent(77)
+	defer debug.SetGCPercent(gc)
+	tr := New(20*time.Millisecond, nil)
+	defer tr.Stop()
+	done := tr.Busy()
+	tr.AfterWake()
+	time.Sleep(afterWakeDelay + 300*time.Millisecond)
+	if n := tr.Unmaps.Load(); n != 0 {
+		t.Fatalf("%d unmaps during work", n)
+	}
+	done()
+	waitFor(t, "the trim", tr.IdleGC)
+	tr.AfterWake()
+	tr.AfterWake() // one unmap for a burst
+	waitFor(t, "the unmap after the wake", func() bool { return tr.Unmaps.Load() == 1 })
+	time.Sleep(afterWakeDelay / 2)
+	if n := tr.Unmaps.Load(); n != 1 {
+		t.Fatalf("%d unmaps after two wakes at once, want 1", n)
+	}
+	if !tr.IdleGC() {
+		t.Fatal("a wake turned the collector back on")
+	}
+	if p := debug.SetGCPercent(-1); p != -1 {
+		t.Fatalf("GC percent after a wake = %d, want -1 (off)", p)
+	}
+	New(0, nil).AfterWake()
+	var nilT *Trimmer
+	nilT.AfterWake()
+}
