@@ -106,14 +106,13 @@ func (l *sniListener) dispatch(raw net.Conn, establish listeners.EstablishFn) {
 	if c := l.h.hubByHost(tc.ConnectionState().ServerName); c != nil {
 		target = c
 	}
-	c := newParkConn(tc, raw)
 	if target == l.h {
-		if err := establish(l.id, c); err != nil {
+		if err := establish(l.id, tc); err != nil {
 			l.log.Debug("mqtt connection ended", "error", err)
 		}
 		return
 	}
-	target.mqttChild.establish(c)
+	target.mqttChild.establish(tc)
 }
 
 func (l *sniListener) Close(closeClients listeners.CloseFn) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -331,7 +332,7 @@ func (h *Hub) authenticate(cl *mqtt.Client, pk packets.Packet) (authResult, erro
 	}
 	res := authResult{deviceID: deviceID, moduleID: moduleID}
 
-	if tc, ok := tlsConnOf(cl.Net.Conn); ok {
+	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
 		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
 			if id.Authentication.Type != AuthSelfSigned && id.Authentication.Type != AuthCA {
 				return authResult{}, fmt.Errorf("client certificate for %s, whose authentication is %s", key, id.Authentication.Type)
