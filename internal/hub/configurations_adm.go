@@ -255,7 +255,7 @@ func (h *Hub) admOrderLocked() []*cfgState {
 }
 
 // admDoc is the query document of a twin for target conditions and
-// metrics. It shares the twin's maps: use it under h.mu only, read-only.
+// metrics. It shares the twin's tags: use it under h.mu only, read-only.
 func admDoc(r *record) map[string]any {
 	id := &r.Identity
 	doc := map[string]any{
@@ -263,7 +263,7 @@ func admDoc(r *record) map[string]any {
 		"status":          id.Status,
 		"connectionState": id.ConnectionState,
 		"tags":            r.Twin.Tags,
-		"properties":      map[string]any{"desired": r.Twin.Desired, "reported": r.Twin.Reported},
+		"properties":      map[string]any{"desired": r.Twin.Desired.obj(), "reported": r.Twin.Reported.obj()},
 	}
 	if id.ModuleID != "" {
 		doc["moduleId"] = id.ModuleID
@@ -356,9 +356,10 @@ func (h *Hub) admEvalLocked(key string, cfgs []*cfgState, now time.Time) {
 	sort.Slice(dels, func(i, j int) bool { return strings.Join(dels[i], ".") < strings.Join(dels[j], ".") })
 	changed := false
 	if len(sets) > 0 || len(dels) > 0 {
-		h.writeDesiredPathsLocked(r, dels, sets, vals, now)
+		desired := h.writeDesiredPathsLocked(r, dels, sets, vals, now)
+		doc["properties"].(map[string]any)["desired"] = desired
 		changed = true
-		if n := size(t.Desired); n > maxSectionBytes {
+		if n := size(desired); n > maxSectionBytes {
 			// Each content fits; their sum on one twin may not. The
 			// twin keeps it (a device patch would be refused instead).
 			h.log.Warn("configurations make desired properties larger than the service allows", "twin", key, "bytes", n, "limit", maxSectionBytes)

@@ -1,8 +1,11 @@
 package hub
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -20,15 +23,17 @@ const (
 	maxSafeInt      = 4503599627370495
 )
 
-// twinState is the persisted twin of one identity. Sections hold plain
-// JSON values (map[string]any, []any, string, float64, bool); metadata
-// trees mirror the object structure of desired and reported.
+// twinState is the persisted twin of one identity. Tags hold plain JSON
+// values (map[string]any, []any, string, float64, bool); the desired and
+// reported sections and their metadata trees, which mirror the object
+// structure of the sections, are held as their JSON encoding (packed) and
+// decoded only while a patch, a read or a query needs them.
 type twinState struct {
 	Tags            map[string]any `json:"tags"`
-	Desired         map[string]any `json:"desired"`
-	Reported        map[string]any `json:"reported"`
-	DesiredMeta     map[string]any `json:"desiredMeta"`
-	ReportedMeta    map[string]any `json:"reportedMeta"`
+	Desired         packed         `json:"desired"`
+	Reported        packed         `json:"reported"`
+	DesiredMeta     packed         `json:"desiredMeta"`
+	ReportedMeta    packed         `json:"reportedMeta"`
 	DesiredVersion  int64          `json:"desiredVersion"`
 	ReportedVersion int64          `json:"reportedVersion"`
 	// Version counts every change of the twin document; the etag derives
@@ -42,13 +47,84 @@ type twinState struct {
 }
 
 func newTwinState(now time.Time) twinState {
-	t := twinState{
-		Tags: map[string]any{}, Desired: map[string]any{}, Reported: map[string]any{},
-		DesiredVersion: 1, ReportedVersion: 1, Version: 1,
-	}
-	t.DesiredMeta = map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": int64(1)}
-	t.ReportedMeta = map[string]any{"$lastUpdated": stamp(now)}
+	t := twinState{Tags: map[string]any{}, DesiredVersion: 1, ReportedVersion: 1, Version: 1}
+	t.DesiredMeta = mustPack(map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": int64(1)})
+	t.ReportedMeta = mustPack(map[string]any{"$lastUpdated": stamp(now)})
 	return t
+}
+
+// packed is a JSON object held as its compact encoding; empty is {}.
+//
+// A twin section as a map[string]any tree costs a map per object (a few
+// hundred bytes however few keys it has), a boxed value per number and a
+// string header per key and string, and its metadata tree as much again:
+// encoded, the same section and metadata take a fraction of that. A twin
+// is read or patched far less often than it is held, so each use decodes
+// a fresh tree (which the caller may change at will) and a change is
+// packed again.
+type packed []byte
+
+// MarshalJSON writes the object as it is.
+func (p packed) MarshalJSON() ([]byte, error) {
+	if len(p) == 0 {
+		return []byte("{}"), nil
+	}
+	return p, nil
+}
+
+// UnmarshalJSON keeps a compact copy of a JSON object; null leaves p empty.
+func (p *packed) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*p = nil
+		return nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return err
+	}
+	if buf.Len() == 0 || buf.Bytes()[0] != '{' {
+		return errors.New("twin section is not a JSON object")
+	}
+	*p = bytes.Clone(buf.Bytes())
+	return nil
+}
+
+// obj decodes the object into a tree of its own.
+func (p packed) obj() map[string]any {
+	m := map[string]any{}
+	if len(p) == 0 {
+		return m
+	}
+	if err := json.Unmarshal(p, &m); err != nil {
+		// Only pack and UnmarshalJSON make a packed, both from valid
+		// JSON objects.
+		panic(fmt.Sprintf("hub: packed twin section does not decode: %v", err))
+	}
+	return m
+}
+
+// pack encodes a section or metadata tree. It fails only on values JSON
+// has no encoding for, which a patch decoded from JSON cannot hold (and
+// checkKeysAndValues refuses NaN and infinities from Go callers).
+func pack(m map[string]any) (packed, error) {
+	if len(m) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return packed(b), nil
+}
+
+// mustPack packs what the hub built itself: metadata, and sections from
+// content that was decoded from JSON.
+func mustPack(m map[string]any) packed {
+	p, err := pack(m)
+	if err != nil {
+		panic(fmt.Sprintf("hub: twin section does not encode: %v", err))
+	}
+	return p
 }
 
 func (t *twinState) etag() string {
@@ -107,6 +183,9 @@ func checkKeysAndValues(v any, at string) error {
 			return limitf("value of %s is %d bytes long, more than %d", at, len(x), maxStringBytes)
 		}
 	case float64:
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return limitf("value of %s is not a finite number", at)
+		}
 		if x == math.Trunc(x) && (x > maxSafeInt || x < -maxSafeInt-1) {
 			return limitf("integer value of %s is out of range", at)
 		}
@@ -280,12 +359,12 @@ func cloneMerged(section, patch map[string]any) map[string]any {
 	return out
 }
 
-// withSystem returns a copy of a section with $metadata and $version, as
-// the service shows it.
-func withSystem(section, meta map[string]any, version int64, withMeta bool) map[string]any {
-	out := deepCopy(section).(map[string]any)
+// withSystem decodes a section with $metadata and $version, as the
+// service shows it.
+func withSystem(section, meta packed, version int64, withMeta bool) map[string]any {
+	out := section.obj()
 	if withMeta {
-		out["$metadata"] = deepCopy(meta)
+		out["$metadata"] = meta.obj()
 	}
 	out["$version"] = version
 	return out

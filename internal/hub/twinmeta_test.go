@@ -2,75 +2,99 @@ package hub
 
 import (
 	"encoding/json"
-	"reflect"
+	"errors"
+	"math"
 	"testing"
 )
 
-// TestLeafMetadataShared checks that the leaves of one reported patch
-// share one metadata map, that a later patch replaces a leaf's metadata
-// instead of writing the shared map, and that a restarted hub shares the
-// metadata of leaves it reads from disk while showing the same $metadata.
-func TestLeafMetadataShared(t *testing.T) {
+// TestPackedSections checks that a twin holds its reported and desired
+// sections as compact JSON, that patches merge into them with the
+// metadata of each leaf and object as before, that what a changed
+// decoded tree holds never reaches the twin, and that a restarted hub
+// reads them back and shows the same twin.
+func TestPackedSections(t *testing.T) {
 	dir := t.TempDir()
 	h := startHub(t, Options{Dir: dir})
 	if _, err := h.CreateDevice("d1"); err != nil {
 		t.Fatal(err)
 	}
 	key := idKey("d1", "")
-	same := func(a, b any) bool {
-		return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
-	}
-	meta := func(h *Hub) map[string]any {
+	state := func(h *Hub) twinState {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		return h.records[key].Twin.ReportedMeta
+		return h.records[key].Twin
 	}
 	shown := func(h *Hub) string {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		t := h.records[key].Twin
-		b, _ := json.Marshal(withSystem(t.Reported, t.ReportedMeta, t.ReportedVersion, true))
+		tw, err := h.Twin("d1", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(tw.Properties)
 		return string(b)
 	}
 	if _, err := h.patchReported(key, map[string]any{"a": 1.0, "b": "x", "o": map[string]any{"c": true}}); err != nil {
 		t.Fatal(err)
 	}
-	m := meta(h)
-	first := m["a"]
-	if !same(first, m["b"]) || !same(first, m["o"].(map[string]any)["c"]) {
-		t.Fatal("the leaves of one patch do not share their metadata")
-	}
-	if same(first, m["o"]) {
-		t.Fatal("an object shares its metadata map with leaves")
-	}
-	// A leaf set again gets the new patch's map; the object's own map
-	// takes the new $lastUpdated; the shared map is left as it was.
-	before := map[string]any{}
-	for k, v := range first.(map[string]any) {
-		before[k] = v
-	}
-	if _, err := h.patchReported(key, map[string]any{"a": 2.0, "o": map[string]any{"d": 1.0}}); err != nil {
+	if _, err := h.patchReported(key, map[string]any{"a": 2.0, "b": nil, "o": map[string]any{"d": 1.0}}); err != nil {
 		t.Fatal(err)
 	}
-	m = meta(h)
-	if same(m["a"], first) || !same(m["b"], first) || !reflect.DeepEqual(first, before) {
-		t.Fatalf("a later patch wrote the shared metadata: %v, was %v", first, before)
+	if got, want := string(state(h).Reported), `{"a":2,"o":{"c":true,"d":1}}`; got != want {
+		t.Fatalf("reported is held as %s, want %s", got, want)
 	}
+	meta := state(h).ReportedMeta.obj()
+	for _, p := range [][]string{{"$lastUpdated"}, {"a", "$lastUpdated"}, {"o", "$lastUpdated"}, {"o", "c", "$lastUpdated"}, {"o", "d", "$lastUpdated"}} {
+		if _, ok := getPath(meta, p); !ok {
+			t.Errorf("reported $metadata has no %v: %v", p, meta)
+		}
+	}
+	if _, ok := meta["b"]; ok {
+		t.Errorf("reported $metadata keeps the removed b: %v", meta)
+	}
+
+	if _, err := h.UpdateTwin("d1", "", TwinPatch{Properties: &struct {
+		Desired map[string]any `json:"desired,omitempty"`
+	}{Desired: map[string]any{"s": map[string]any{"k": "v"}}}}, false, ""); err != nil {
+		t.Fatal(err)
+	}
+	st := state(h)
+	if got, want := string(st.Desired), `{"s":{"k":"v"}}`; got != want {
+		t.Fatalf("desired is held as %s, want %s", got, want)
+	}
+	if v, _ := getPath(st.DesiredMeta.obj(), []string{"s", "k", "$lastUpdatedVersion"}); v != float64(st.DesiredVersion) {
+		t.Fatalf("desired $metadata of s.k has $lastUpdatedVersion %v, want %d", v, st.DesiredVersion)
+	}
+
+	// A decoded tree is the caller's.
+	tw, _ := h.Twin("d1", "")
+	tw.Properties.Reported["a"] = "changed"
+	tw.Properties.Reported["$metadata"].(map[string]any)["a"] = "changed"
 	want := shown(h)
+	if got := string(state(h).Reported); got != `{"a":2,"o":{"c":true,"d":1}}` {
+		t.Fatalf("changing a twin read back changed the hub's: %s", got)
+	}
+
+	// JSON has no NaN: refused as the service refuses a bad value, and
+	// the twin stays as it was.
+	_, err := h.patchReported(key, map[string]any{"n": math.NaN()})
+	var le *limitError
+	if !errors.As(err, &le) {
+		t.Fatalf("a NaN in a reported patch: %v, want a limit error", err)
+	}
+	if got := shown(h); got != want {
+		t.Fatalf("a refused patch changed the twin to\n%s\nfrom\n%s", got, want)
+	}
+
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
-
 	h2 := startHub(t, Options{Dir: dir})
 	if got := shown(h2); got != want {
 		t.Fatalf("after restart the twin shows\n%s\nwant\n%s", got, want)
 	}
-	m = meta(h2)
-	if !same(m["b"], m["o"].(map[string]any)["c"]) || !same(m["a"], m["o"].(map[string]any)["d"]) {
-		t.Fatal("leaves read from disk with the same metadata do not share it")
+	if _, err := h2.patchReported(key, map[string]any{"o": nil}); err != nil {
+		t.Fatal(err)
 	}
-	// Within one millisecond two patches write the same $lastUpdated.
-	if same(m["a"], m["b"]) && !reflect.DeepEqual(m["a"], m["b"]) {
-		t.Fatal("leaves with different metadata share a map")
+	if got := string(state(h2).Reported); got != `{"a":2}` {
+		t.Fatalf("a patch after restart leaves reported %s, want {\"a\":2}", got)
 	}
 }

@@ -124,7 +124,7 @@ func (h *Hub) UpdateTwin(deviceID, moduleID string, p TwinPatch, replace bool, i
 			desired = map[string]any{}
 		}
 	}
-	var newTags, newDesired map[string]any
+	var newTags, newDesired, newDesiredMeta map[string]any
 	if tags != nil {
 		if replace {
 			newTags = cloneMerged(map[string]any{}, tags)
@@ -135,28 +135,34 @@ func (h *Hub) UpdateTwin(deviceID, moduleID string, p TwinPatch, replace bool, i
 			return Twin{}, err
 		}
 	}
+	var desiredData, desiredMeta packed
 	if desired != nil {
 		if replace {
-			newDesired = cloneMerged(map[string]any{}, desired)
+			newDesired, newDesiredMeta = map[string]any{}, map[string]any{}
 		} else {
-			newDesired = cloneMerged(t.Desired, desired)
+			newDesired, newDesiredMeta = t.Desired.obj(), t.DesiredMeta.obj()
 		}
+		md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion + 1}
+		mergeSection(newDesired, newDesiredMeta, desired, md)
 		if err := checkSection("properties.desired", newDesired, maxSectionBytes); err != nil {
 			return Twin{}, err
 		}
+		var err error
+		if desiredData, err = pack(newDesired); err != nil {
+			return Twin{}, fmt.Errorf("properties.desired: %w", err)
+		}
+		desiredMeta = mustPack(newDesiredMeta)
 	}
 	if newTags != nil {
 		t.Tags = newTags
 	}
 	if newDesired != nil {
 		t.DesiredVersion++
-		md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion}
-		var delta map[string]any
-		if replace {
-			t.Desired, t.DesiredMeta = replaceSection(desired, md)
-			delta = deepCopy(t.Desired).(map[string]any)
-		} else {
-			mergeSection(t.Desired, t.DesiredMeta, desired, md)
+		t.Desired, t.DesiredMeta = desiredData, desiredMeta
+		// The device is sent the patch, or the whole section when it was
+		// replaced (newDesired is no longer the twin's).
+		delta := newDesired
+		if !replace {
 			delta = deepCopy(desired).(map[string]any)
 		}
 		delta["$version"] = t.DesiredVersion
@@ -185,12 +191,16 @@ func (h *Hub) patchReported(key string, patch map[string]any) (int64, error) {
 		return 0, fmt.Errorf("identity %s: %w", key, ErrNotFound)
 	}
 	t := &r.Twin
-	merged := cloneMerged(t.Reported, patch)
-	if err := checkSection("properties.reported", merged, maxSectionBytes); err != nil {
+	reported, meta := t.Reported.obj(), t.ReportedMeta.obj()
+	mergeSection(reported, meta, patch, map[string]any{"$lastUpdated": stamp(now)})
+	if err := checkSection("properties.reported", reported, maxSectionBytes); err != nil {
 		return 0, err
 	}
-	md := map[string]any{"$lastUpdated": stamp(now)}
-	mergeSection(t.Reported, t.ReportedMeta, patch, md)
+	data, err := pack(reported)
+	if err != nil {
+		return 0, fmt.Errorf("properties.reported: %w", err)
+	}
+	t.Reported, t.ReportedMeta = data, mustPack(meta)
 	t.ReportedVersion++
 	t.Version++
 	r.Identity.LastActivityTime = now.UTC()
