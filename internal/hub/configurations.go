@@ -556,7 +556,7 @@ func (h *Hub) ApplyConfigurationContent(deviceID string, ct ConfigurationContent
 		t.DesiredVersion++
 		md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion}
 		val, meta := replaceSection(d, md)
-		t.Desired, t.DesiredMeta = mustPack(val), mustPack(meta)
+		t.Desired, t.DesiredMeta = mustPack(val), packMeta(val, meta)
 		t.Version++
 		delta := val
 		delta["$version"] = t.DesiredVersion
@@ -575,7 +575,8 @@ func (h *Hub) writeDesiredPathsLocked(r *record, dels, sets [][]string, vals []a
 	t := &r.Twin
 	t.DesiredVersion++
 	md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion}
-	desired, meta := t.Desired.obj(), t.DesiredMeta.obj()
+	desired := t.Desired.obj()
+	meta := t.DesiredMeta.tree(desired)
 	for _, p := range dels {
 		delPath(desired, meta, p, md)
 	}
@@ -590,7 +591,7 @@ func (h *Hub) writeDesiredPathsLocked(r *record, dels, sets [][]string, vals []a
 		meta[k] = v
 	}
 	// Configuration content was decoded from JSON: it encodes.
-	t.Desired, t.DesiredMeta = mustPack(desired), mustPack(meta)
+	t.Desired, t.DesiredMeta = mustPack(desired), packMeta(desired, meta)
 	t.Version++
 	// The delta holds each changed path's new value (null when gone),
 	// leaving out paths inside another changed path.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -32,8 +33,8 @@ type twinState struct {
 	Tags            map[string]any `json:"tags"`
 	Desired         packed         `json:"desired"`
 	Reported        packed         `json:"reported"`
-	DesiredMeta     packed         `json:"desiredMeta"`
-	ReportedMeta    packed         `json:"reportedMeta"`
+	DesiredMeta     metaPacked     `json:"-"`
+	ReportedMeta    metaPacked     `json:"-"`
 	DesiredVersion  int64          `json:"desiredVersion"`
 	ReportedVersion int64          `json:"reportedVersion"`
 	// Version counts every change of the twin document; the etag derives
@@ -48,9 +49,40 @@ type twinState struct {
 
 func newTwinState(now time.Time) twinState {
 	t := twinState{Tags: map[string]any{}, DesiredVersion: 1, ReportedVersion: 1, Version: 1}
-	t.DesiredMeta = mustPack(map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": int64(1)})
-	t.ReportedMeta = mustPack(map[string]any{"$lastUpdated": stamp(now)})
+	t.DesiredMeta = packMeta(nil, map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": int64(1)})
+	t.ReportedMeta = packMeta(nil, map[string]any{"$lastUpdated": stamp(now)})
 	return t
+}
+
+// twinStateJSON is twinState as persisted: the metadata trees in full.
+type twinStateJSON struct {
+	twinStateFields
+	DesiredMeta  map[string]any `json:"desiredMeta"`
+	ReportedMeta map[string]any `json:"reportedMeta"`
+}
+
+// twinStateFields is twinState without its methods.
+type twinStateFields twinState
+
+// MarshalJSON writes the twin as the registry persists it.
+func (t twinState) MarshalJSON() ([]byte, error) {
+	return json.Marshal(twinStateJSON{
+		twinStateFields: twinStateFields(t),
+		DesiredMeta:     t.DesiredMeta.tree(t.Desired.obj()),
+		ReportedMeta:    t.ReportedMeta.tree(t.Reported.obj()),
+	})
+}
+
+// UnmarshalJSON reads a persisted twin.
+func (t *twinState) UnmarshalJSON(b []byte) error {
+	var j twinStateJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*t = twinState(j.twinStateFields)
+	t.DesiredMeta = packMeta(t.Desired.obj(), j.DesiredMeta)
+	t.ReportedMeta = packMeta(t.Reported.obj(), j.ReportedMeta)
+	return nil
 }
 
 // packed is a JSON object held as its compact encoding; empty is {}.
@@ -361,11 +393,193 @@ func cloneMerged(section, patch map[string]any) map[string]any {
 
 // withSystem decodes a section with $metadata and $version, as the
 // service shows it.
-func withSystem(section, meta packed, version int64, withMeta bool) map[string]any {
+func withSystem(section packed, meta metaPacked, version int64, withMeta bool) map[string]any {
 	out := section.obj()
 	if withMeta {
-		out["$metadata"] = meta.obj()
+		out["$metadata"] = meta.tree(out)
 	}
 	out["$version"] = version
 	return out
+}
+
+// metaPacked is the metadata tree of a packed section, held compactly.
+//
+// The metadata tree mirrors the section's objects: every object and every
+// leaf has a node holding its $lastUpdated (and in desired its
+// $lastUpdatedVersion), and the nodes of one patch share those values.
+// Written out as JSON that is three times the section itself. Held here
+// is a table of the distinct values and, in the order of a walk of the
+// section (keys sorted), each node's index into it: a byte or two per
+// node. A tree that does not mirror its section (which the hub does not
+// write, but a registry on disk might hold) is kept as JSON instead.
+//
+// Layout: metaCompact, the number of entries, each entry (length and
+// bytes of $lastUpdated, 1 and the version or 0), then one index per node;
+// or the tree's JSON, which starts with '{'; or nothing for {}.
+type metaPacked []byte
+
+const metaCompact = 1
+
+// metaEntry is the content of one metadata node.
+type metaEntry struct {
+	updated    string
+	version    int64
+	hasVersion bool
+}
+
+// packMeta packs the metadata tree meta of section.
+func packMeta(section, meta map[string]any) metaPacked {
+	if len(meta) == 0 {
+		return nil
+	}
+	e := metaEncoder{index: map[metaEntry]uint64{}}
+	if e.node(section, meta) {
+		out := binary.AppendUvarint([]byte{metaCompact}, uint64(len(e.entries)))
+		for _, en := range e.entries {
+			out = binary.AppendUvarint(out, uint64(len(en.updated)))
+			out = append(out, en.updated...)
+			if en.hasVersion {
+				out = append(out, 1)
+				out = binary.AppendVarint(out, en.version)
+			} else {
+				out = append(out, 0)
+			}
+		}
+		return bytes.Clone(append(out, e.nodes...))
+	}
+	b, err := json.Marshal(meta)
+	if err != nil {
+		panic(fmt.Sprintf("hub: twin metadata does not encode: %v", err))
+	}
+	return metaPacked(b)
+}
+
+type metaEncoder struct {
+	index   map[metaEntry]uint64
+	entries []metaEntry
+	nodes   []byte
+}
+
+// node appends the node of an object or leaf and, for an object, its
+// children's; false when meta does not mirror the section.
+func (e *metaEncoder) node(section any, meta any) bool {
+	m, ok := meta.(map[string]any)
+	if !ok {
+		return false
+	}
+	var en metaEntry
+	own := 0
+	if v, ok := m["$lastUpdated"]; ok {
+		if en.updated, ok = v.(string); !ok {
+			return false
+		}
+		own++
+	} else {
+		return false
+	}
+	if v, ok := m["$lastUpdatedVersion"]; ok {
+		switch x := v.(type) {
+		case int64:
+			en.version = x
+		case float64:
+			if x != math.Trunc(x) || math.Abs(x) > maxSafeInt {
+				return false
+			}
+			en.version = int64(x)
+		default:
+			return false
+		}
+		en.hasVersion = true
+		own++
+	}
+	i, ok := e.index[en]
+	if !ok {
+		i = uint64(len(e.entries))
+		e.index[en] = i
+		e.entries = append(e.entries, en)
+	}
+	e.nodes = binary.AppendUvarint(e.nodes, i)
+	obj, isObj := section.(map[string]any)
+	if !isObj {
+		return len(m) == own
+	}
+	if len(m) != own+len(obj) {
+		return false
+	}
+	for _, k := range sortedKeys(obj) {
+		if !e.node(obj[k], m[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+// tree decodes the metadata tree of section, which must be the section
+// it was packed with.
+func (p metaPacked) tree(section map[string]any) map[string]any {
+	if len(p) == 0 {
+		return map[string]any{}
+	}
+	if p[0] == '{' {
+		m := map[string]any{}
+		if err := json.Unmarshal(p, &m); err != nil {
+			panic(fmt.Sprintf("hub: packed twin metadata does not decode: %v", err))
+		}
+		return m
+	}
+	d := metaDecoder{b: p[1:]}
+	n := d.uvarint()
+	d.entries = make([]metaEntry, 0, min(n, uint64(len(d.b))))
+	for j := uint64(0); j < n; j++ {
+		l := d.uvarint()
+		en := metaEntry{updated: string(d.b[:l])}
+		d.b = d.b[l:]
+		en.hasVersion = d.b[0] == 1
+		d.b = d.b[1:]
+		if en.hasVersion {
+			v, k := binary.Varint(d.b)
+			en.version, d.b = v, d.b[k:]
+		}
+		d.entries = append(d.entries, en)
+	}
+	return d.node(section)
+}
+
+type metaDecoder struct {
+	b       []byte
+	entries []metaEntry
+}
+
+func (d *metaDecoder) uvarint() uint64 {
+	v, k := binary.Uvarint(d.b)
+	if k <= 0 {
+		panic("hub: packed twin metadata is truncated")
+	}
+	d.b = d.b[k:]
+	return v
+}
+
+func (d *metaDecoder) node(section any) map[string]any {
+	en := d.entries[d.uvarint()]
+	obj, isObj := section.(map[string]any)
+	m := make(map[string]any, 2+len(obj))
+	m["$lastUpdated"] = en.updated
+	if en.hasVersion {
+		m["$lastUpdatedVersion"] = en.version
+	}
+	if isObj {
+		for _, k := range sortedKeys(obj) {
+			m[k] = d.node(obj[k])
+		}
+	}
+	return m
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

@@ -41,7 +41,7 @@ func TestPackedSections(t *testing.T) {
 	if got, want := string(state(h).Reported), `{"a":2,"o":{"c":true,"d":1}}`; got != want {
 		t.Fatalf("reported is held as %s, want %s", got, want)
 	}
-	meta := state(h).ReportedMeta.obj()
+	meta := state(h).ReportedMeta.tree(state(h).Reported.obj())
 	for _, p := range [][]string{{"$lastUpdated"}, {"a", "$lastUpdated"}, {"o", "$lastUpdated"}, {"o", "c", "$lastUpdated"}, {"o", "d", "$lastUpdated"}} {
 		if _, ok := getPath(meta, p); !ok {
 			t.Errorf("reported $metadata has no %v: %v", p, meta)
@@ -60,7 +60,7 @@ func TestPackedSections(t *testing.T) {
 	if got, want := string(st.Desired), `{"s":{"k":"v"}}`; got != want {
 		t.Fatalf("desired is held as %s, want %s", got, want)
 	}
-	if v, _ := getPath(st.DesiredMeta.obj(), []string{"s", "k", "$lastUpdatedVersion"}); v != float64(st.DesiredVersion) {
+	if v, _ := getPath(st.DesiredMeta.tree(st.Desired.obj()), []string{"s", "k", "$lastUpdatedVersion"}); v != st.DesiredVersion {
 		t.Fatalf("desired $metadata of s.k has $lastUpdatedVersion %v, want %d", v, st.DesiredVersion)
 	}
 
@@ -96,5 +96,71 @@ func TestPackedSections(t *testing.T) {
 	}
 	if got := string(state(h2).Reported); got != `{"a":2}` {
 		t.Fatalf("a patch after restart leaves reported %s, want {\"a\":2}", got)
+	}
+}
+
+// TestMetaPacked checks the compact metadata: a tree that mirrors its
+// section decodes to the same tree in a fraction of its JSON, and one
+// that does not (an extra node, a missing one, a node with more than
+// $lastUpdated and $lastUpdatedVersion, a version that is no integer) is
+// kept as JSON and decodes as it was.
+func TestMetaPacked(t *testing.T) {
+	norm := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	at := func(s string, v float64) map[string]any {
+		return map[string]any{"$lastUpdated": s, "$lastUpdatedVersion": v}
+	}
+	section := map[string]any{"a": 1.0, "o": map[string]any{"b": "x", "e": map[string]any{}, "l": []any{1.0, map[string]any{"z": true}}}}
+	meta := map[string]any{
+		"$lastUpdated": "2026-01-02T03:04:05.006Z", "$lastUpdatedVersion": 7.0,
+		"a": at("2026-01-02T03:04:05.006Z", 7),
+		"o": map[string]any{
+			"$lastUpdated": "2026-01-02T03:04:05.006Z", "$lastUpdatedVersion": 7.0,
+			"b": at("2026-01-01T00:00:00.000Z", 3),
+			"e": at("2026-01-02T03:04:05.006Z", 7),
+			"l": at("2026-01-01T00:00:00.000Z", 3),
+		},
+	}
+	p := packMeta(section, meta)
+	if p[0] != metaCompact {
+		t.Fatalf("a mirroring tree is kept as %q", p)
+	}
+	if got, want := norm(p.tree(section)), norm(meta); got != want {
+		t.Fatalf("decoded\n%s\nwant\n%s", got, want)
+	}
+	if js := norm(meta); len(p)*4 > len(js) {
+		t.Errorf("compact metadata is %d bytes, its JSON %d", len(p), len(js))
+	}
+	reported := map[string]any{"$lastUpdated": "2026-01-02T03:04:05.006Z", "a": map[string]any{"$lastUpdated": "2026-01-02T03:04:05.006Z"}}
+	if p := packMeta(map[string]any{"a": "x"}, reported); p[0] != metaCompact || norm(p.tree(map[string]any{"a": "x"})) != norm(reported) {
+		t.Fatalf("reported metadata (no versions) packs to %q", p)
+	}
+
+	for name, bad := range map[string]func(m map[string]any){
+		"extra node":   func(m map[string]any) { m["gone"] = at("2026-01-01T00:00:00.000Z", 1) },
+		"missing node": func(m map[string]any) { delete(m["o"].(map[string]any), "b") },
+		"other key":    func(m map[string]any) { m["a"].(map[string]any)["x"] = "y" },
+		"no stamp":     func(m map[string]any) { delete(m["a"].(map[string]any), "$lastUpdated") },
+		"odd version":  func(m map[string]any) { m["a"].(map[string]any)["$lastUpdatedVersion"] = 1.5 },
+	} {
+		m := deepCopy(meta).(map[string]any)
+		bad(m)
+		want := norm(m)
+		p := packMeta(section, m)
+		if p[0] != '{' {
+			t.Errorf("%s: kept compact", name)
+			continue
+		}
+		if got := norm(p.tree(section)); got != want {
+			t.Errorf("%s: decoded\n%s\nwant\n%s", name, got, want)
+		}
+	}
+	if p := packMeta(section, nil); len(p) != 0 || len(p.tree(section)) != 0 {
+		t.Fatalf("no metadata packs to %q", p)
 	}
 }

@@ -135,12 +135,14 @@ func (h *Hub) UpdateTwin(deviceID, moduleID string, p TwinPatch, replace bool, i
 			return Twin{}, err
 		}
 	}
-	var desiredData, desiredMeta packed
+	var desiredData packed
+	var desiredMeta metaPacked
 	if desired != nil {
 		if replace {
 			newDesired, newDesiredMeta = map[string]any{}, map[string]any{}
 		} else {
-			newDesired, newDesiredMeta = t.Desired.obj(), t.DesiredMeta.obj()
+			newDesired = t.Desired.obj()
+			newDesiredMeta = t.DesiredMeta.tree(newDesired)
 		}
 		md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion + 1}
 		mergeSection(newDesired, newDesiredMeta, desired, md)
@@ -151,7 +153,7 @@ func (h *Hub) UpdateTwin(deviceID, moduleID string, p TwinPatch, replace bool, i
 		if desiredData, err = pack(newDesired); err != nil {
 			return Twin{}, fmt.Errorf("properties.desired: %w", err)
 		}
-		desiredMeta = mustPack(newDesiredMeta)
+		desiredMeta = packMeta(newDesired, newDesiredMeta)
 	}
 	if newTags != nil {
 		t.Tags = newTags
@@ -191,7 +193,8 @@ func (h *Hub) patchReported(key string, patch map[string]any) (int64, error) {
 		return 0, fmt.Errorf("identity %s: %w", key, ErrNotFound)
 	}
 	t := &r.Twin
-	reported, meta := t.Reported.obj(), t.ReportedMeta.obj()
+	reported := t.Reported.obj()
+	meta := t.ReportedMeta.tree(reported)
 	mergeSection(reported, meta, patch, map[string]any{"$lastUpdated": stamp(now)})
 	if err := checkSection("properties.reported", reported, maxSectionBytes); err != nil {
 		return 0, err
@@ -200,7 +203,7 @@ func (h *Hub) patchReported(key string, patch map[string]any) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("properties.reported: %w", err)
 	}
-	t.Reported, t.ReportedMeta = data, mustPack(meta)
+	t.Reported, t.ReportedMeta = data, packMeta(reported, meta)
 	t.ReportedVersion++
 	t.Version++
 	r.Identity.LastActivityTime = now.UTC()
