@@ -203,19 +203,10 @@ func (s *store) loadRecords() ([]*record, error) {
 		if err := json.Unmarshal(b, r); err != nil {
 			return nil, fmt.Errorf("load registry %s: %w", e.Name(), err)
 		}
-		fixTwin(&r.Twin)
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].key() < out[j].key() })
 	return out, nil
-}
-
-// fixTwin restores empty tags after a JSON round trip (empty sections
-// need nothing: packed is {} when empty).
-func fixTwin(t *twinState) {
-	if t.Tags == nil {
-		t.Tags = map[string]any{}
-	}
 }
 
 func (s *store) loadPolicies() ([]Policy, error) {

@@ -24,31 +24,32 @@ const (
 	maxSafeInt      = 4503599627370495
 )
 
-// twinState is the persisted twin of one identity. Tags hold plain JSON
-// values (map[string]any, []any, string, float64, bool); the desired and
-// reported sections and their metadata trees, which mirror the object
-// structure of the sections, are held as their JSON encoding (packed) and
-// decoded only while a patch, a read or a query needs them.
+// twinState is the persisted twin of one identity. Its tags and its
+// desired and reported sections are held as their JSON encoding (packed),
+// the sections' metadata trees (which mirror their objects) as a compact
+// table (metaPacked); each is decoded only while a patch, a read or a
+// query needs it. Decoded, they are plain JSON values (map[string]any,
+// []any, string, float64, bool).
 type twinState struct {
-	Tags            map[string]any `json:"tags"`
-	Desired         packed         `json:"desired"`
-	Reported        packed         `json:"reported"`
-	DesiredMeta     metaPacked     `json:"-"`
-	ReportedMeta    metaPacked     `json:"-"`
-	DesiredVersion  int64          `json:"desiredVersion"`
-	ReportedVersion int64          `json:"reportedVersion"`
+	Tags            packed     `json:"tags"`
+	Desired         packed     `json:"desired"`
+	Reported        packed     `json:"reported"`
+	DesiredMeta     metaPacked `json:"-"`
+	ReportedMeta    metaPacked `json:"-"`
+	DesiredVersion  int64      `json:"desiredVersion"`
+	ReportedVersion int64      `json:"reportedVersion"`
 	// Version counts every change of the twin document; the etag derives
 	// from it.
 	Version int64 `json:"version"`
 	// Configs is the status of each configuration that targets the twin;
 	// CfgOwners the configuration whose content each desired path
 	// ("properties.desired.a.b") holds. Both nil when none.
-	Configs   map[string]string `json:"configurations,omitempty"`
-	CfgOwners map[string]string `json:"configurationOwners,omitempty"`
+	Configs   pairs `json:"configurations,omitempty"`
+	CfgOwners pairs `json:"configurationOwners,omitempty"`
 }
 
 func newTwinState(now time.Time) twinState {
-	t := twinState{Tags: map[string]any{}, DesiredVersion: 1, ReportedVersion: 1, Version: 1}
+	t := twinState{DesiredVersion: 1, ReportedVersion: 1, Version: 1}
 	t.DesiredMeta = packMeta(nil, map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": int64(1)})
 	t.ReportedMeta = packMeta(nil, map[string]any{"$lastUpdated": stamp(now)})
 	return t
@@ -582,4 +583,68 @@ func sortedKeys(m map[string]any) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// pairs is a small string map held as one slice of keys and values,
+// sorted by key: a twin's configurations with their statuses, and the
+// configuration owning each of its desired paths. A Go map costs a few
+// hundred bytes however few entries it has; a twin has one or two.
+type pairs []string
+
+// pairsOf returns m as pairs; nil when m is empty.
+func pairsOf(m map[string]string) pairs {
+	if len(m) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	p := make(pairs, 0, 2*len(m))
+	for _, k := range keys {
+		p = append(p, k, m[k])
+	}
+	return p
+}
+
+// get returns the value of k.
+func (p pairs) get(k string) (string, bool) {
+	i := sort.Search(len(p)/2, func(i int) bool { return p[2*i] >= k })
+	if 2*i < len(p) && p[2*i] == k {
+		return p[2*i+1], true
+	}
+	return "", false
+}
+
+// equal reports whether p holds what m holds.
+func (p pairs) equal(m map[string]string) bool {
+	if len(p) != 2*len(m) {
+		return false
+	}
+	for i := 0; i < len(p); i += 2 {
+		if v, ok := m[p[i]]; !ok || v != p[i+1] {
+			return false
+		}
+	}
+	return true
+}
+
+// MarshalJSON writes a JSON object.
+func (p pairs) MarshalJSON() ([]byte, error) {
+	m := make(map[string]string, len(p)/2)
+	for i := 0; i < len(p); i += 2 {
+		m[p[i]] = p[i+1]
+	}
+	return json.Marshal(m)
+}
+
+// UnmarshalJSON reads a JSON object of strings.
+func (p *pairs) UnmarshalJSON(b []byte) error {
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	*p = pairsOf(m)
+	return nil
 }

@@ -164,3 +164,35 @@ func TestMetaPacked(t *testing.T) {
 		t.Fatalf("no metadata packs to %q", p)
 	}
 }
+
+// TestPairs checks the small string maps of a twin: lookups, comparison
+// with a map and the JSON object they persist as.
+func TestPairs(t *testing.T) {
+	m := map[string]string{"b": "2", "a": "1", "c": "3"}
+	p := pairsOf(m)
+	for k, v := range m {
+		if got, ok := p.get(k); !ok || got != v {
+			t.Fatalf("get(%q) = %q, %v", k, got, ok)
+		}
+	}
+	if _, ok := p.get("d"); ok {
+		t.Fatal("get of a missing key succeeds")
+	}
+	if !p.equal(m) || p.equal(map[string]string{"a": "1", "b": "2"}) || p.equal(map[string]string{"a": "1", "b": "2", "c": "4"}) {
+		t.Fatal("equal is wrong")
+	}
+	b, err := json.Marshal(struct {
+		P pairs `json:"p,omitempty"`
+		E pairs `json:"e,omitempty"`
+	}{P: p})
+	if err != nil || string(b) != `{"p":{"a":"1","b":"2","c":"3"}}` {
+		t.Fatalf("marshal: %s %v", b, err)
+	}
+	var back struct{ P pairs }
+	if err := json.Unmarshal([]byte(`{"P":{"c":"3","a":"1","b":"2"}}`), &back); err != nil || !back.P.equal(m) {
+		t.Fatalf("unmarshal: %v %v", back.P, err)
+	}
+	if pairsOf(nil) != nil || !pairs(nil).equal(nil) {
+		t.Fatal("empty pairs")
+	}
+}

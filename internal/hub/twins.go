@@ -50,9 +50,9 @@ func (r *record) twin() Twin {
 	id := &r.Identity
 	var cs map[string]ConfigStatus
 	if len(r.Twin.Configs) > 0 {
-		cs = make(map[string]ConfigStatus, len(r.Twin.Configs))
-		for k, v := range r.Twin.Configs {
-			cs[k] = ConfigStatus{v}
+		cs = make(map[string]ConfigStatus, len(r.Twin.Configs)/2)
+		for i := 0; i < len(r.Twin.Configs); i += 2 {
+			cs[r.Twin.Configs[i]] = ConfigStatus{r.Twin.Configs[i+1]}
 		}
 	}
 	return Twin{
@@ -64,7 +64,7 @@ func (r *record) twin() Twin {
 		CloudToDeviceMessageCount: id.CloudToDeviceMessageCount,
 		AuthenticationType:        id.Authentication.Type, X509Thumbprint: id.Authentication.X509Thumbprint,
 		Version:      r.Twin.Version,
-		Tags:         deepCopy(r.Twin.Tags).(map[string]any),
+		Tags:         r.Twin.Tags.obj(),
 		Capabilities: id.Capabilities,
 		Properties: TwinProperties{
 			Desired:  withSystem(r.Twin.Desired, r.Twin.DesiredMeta, r.Twin.DesiredVersion, true),
@@ -129,13 +129,19 @@ func (h *Hub) UpdateTwin(deviceID, moduleID string, p TwinPatch, replace bool, i
 		if replace {
 			newTags = cloneMerged(map[string]any{}, tags)
 		} else {
-			newTags = cloneMerged(t.Tags, tags)
+			newTags = cloneMerged(t.Tags.obj(), tags)
 		}
 		if err := checkSection("tags", newTags, maxTagsBytes); err != nil {
 			return Twin{}, err
 		}
 	}
-	var desiredData packed
+	var tagsData, desiredData packed
+	if newTags != nil {
+		var err error
+		if tagsData, err = pack(newTags); err != nil {
+			return Twin{}, fmt.Errorf("tags: %w", err)
+		}
+	}
 	var desiredMeta metaPacked
 	if desired != nil {
 		if replace {
@@ -156,7 +162,7 @@ func (h *Hub) UpdateTwin(deviceID, moduleID string, p TwinPatch, replace bool, i
 		desiredMeta = packMeta(newDesired, newDesiredMeta)
 	}
 	if newTags != nil {
-		t.Tags = newTags
+		t.Tags = tagsData
 	}
 	if newDesired != nil {
 		t.DesiredVersion++
