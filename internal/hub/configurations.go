@@ -555,9 +555,10 @@ func (h *Hub) ApplyConfigurationContent(deviceID string, ct ConfigurationContent
 		t := &mr.Twin
 		t.DesiredVersion++
 		md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion}
-		t.Desired, t.DesiredMeta = replaceSection(d, md)
+		val, meta := replaceSection(d, md)
+		t.Desired, t.DesiredMeta = mustPack(val), packMeta(val, meta)
 		t.Version++
-		delta := deepCopy(t.Desired).(map[string]any)
+		delta := val
 		delta["$version"] = t.DesiredVersion
 		h.notifyDesiredLocked(key, delta, t.DesiredVersion)
 		h.markDirty(key)
@@ -568,24 +569,29 @@ func (h *Hub) ApplyConfigurationContent(deviceID string, ct ConfigurationContent
 // writeDesiredPathsLocked removes the desired properties at dels, then
 // sets those at sets (a nil value removes), as one desired version, and
 // notifies the device with the changed subtrees. Segments are under
-// properties.desired. Call with h.mu held.
-func (h *Hub) writeDesiredPathsLocked(r *record, dels, sets [][]string, vals []any, now time.Time) {
+// properties.desired. It returns the new desired section, decoded, which
+// the twin does not share. Call with h.mu held.
+func (h *Hub) writeDesiredPathsLocked(r *record, dels, sets [][]string, vals []any, now time.Time) map[string]any {
 	t := &r.Twin
 	t.DesiredVersion++
 	md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion}
+	desired := t.Desired.obj()
+	meta := t.DesiredMeta.tree(desired)
 	for _, p := range dels {
-		delPath(t.Desired, t.DesiredMeta, p, md)
+		delPath(desired, meta, p, md)
 	}
 	for i, p := range sets {
 		if vals[i] == nil {
-			delPath(t.Desired, t.DesiredMeta, p, md)
+			delPath(desired, meta, p, md)
 		} else {
-			setPath(t.Desired, t.DesiredMeta, p, vals[i], md)
+			setPath(desired, meta, p, vals[i], md)
 		}
 	}
 	for k, v := range md {
-		t.DesiredMeta[k] = v
+		meta[k] = v
 	}
+	// Configuration content was decoded from JSON: it encodes.
+	t.Desired, t.DesiredMeta = mustPack(desired), packMeta(desired, meta)
 	t.Version++
 	// The delta holds each changed path's new value (null when gone),
 	// leaving out paths inside another changed path.
@@ -602,7 +608,7 @@ func (h *Hub) writeDesiredPathsLocked(r *record, dels, sets [][]string, vals []a
 		if inside {
 			continue
 		}
-		v, ok := getPath(t.Desired, p)
+		v, ok := getPath(desired, p)
 		if ok {
 			v = deepCopy(v)
 		}
@@ -612,6 +618,7 @@ func (h *Hub) writeDesiredPathsLocked(r *record, dels, sets [][]string, vals []a
 	key := r.key()
 	h.notifyDesiredLocked(key, delta, t.DesiredVersion)
 	h.markDirty(key)
+	return desired
 }
 
 func isPrefix(p, of []string) bool {

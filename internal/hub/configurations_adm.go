@@ -255,15 +255,15 @@ func (h *Hub) admOrderLocked() []*cfgState {
 }
 
 // admDoc is the query document of a twin for target conditions and
-// metrics. It shares the twin's maps: use it under h.mu only, read-only.
+// metrics, decoded from the twin (a tree of its own).
 func admDoc(r *record) map[string]any {
 	id := &r.Identity
 	doc := map[string]any{
 		"deviceId":        id.DeviceID,
 		"status":          id.Status,
 		"connectionState": id.ConnectionState,
-		"tags":            r.Twin.Tags,
-		"properties":      map[string]any{"desired": r.Twin.Desired, "reported": r.Twin.Reported},
+		"tags":            r.Twin.Tags.obj(),
+		"properties":      map[string]any{"desired": r.Twin.Desired.obj(), "reported": r.Twin.Reported.obj()},
 	}
 	if id.ModuleID != "" {
 		doc["moduleId"] = id.ModuleID
@@ -275,10 +275,10 @@ func admDoc(r *record) map[string]any {
 	return doc
 }
 
-func statusDoc(st map[string]string) map[string]any {
-	out := make(map[string]any, len(st))
-	for id, s := range st {
-		out[id] = map[string]any{"status": s}
+func statusDoc(st pairs) map[string]any {
+	out := make(map[string]any, len(st)/2)
+	for i := 0; i < len(st); i += 2 {
+		out[st[i]] = map[string]any{"status": st[i+1]}
 	}
 	return out
 }
@@ -342,13 +342,14 @@ func (h *Hub) admEvalLocked(key string, cfgs []*cfgState, now time.Time) {
 			owners = make(map[string]string, len(claims))
 		}
 		owners[c.path.key] = c.cfg.conf.ID
-		if t.CfgOwners[c.path.key] != c.cfg.conf.ID {
+		if owner, _ := t.CfgOwners.get(c.path.key); owner != c.cfg.conf.ID {
 			sets = append(sets, c.path.segs)
 			vals = append(vals, c.path.value)
 		}
 	}
 	var dels [][]string
-	for k := range t.CfgOwners {
+	for i := 0; i < len(t.CfgOwners); i += 2 {
+		k := t.CfgOwners[i]
 		if _, ok := owners[k]; !ok {
 			dels = append(dels, strings.Split(strings.TrimPrefix(k, "properties.desired."), "."))
 		}
@@ -356,23 +357,24 @@ func (h *Hub) admEvalLocked(key string, cfgs []*cfgState, now time.Time) {
 	sort.Slice(dels, func(i, j int) bool { return strings.Join(dels[i], ".") < strings.Join(dels[j], ".") })
 	changed := false
 	if len(sets) > 0 || len(dels) > 0 {
-		h.writeDesiredPathsLocked(r, dels, sets, vals, now)
+		desired := h.writeDesiredPathsLocked(r, dels, sets, vals, now)
+		doc["properties"].(map[string]any)["desired"] = desired
 		changed = true
-		if n := size(t.Desired); n > maxSectionBytes {
+		if n := size(desired); n > maxSectionBytes {
 			// Each content fits; their sum on one twin may not. The
 			// twin keeps it (a device patch would be refused instead).
 			h.log.Warn("configurations make desired properties larger than the service allows", "twin", key, "bytes", n, "limit", maxSectionBytes)
 		}
 	}
-	if !sameOwners(t.CfgOwners, owners) {
-		t.CfgOwners = owners
+	if !t.CfgOwners.equal(owners) {
+		t.CfgOwners = pairsOf(owners)
 		changed = true
 	}
-	if !sameOwners(t.Configs, status) {
-		t.Configs = status
+	if !t.Configs.equal(status) {
+		t.Configs = pairsOf(status)
 		t.Version++
 		changed = true
-		doc["configurations"] = statusDoc(status)
+		doc["configurations"] = statusDoc(t.Configs)
 	}
 	if changed {
 		h.markDirty(key)

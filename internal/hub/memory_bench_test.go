@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,10 +32,38 @@ type memClients struct {
 
 const memClientsEnv = "TWINHUB_MEM_CLIENTS"
 
+// memClientsReportEnv holds the reported patch each device of the client
+// process sends once connected.
+const memClientsReportEnv = "TWINHUB_MEM_REPORTED"
+
+// memReported is what a twinlet agent reports for one files section.
+const memReported = `{"__summary":{"agentVersion":"dev","desiredVersion":2,"failed":0,"failedSections":"",` +
+	`"lastReconcile":"2026-12-03T05:46:11Z","policyHash":"","ready":1,"rebootRequired":false,"rebootRequiredBy":"","state":"Ready"},` +
+	`"files":{"__status":{"changes":1,"deploymentId":"bench--4dd0c943b8","desiredVersion":2,"lastTransitionTime":"2026-12-03T05:46:11Z",` +
+	`"message":"1 change(s) applied","reason":"Applied","source":"twin","state":"Ready"},` +
+	`"motd":{"exists":true,"group":"0","kind":"file","mode":"0644","owner":"0","path":"/etc/motd",` +
+	`"sha256":"c6f476772854b9061bd7ecc81d3fe36e83f21f6256807bc83c223dc9d294c089","size":8}}}`
+
+// memTwinPatch is the tags and desired section of a device of
+// BenchmarkHubMemoryPerDevice, as a FleetConfig would write them.
+func memTwinPatch() TwinPatch {
+	p := TwinPatch{Tags: map[string]any{"fleet": "sim"}}
+	p.Properties = &struct {
+		Desired map[string]any `json:"desired,omitempty"`
+	}{Desired: map[string]any{"files": map[string]any{
+		"__meta": map[string]any{"deploymentId": "bench--4dd0c943b8"},
+		"motd":   map[string]any{"content": "round 1\n", "path": "/etc/motd"},
+	}}}
+	return p
+}
+
 // BenchmarkHubMemoryPerDevice measures twinhub's own memory per connected
 // device: heap and stacks of this process grow by B/device for each
-// device connected over MQTT/TLS and subscribed to twin responses and
-// desired patches. The devices (paho clients) run in a child process
+// device created in the registry, connected over MQTT/TLS and subscribed
+// to twin responses and desired patches, with a twin like a fleet device's: tags, a desired
+// section written by the back end and the reported properties a twinlet
+// agent sends for it (its __summary and the section's status). The
+// devices (paho clients) run in a child process
 // (this test binary, TestMemClientsHelper), so that their memory is not
 // counted, unlike BenchmarkReportedPatch1000's B/device (hub and clients
 // together). TWINHUB_MEM_PROFILE=file writes the hub's heap profile while
@@ -42,11 +71,15 @@ const memClientsEnv = "TWINHUB_MEM_CLIENTS"
 func BenchmarkHubMemoryPerDevice(b *testing.B) {
 	const n = 1000
 	h := startHub(b, Options{})
+	before := heapInUse()
 	spec := memClients{Addr: h.MQTTAddr(), Hostname: h.Hostname(), CAPEM: h.CAPEM()}
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("mem-%04d", i)
 		cs, err := h.CreateDevice(id)
 		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := h.UpdateTwin(id, "", memTwinPatch(), false, ""); err != nil {
 			b.Fatal(err)
 		}
 		tok, _ := cs.SASToken(time.Now().Add(time.Hour))
@@ -58,12 +91,11 @@ func BenchmarkHubMemoryPerDevice(b *testing.B) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		b.Fatal(err)
 	}
-	before := heapInUse()
 	var ms0 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 	g0 := runtime.NumGoroutine()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestMemClientsHelper$", "-test.count=1")
-	cmd.Env = append(os.Environ(), memClientsEnv+"="+path)
+	cmd.Env = append(os.Environ(), memClientsEnv+"="+path, memClientsReportEnv+"="+memReported)
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -154,10 +186,33 @@ func TestMemClientsHelper(t *testing.T) {
 				errs <- fmt.Errorf("connect %s: %v", id, tok.Error())
 				return
 			}
+			answered := make(chan string, 1)
+			onRes := func(_ paho.Client, m paho.Message) {
+				select {
+				case answered <- m.Topic():
+				default:
+				}
+			}
 			filters := map[string]byte{"$iothub/twin/res/#": 0, "$iothub/twin/PATCH/properties/desired/#": 0}
-			if tok := c.SubscribeMultiple(filters, nil); !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
+			if tok := c.SubscribeMultiple(filters, onRes); !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
 				errs <- fmt.Errorf("subscribe %s: %v", id, tok.Error())
 				return
+			}
+			if rep := os.Getenv(memClientsReportEnv); rep != "" {
+				if tok := c.Publish("$iothub/twin/PATCH/properties/reported/?$rid=1", 0, false, rep); !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
+					errs <- fmt.Errorf("report %s: %v", id, tok.Error())
+					return
+				}
+				select {
+				case topic := <-answered:
+					if !strings.HasPrefix(topic, "$iothub/twin/res/204/") {
+						errs <- fmt.Errorf("report %s: answered on %s", id, topic)
+						return
+					}
+				case <-time.After(60 * time.Second):
+					errs <- fmt.Errorf("report %s: no answer", id)
+					return
+				}
 			}
 			clients[i] = c
 		}(i, id)

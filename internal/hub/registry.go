@@ -191,7 +191,6 @@ func (s *store) loadRecords() ([]*record, error) {
 		return nil, fmt.Errorf("load registry: %w", err)
 	}
 	var out []*record
-	leaves := leafMetas{}
 	for _, e := range ents {
 		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
 			continue
@@ -204,89 +203,10 @@ func (s *store) loadRecords() ([]*record, error) {
 		if err := json.Unmarshal(b, r); err != nil {
 			return nil, fmt.Errorf("load registry %s: %w", e.Name(), err)
 		}
-		fixTwin(&r.Twin)
-		leaves.share(r.Twin.Desired, r.Twin.DesiredMeta)
-		leaves.share(r.Twin.Reported, r.Twin.ReportedMeta)
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].key() < out[j].key() })
 	return out, nil
-}
-
-// fixTwin restores the int64 type of versions inside metadata and empty
-// maps after a JSON round trip.
-func fixTwin(t *twinState) {
-	if t.Tags == nil {
-		t.Tags = map[string]any{}
-	}
-	if t.Desired == nil {
-		t.Desired = map[string]any{}
-	}
-	if t.Reported == nil {
-		t.Reported = map[string]any{}
-	}
-	if t.DesiredMeta == nil {
-		t.DesiredMeta = map[string]any{}
-	}
-	if t.ReportedMeta == nil {
-		t.ReportedMeta = map[string]any{}
-	}
-}
-
-// leafMetas shares the metadata of leaves read from disk, as mergeSection
-// shares it between the leaves of one patch: every leaf with the same
-// $lastUpdated and $lastUpdatedVersion gets one map, which nothing writes
-// in place (see mergeSection). Without it a restarted hub would hold a
-// map per leaf again.
-type leafMetas map[[2]any]map[string]any
-
-// share walks a section and its metadata and replaces each leaf's
-// metadata map with the shared one of its content.
-func (l leafMetas) share(section, meta map[string]any) {
-	for k, v := range section {
-		m, ok := meta[k].(map[string]any)
-		if !ok {
-			continue
-		}
-		if sub, isObj := v.(map[string]any); isObj {
-			l.share(sub, m)
-			continue
-		}
-		key, ok := leafMetaKey(m)
-		if !ok {
-			continue
-		}
-		if shared, ok := l[key]; ok {
-			meta[k] = shared
-		} else {
-			l[key] = m
-		}
-	}
-}
-
-// leafMetaKey is the content of a leaf's metadata, when it holds nothing
-// but $lastUpdated and (in desired) $lastUpdatedVersion.
-func leafMetaKey(m map[string]any) ([2]any, bool) {
-	var key [2]any
-	for k, v := range m {
-		switch k {
-		case "$lastUpdated":
-			s, ok := v.(string)
-			if !ok {
-				return key, false
-			}
-			key[0] = s
-		case "$lastUpdatedVersion":
-			f, ok := v.(float64)
-			if !ok {
-				return key, false
-			}
-			key[1] = f
-		default:
-			return key, false
-		}
-	}
-	return key, key[0] != nil
 }
 
 func (s *store) loadPolicies() ([]Policy, error) {

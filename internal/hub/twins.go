@@ -50,9 +50,9 @@ func (r *record) twin() Twin {
 	id := &r.Identity
 	var cs map[string]ConfigStatus
 	if len(r.Twin.Configs) > 0 {
-		cs = make(map[string]ConfigStatus, len(r.Twin.Configs))
-		for k, v := range r.Twin.Configs {
-			cs[k] = ConfigStatus{v}
+		cs = make(map[string]ConfigStatus, len(r.Twin.Configs)/2)
+		for i := 0; i < len(r.Twin.Configs); i += 2 {
+			cs[r.Twin.Configs[i]] = ConfigStatus{r.Twin.Configs[i+1]}
 		}
 	}
 	return Twin{
@@ -64,7 +64,7 @@ func (r *record) twin() Twin {
 		CloudToDeviceMessageCount: id.CloudToDeviceMessageCount,
 		AuthenticationType:        id.Authentication.Type, X509Thumbprint: id.Authentication.X509Thumbprint,
 		Version:      r.Twin.Version,
-		Tags:         deepCopy(r.Twin.Tags).(map[string]any),
+		Tags:         r.Twin.Tags.obj(),
 		Capabilities: id.Capabilities,
 		Properties: TwinProperties{
 			Desired:  withSystem(r.Twin.Desired, r.Twin.DesiredMeta, r.Twin.DesiredVersion, true),
@@ -124,39 +124,53 @@ func (h *Hub) UpdateTwin(deviceID, moduleID string, p TwinPatch, replace bool, i
 			desired = map[string]any{}
 		}
 	}
-	var newTags, newDesired map[string]any
+	var newTags, newDesired, newDesiredMeta map[string]any
 	if tags != nil {
 		if replace {
 			newTags = cloneMerged(map[string]any{}, tags)
 		} else {
-			newTags = cloneMerged(t.Tags, tags)
+			newTags = cloneMerged(t.Tags.obj(), tags)
 		}
 		if err := checkSection("tags", newTags, maxTagsBytes); err != nil {
 			return Twin{}, err
 		}
 	}
+	var tagsData, desiredData packed
+	if newTags != nil {
+		var err error
+		if tagsData, err = pack(newTags); err != nil {
+			return Twin{}, fmt.Errorf("tags: %w", err)
+		}
+	}
+	var desiredMeta metaPacked
 	if desired != nil {
 		if replace {
-			newDesired = cloneMerged(map[string]any{}, desired)
+			newDesired, newDesiredMeta = map[string]any{}, map[string]any{}
 		} else {
-			newDesired = cloneMerged(t.Desired, desired)
+			newDesired = t.Desired.obj()
+			newDesiredMeta = t.DesiredMeta.tree(newDesired)
 		}
+		md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion + 1}
+		mergeSection(newDesired, newDesiredMeta, desired, md)
 		if err := checkSection("properties.desired", newDesired, maxSectionBytes); err != nil {
 			return Twin{}, err
 		}
+		var err error
+		if desiredData, err = pack(newDesired); err != nil {
+			return Twin{}, fmt.Errorf("properties.desired: %w", err)
+		}
+		desiredMeta = packMeta(newDesired, newDesiredMeta)
 	}
 	if newTags != nil {
-		t.Tags = newTags
+		t.Tags = tagsData
 	}
 	if newDesired != nil {
 		t.DesiredVersion++
-		md := map[string]any{"$lastUpdated": stamp(now), "$lastUpdatedVersion": t.DesiredVersion}
-		var delta map[string]any
-		if replace {
-			t.Desired, t.DesiredMeta = replaceSection(desired, md)
-			delta = deepCopy(t.Desired).(map[string]any)
-		} else {
-			mergeSection(t.Desired, t.DesiredMeta, desired, md)
+		t.Desired, t.DesiredMeta = desiredData, desiredMeta
+		// The device is sent the patch, or the whole section when it was
+		// replaced (newDesired is no longer the twin's).
+		delta := newDesired
+		if !replace {
 			delta = deepCopy(desired).(map[string]any)
 		}
 		delta["$version"] = t.DesiredVersion
@@ -185,12 +199,17 @@ func (h *Hub) patchReported(key string, patch map[string]any) (int64, error) {
 		return 0, fmt.Errorf("identity %s: %w", key, ErrNotFound)
 	}
 	t := &r.Twin
-	merged := cloneMerged(t.Reported, patch)
-	if err := checkSection("properties.reported", merged, maxSectionBytes); err != nil {
+	reported := t.Reported.obj()
+	meta := t.ReportedMeta.tree(reported)
+	mergeSection(reported, meta, patch, map[string]any{"$lastUpdated": stamp(now)})
+	if err := checkSection("properties.reported", reported, maxSectionBytes); err != nil {
 		return 0, err
 	}
-	md := map[string]any{"$lastUpdated": stamp(now)}
-	mergeSection(t.Reported, t.ReportedMeta, patch, md)
+	data, err := pack(reported)
+	if err != nil {
+		return 0, fmt.Errorf("properties.reported: %w", err)
+	}
+	t.Reported, t.ReportedMeta = data, packMeta(reported, meta)
 	t.ReportedVersion++
 	t.Version++
 	r.Identity.LastActivityTime = now.UTC()
