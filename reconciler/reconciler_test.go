@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/twinlet/twinlet/internal/testutil"
 	"github.com/twinlet/twinlet/providers"
 	"github.com/twinlet/twinlet/state"
@@ -591,6 +592,11 @@ func TestValidatedOnceUnderOneSchema(t *testing.T) {
 // watched, a change is applied through inotify alone (the poll and the
 // resync are an hour away), so an idle agent need not re-hash it.
 func TestRunSeesPolicyChangesWithoutPolling(t *testing.T) {
+	if w, err := fsnotify.NewWatcher(); err != nil {
+		t.Skipf("no inotify instance to watch with (%v): the loop polls instead", err)
+	} else {
+		w.Close()
+	}
 	f := newFixture(t)
 	f.policy(t, "base.yaml", basePolicy)
 	r := f.new(t)

@@ -65,7 +65,10 @@ func runLoop(t *testing.T, r *Reconciler) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx, RunOptions{Resync: time.Hour, PolicyPoll: time.Hour}) }()
+	// The policy directory is polled only while it cannot be watched (no
+	// inotify instance left: a machine running many agents at once), and
+	// then often enough for a test.
+	go func() { done <- r.Run(ctx, RunOptions{Resync: time.Hour, PolicyPoll: 200 * time.Millisecond}) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
