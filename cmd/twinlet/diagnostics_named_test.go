@@ -1,11 +1,8 @@
 package main
 
 import (
-	"archive/tar"
-	"compress/gzip"
 	"encoding/json"
-	"errors"
-	"io"
+	"github.com/twinlet/twinlet/internal/testutil"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,28 +12,15 @@ import (
 // untarFile reads a tar.gz bundle into name → content.
 func untarFile(t *testing.T, p string) map[string]string {
 	t.Helper()
-	f, err := os.Open(p)
+	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
 	out := map[string]string{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(tr)
-		out[h.Name] = string(b)
+	for name, data := range testutil.Untar(t, b) {
+		out[name] = string(data)
 	}
+	return out
 }
 
 // A diagnostics collector that names a command of the commands section

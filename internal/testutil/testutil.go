@@ -1,9 +1,15 @@
 // Package testutil holds the few helpers that tests across packages share:
 // waiting for a condition with a deadline (never sleeping for a fixed
-// time) and a buffer a child process and a test may use at once.
+// time), a buffer a child process and a test may use at once, and reading
+// a tar.gz bundle.
 package testutil
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -43,4 +49,29 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Untar reads a tar.gz archive into name → content.
+func Untar(t testing.TB, archive []byte) map[string][]byte {
+	t.Helper()
+	zr, err := gzip.NewReader(bytes.NewReader(archive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	out := map[string][]byte{}
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[h.Name] = data
+	}
 }

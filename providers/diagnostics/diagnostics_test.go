@@ -1,15 +1,13 @@
 package diagnostics_test
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
+	"github.com/twinlet/twinlet/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,26 +59,7 @@ func journal(t *testing.T, root string) bool {
 }
 
 // untar reads a bundle into name → content.
-func untar(t *testing.T, b []byte) map[string][]byte {
-	t.Helper()
-	zr, err := gzip.NewReader(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := tar.NewReader(zr)
-	out := map[string][]byte{}
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := io.ReadAll(tr)
-		out[h.Name] = data
-	}
-}
+func untar(t *testing.T, b []byte) map[string][]byte { return testutil.Untar(t, b) }
 
 func manifest(t *testing.T, files map[string][]byte) map[string]diagnostics.Entry {
 	t.Helper()
