@@ -24,7 +24,7 @@ func program() clidoc.Program {
 		Description: `twinhub serves device MQTT 3.1.1 over TLS and the service REST API over HTTPS as Azure IoT Hub
 does, with persistence in a directory and fault injection, so that twinlet, twinctl and the official
 Azure IoT SDKs run against it on one machine. It is for development and tests only.
-twinhub serve runs with GOGC=50 unless the environment sets GOGC; GOMEMLIMIT sets a soft memory
+twinhub serve runs with GOGC=25 unless the environment sets GOGC; GOMEMLIMIT sets a soft memory
 limit, as for any Go program. --pprof serves Go's profiles on a loopback address.`,
 		Commands: []clidoc.Command{
 			{Path: []string{"completion"}, Args: "bash|zsh|fish", Summary: "print a shell completion script"},

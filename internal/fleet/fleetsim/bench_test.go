@@ -103,7 +103,7 @@ func BenchmarkApplyToReady(b *testing.B) {
 		hubProc = exec.Command(filepath.Join(dir, "twinhub"), args...)
 		hubProc.Stdout, hubProc.Stderr = io.Discard, io.Discard
 		// TWINLET_FLEET_HUB_GOGC sets GOGC for twinhub alone (it runs
-		// with 50 unless GOGC is set), to compare collector settings.
+		// with 25 unless GOGC is set), to compare collector settings.
 		if v := os.Getenv("TWINLET_FLEET_HUB_GOGC"); v != "" {
 			hubProc.Env = append(os.Environ(), "GOGC="+v)
 		}
