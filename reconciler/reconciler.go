@@ -152,13 +152,17 @@ type Reconciler struct {
 	order []string // dependency order
 	// rehashes counts periodic re-reads of the policy directory (tests).
 	rehashes atomic.Int64
-	rank     map[string]int
-	deps     map[string][]string // section → the sections that depend on it
-	sources  []Source
-	store    *state.Store
-	cloud    map[string]bool // nil: the twin may set every section
-	life     context.Context // ends with Close: method calls stop
-	stop     context.CancelFunc
+	// unsaved: a reconcile changed the state in memory in ways that need
+	// not be on disk before its result is reported (see pass.unsaved);
+	// the next Publish saves it.
+	unsaved atomic.Bool
+	rank    map[string]int
+	deps    map[string][]string // section → the sections that depend on it
+	sources []Source
+	store   *state.Store
+	cloud   map[string]bool // nil: the twin may set every section
+	life    context.Context // ends with Close: method calls stop
+	stop    context.CancelFunc
 
 	mu          sync.Mutex // the sources
 	pol         *policy.Set
@@ -363,15 +367,20 @@ func newController(info providers.Info, override time.Duration) (*controller, er
 // cancelled. Run calls it when it returns.
 func (r *Reconciler) Close() { r.stop() }
 
+// before lists the sections that go before a provider's: those it depends
+// on, and those it reads through Env.SectionDesired, so that a pass has
+// validated them before their reader runs.
+func before(in providers.Info) []string {
+	return append(append([]string(nil), in.DependsOn...), in.ReadsDesired...)
+}
+
 // topoOrder orders providers so that dependencies (and the sections a
 // provider reads, Info.ReadsDesired) come first; ties are broken by id so
 // the order is stable.
 func topoOrder(infos []providers.Info) ([]string, error) {
 	deps := map[string][]string{}
 	for _, in := range infos {
-		// A section read through Env.SectionDesired comes first too, so
-		// that a pass has validated it before its reader runs.
-		deps[in.ID] = append(append([]string(nil), in.DependsOn...), in.ReadsDesired...)
+		deps[in.ID] = before(in)
 	}
 	ids := make([]string, 0, len(deps))
 	for id := range deps {

@@ -91,7 +91,7 @@ func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 func (r *Reconciler) passDeps(id string) []string {
 	info := r.ctrls[id].info
 	if !info.RebootPolicy {
-		return append(append([]string(nil), info.DependsOn...), info.ReadsDesired...)
+		return before(info)
 	}
 	var ds []string
 	for _, other := range r.order {
@@ -113,7 +113,7 @@ func (r *Reconciler) reaches(from, to string, seen map[string]bool) bool {
 	if c == nil {
 		return false
 	}
-	for _, d := range append(append([]string(nil), c.info.DependsOn...), c.info.ReadsDesired...) {
+	for _, d := range before(c.info) {
 		if d == to || r.reaches(d, to, seen) {
 			return true
 		}
@@ -123,7 +123,8 @@ func (r *Reconciler) reaches(from, to string, seen map[string]bool) bool {
 
 // Publish builds the reported document from the latest result of every
 // section and, when it changed, hands it to OnReport, then writes it to
-// <state-dir>/reported.json. Publishes are serialized.
+// <state-dir>/reported.json; then it saves the state when a reconcile
+// left changes unsaved. Publishes are serialized.
 func (r *Reconciler) Publish() *Report {
 	r.pubMu.Lock()
 	defer r.pubMu.Unlock()
@@ -157,7 +158,12 @@ func (r *Reconciler) Publish() *Report {
 		if err := r.store.WriteReported(indent(rep.Document)); err != nil {
 			r.log.Error("write reported", "err", err)
 		}
+		r.unsaved.Store(false) // the state written next holds it
 		if err := r.persist(func(st *state.State) { st.Reported = rep.Document }); err != nil {
+			r.log.Error("save state", "err", err)
+		}
+	} else if r.unsaved.Swap(false) {
+		if err := r.saveState(); err != nil {
 			r.log.Error("save state", "err", err)
 		}
 	}

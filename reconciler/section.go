@@ -54,10 +54,7 @@ func (r *Reconciler) ReconcileSection(ctx context.Context, id string, dryRun boo
 		c.mu.Unlock()
 	}
 	if !dryRun && p.unsaved {
-		r.Publish()
-		if err := r.saveState(); err != nil {
-			p.log.Error("state not saved", "err", err)
-		}
+		r.unsaved.Store(true)
 	}
 	if !dryRun && r.opts.OnSection != nil && !p.res.Absent {
 		r.opts.OnSection(p.res, time.Since(start))
@@ -108,9 +105,10 @@ type pass struct {
 	applied     int
 	// unsaved: the state changed in memory (a first validation, the
 	// managed keys after apply) in ways that need not be on disk before
-	// the result is reported. ReconcileSection publishes the report, then
-	// saves: a desired change's report is not delayed by fsyncs that a
-	// crash would not miss (the restart validates and observes again).
+	// the result is reported. The Publish that follows every reconcile
+	// (Run, ReconcileAll) saves it after the report: a desired change's
+	// report is not delayed by fsyncs that a crash would not miss (the
+	// restart validates and observes again).
 	unsaved bool
 }
 
