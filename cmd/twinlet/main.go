@@ -15,11 +15,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -479,20 +480,12 @@ func status(args []string, stdout, stderr io.Writer) int {
 		stdout.Write(data)
 		return 0
 	}
-	var ids []string
-	for k := range doc {
-		if !strings.HasPrefix(k, "__") {
-			ids = append(ids, k)
-		}
-	}
-	sort.Strings(ids)
+	statuses := sectionStatuses(doc)
+	ids := slices.Sorted(maps.Keys(statuses))
 	fmt.Fprintf(stdout, "%-14s %-11s %-18s %-22s %s\n", "SECTION", "STATE", "REASON", "SINCE", "MESSAGE")
 	for _, id := range ids {
-		var sec struct {
-			Status reconciler.Status `json:"__status"`
-		}
-		_ = json.Unmarshal(doc[id], &sec)
-		fmt.Fprintf(stdout, "%-14s %-11s %-18s %-22s %s\n", id, sec.Status.State, sec.Status.Reason, sec.Status.LastTransitionTime, sec.Status.Message)
+		st := statuses[id]
+		fmt.Fprintf(stdout, "%-14s %-11s %-18s %-22s %s\n", id, st.State, st.Reason, st.LastTransitionTime, st.Message)
 	}
 	var sum reconciler.Summary
 	_ = json.Unmarshal(doc["__summary"], &sum)

@@ -163,15 +163,27 @@ func reportedStatuses(stateDir string) map[string]*sectionStatus {
 	if json.Unmarshal(data, &doc) != nil {
 		return out
 	}
-	for id, raw := range doc {
-		var sec struct {
-			Status *reconciler.Status `json:"__status"`
+	for id, st := range sectionStatuses(doc) {
+		if st.State != "" {
+			out[id] = &sectionStatus{State: st.State, Reason: st.Reason, Message: st.Message, Since: st.LastTransitionTime}
 		}
-		if strings.HasPrefix(id, "__") || json.Unmarshal(raw, &sec) != nil || sec.Status == nil || sec.Status.State == "" {
+	}
+	return out
+}
+
+// sectionStatuses are the __status of every section of a reported
+// document (reported.json), zero where a section has none.
+func sectionStatuses(doc map[string]json.RawMessage) map[string]reconciler.Status {
+	out := map[string]reconciler.Status{}
+	for id, raw := range doc {
+		if strings.HasPrefix(id, "__") {
 			continue
 		}
-		st := sec.Status
-		out[id] = &sectionStatus{State: st.State, Reason: st.Reason, Message: st.Message, Since: st.LastTransitionTime}
+		var sec struct {
+			Status reconciler.Status `json:"__status"`
+		}
+		_ = json.Unmarshal(raw, &sec)
+		out[id] = sec.Status
 	}
 	return out
 }
