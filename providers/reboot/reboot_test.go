@@ -294,7 +294,9 @@ func (r *recorder) Run(ctx context.Context, name string, args ...string) ([]byte
 
 // TestHostCommand checks the argv a reboot of the running system would
 // run, without running it: the root is "/" for IsHostRoot, and the
-// runner records. Nothing is written outside the state directory.
+// runner records instead of executing: a real `systemctl reboot` would
+// reboot the machine the tests run on. Nothing is written outside the
+// state directory.
 func TestHostCommand(t *testing.T) {
 	for _, tc := range []struct {
 		fail map[string]bool
