@@ -10,16 +10,11 @@ import (
 	"embed"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
-	neturl "net/url"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
-
-	"github.com/santhosh-tekuri/jsonschema/v5"
 )
 
 //go:embed *.json
@@ -37,16 +32,14 @@ type Problem struct {
 
 // compiled holds each embedded schema once it has been compiled: a
 // schema is compiled the first time a document is validated against it,
-// so that a run pays only for the sections it has (compiling checks the
-// schema against the draft's meta-schema, which costs more than most
-// validations).
+// so that a run pays only for the sections it has.
 var (
 	mu       sync.Mutex
-	compiled = map[string]*jsonschema.Schema{}
+	compiled = map[string]*node{}
 )
 
 // get returns the compiled embedded schema id.
-func get(id string) (*jsonschema.Schema, error) {
+func get(id string) (*node, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	if s, ok := compiled[id]; ok {
@@ -56,20 +49,13 @@ func get(id string) (*jsonschema.Schema, error) {
 	if !ok {
 		return nil, fmt.Errorf("no schema %q", id)
 	}
-	c := jsonschema.NewCompiler()
-	c.Draft = jsonschema.Draft2020
-	if err := c.AddResource(url(id), bytes.NewReader(raw)); err != nil {
-		return nil, fmt.Errorf("schema %s: %w", id, err)
-	}
-	s, err := c.Compile(url(id))
+	s, err := compileSchema(id, raw)
 	if err != nil {
-		return nil, fmt.Errorf("schema %s: %w", id, err)
+		return nil, err
 	}
 	compiled[id] = s
 	return s, nil
 }
-
-func url(id string) string { return "https://twinlet.dev/schemas/" + id + ".json" }
 
 // Digest identifies the text of a schema: the first 16 hex digits of its
 // SHA-256. A document that passed a schema with the same digest before
@@ -115,9 +101,6 @@ func Check() error {
 	return nil
 }
 
-var additionalRE = regexp.MustCompile(`^additionalProperties (.+) not allowed$`)
-var quotedRE = regexp.MustCompile(`'((?:[^']|'')*)'`)
-
 // Validate validates the JSON document doc against the schema id and
 // returns its problems, most specific first, one per location and
 // message. A nil result means valid.
@@ -126,7 +109,7 @@ func Validate(id string, doc []byte) ([]Problem, error) {
 	if err != nil {
 		return nil, err
 	}
-	return validate(id, s, doc)
+	return validate(s, doc)
 }
 
 // Schema is a schema that is not embedded here: the schema of a
@@ -136,7 +119,7 @@ type Schema struct {
 	name string
 	raw  []byte
 	once sync.Once
-	s    *jsonschema.Schema
+	s    *node
 	err  error
 }
 
@@ -163,16 +146,7 @@ func (s *Schema) compile() {
 		s.err = fmt.Errorf("schema %s: empty", s.name)
 		return
 	}
-	c := jsonschema.NewCompiler()
-	c.Draft = jsonschema.Draft2020
-	u := "https://twinlet.dev/schemas/x/" + neturl.PathEscape(s.name) + ".json"
-	if err := c.AddResource(u, bytes.NewReader(s.raw)); err != nil {
-		s.err = fmt.Errorf("schema %s: %w", s.name, err)
-		return
-	}
-	if s.s, s.err = c.Compile(u); s.err != nil {
-		s.err = fmt.Errorf("schema %s: %w", s.name, s.err)
-	}
+	s.s, s.err = compileSchema(s.name, s.raw)
 }
 
 // Validate validates a JSON document and returns its problems located by
@@ -182,113 +156,45 @@ func (s *Schema) Validate(doc []byte) ([]Problem, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
-	return validate(s.name, s.s, doc)
+	return validate(s.s, doc)
 }
 
-func validate(id string, s *jsonschema.Schema, doc []byte) ([]Problem, error) {
+func validate(s *node, doc []byte) ([]Problem, error) {
 	dec := json.NewDecoder(bytes.NewReader(doc))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
 		return []Problem{{Pointer: "", Message: "not JSON: " + err.Error()}}, nil
 	}
-	err := s.Validate(v)
-	if err == nil {
-		return nil, nil
-	}
-	var ve *jsonschema.ValidationError
-	if !errors.As(err, &ve) {
-		return nil, fmt.Errorf("validate %s: %w", id, err)
-	}
-	return leaves(ve), nil
+	var c checker
+	c.check(s, v, "", 0)
+	return dedupe(c.out), nil
 }
 
-// leaves flattens a validation error tree into its most specific causes.
-// An unknown property is located at the property itself, not its parent.
-func leaves(ve *jsonschema.ValidationError) []Problem {
-	var out []Problem
-	seen := map[Problem]bool{}
-	var walk func(*jsonschema.ValidationError)
-	walk = func(e *jsonschema.ValidationError) {
-		if len(e.Causes) > 0 {
-			for _, c := range e.Causes {
-				walk(c)
-			}
-			return
-		}
-		if m := additionalRE.FindStringSubmatch(e.Message); m != nil {
-			for _, q := range quotedRE.FindAllStringSubmatch(m[1], -1) {
-				p := Problem{Pointer: unpercent(e.InstanceLocation) + "/" + escape(q[1]), Message: "unknown field " + q[0]}
-				if !seen[p] {
-					seen[p] = true
-					out = append(out, p)
-				}
-			}
-			return
-		}
-		msg := e.Message
-		if strings.HasPrefix(msg, "does not match pattern") {
-			if d := describe(e.AbsoluteKeywordLocation); d != "" {
-				msg = "invalid value: " + d
-			}
-		}
-		p := Problem{Pointer: unpercent(e.InstanceLocation), Message: msg}
+// dedupe drops repeated problems (one location, one message) and sorts
+// them by location, keeping the order of those at one location.
+func dedupe(ps []Problem) []Problem {
+	if len(ps) == 0 {
+		return nil
+	}
+	seen := make(map[Problem]bool, len(ps))
+	out := ps[:0]
+	for _, p := range ps {
 		if !seen[p] {
 			seen[p] = true
 			out = append(out, p)
 		}
 	}
-	walk(ve)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Pointer < out[j].Pointer })
 	return out
 }
 
-// unpercent undoes the percent-encoding the validator applies to pointer
-// tokens, so that pointers match the document's keys.
-func unpercent(ptr string) string {
-	if !strings.Contains(ptr, "%") {
-		return ptr
-	}
-	if u, err := neturl.PathUnescape(ptr); err == nil {
-		return u
-	}
-	return ptr
-}
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 
-// describe returns the description of the schema that holds the keyword
-// at an absolute keyword location ("…/hostname.json#/properties/name/pattern"),
-// so that a pattern failure says what is expected instead of a regex.
-func describe(loc string) string {
-	file, ptr, ok := strings.Cut(loc, "#")
-	if !ok {
-		return ""
-	}
-	id := strings.TrimSuffix(file[strings.LastIndex(file, "/")+1:], ".json")
-	raw, ok := Raw(id)
-	if !ok {
-		return ""
-	}
-	var node any
-	if json.Unmarshal(raw, &node) != nil {
-		return ""
-	}
-	toks := strings.Split(strings.TrimPrefix(ptr, "/"), "/")
-	for _, t := range toks[:len(toks)-1] {
-		t = strings.NewReplacer("~1", "/", "~0", "~").Replace(t)
-		switch n := node.(type) {
-		case map[string]any:
-			node = n[t]
-		default:
-			return ""
-		}
-	}
-	if m, ok := node.(map[string]any); ok {
-		d, _ := m["description"].(string)
-		return d
-	}
-	return ""
-}
-
+// escape is a key as a JSON pointer token.
 func escape(tok string) string {
-	return strings.NewReplacer("~", "~0", "/", "~1").Replace(tok)
+	if !strings.ContainsAny(tok, "~/") {
+		return tok
+	}
+	return pointerEscaper.Replace(tok)
 }

@@ -84,7 +84,7 @@ func pageValidator(t *testing.T) context.Context {
 
 // TestValidatorsAgree runs the page's validator in Chromium on the corpus
 // and checks that it accepts exactly what the agent's accepts, and finds
-// the problems at the same JSON pointers.
+// the same problems (pointers and messages).
 func TestValidatorsAgree(t *testing.T) {
 	ctx := pageValidator(t)
 	invalid := 0
@@ -105,8 +105,8 @@ func TestValidatorsAgree(t *testing.T) {
 			t.Errorf("%d %s %s:\n  Go: %v\n  JS: %v", i, c.schema, c.doc, goProblems, jsProblems)
 			continue
 		}
-		if g, j := pointers(goProblems), pointers(jsProblems); g != j {
-			t.Errorf("%d %s %s: pointers differ\n  Go: %v\n  JS: %v", i, c.schema, c.doc, goProblems, jsProblems)
+		if g, j := problems(goProblems), problems(jsProblems); g != j {
+			t.Errorf("%d %s %s: problems differ\n  Go: %v\n  JS: %v", i, c.schema, c.doc, goProblems, jsProblems)
 		}
 	}
 	if invalid < len(corpus)/3 || invalid == len(corpus) {
@@ -131,17 +131,19 @@ func strconvQuote(s string) string {
 	return string(b)
 }
 
-func pointers(ps []schemas.Problem) string {
+// problems is a set of problems as text: the two validators share their
+// rules and their messages, so both must be the same.
+func problems(ps []schemas.Problem) string {
 	set := map[string]bool{}
 	for _, p := range ps {
-		set[p.Pointer] = true
+		set[p.Pointer+": "+p.Message] = true
 	}
 	var out []string
 	for p := range set {
 		out = append(out, p)
 	}
 	sort.Strings(out)
-	return strings.Join(out, " ")
+	return strings.Join(out, "\n")
 }
 
 // methodSeeds are valid payloads of the providers' direct methods, the
@@ -211,7 +213,7 @@ func without(m map[string]any, k string) map[string]any {
 // the console serves and every provider method's payload schema, over
 // the mutations of valid documents (each schema's examples, the valid
 // documents of the corpus, methodSeeds): the page must refuse exactly
-// what the agent refuses, at the same pointers.
+// what the agent refuses, with the same problems.
 func TestValidatorsAgreeMutated(t *testing.T) {
 	ctx := pageValidator(t)
 
@@ -290,7 +292,7 @@ func TestValidatorsAgreeMutated(t *testing.T) {
 			if len(goProblems) > 0 {
 				invalid++
 			}
-			same := (len(goProblems) == 0) == (len(js[i]) == 0) && pointers(goProblems) == pointers(js[i])
+			same := (len(goProblems) == 0) == (len(js[i]) == 0) && problems(goProblems) == problems(js[i])
 			if !same {
 				if bad++; bad <= 5 {
 					t.Errorf("%s %s:\n  Go: %v\n  JS: %v", tg.name, doc, goProblems, js[i])

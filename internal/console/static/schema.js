@@ -4,8 +4,9 @@
 // into the document, as the agent's (Go) validator locates them:
 // an unknown property at the property itself, other problems at the
 // value that breaks the rule, the causes of a failed anyOf/oneOf branch
-// by branch. A Go test runs this file in Chromium against a corpus and
-// checks that both validators agree.
+// by branch. The agent's validator (schemas/check.go) is this one in Go,
+// with the same messages: a Go test runs this file in Chromium against a
+// corpus and its mutations and checks that both find the same problems.
 "use strict";
 
 (function (global) {
