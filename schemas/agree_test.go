@@ -3,6 +3,7 @@ package schemas
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"sort"
 	"strings"
 	"testing"
@@ -291,5 +292,16 @@ func TestMessages(t *testing.T) {
 	}
 	if p, _ := cyc.Validate([]byte(`1`)); len(p) != 1 || !strings.Contains(p[0].Message, "$ref cycle") {
 		t.Errorf("a $ref cycle: %v", p)
+	}
+	// Branches under a recursive $ref: exponential in the depth of the
+	// document, stopped by the step budget.
+	exp, err := Compile("exp", []byte(`{"oneOf":[{"items":{"$ref":"#"}},{"items":{"$ref":"#"}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deep := strings.Repeat("[", 40) + strings.Repeat("]", 40)
+	p, _ := exp.Validate([]byte(deep))
+	if !strings.Contains(fmt.Sprint(p), "{ validation stopped: the schema takes more than") {
+		t.Errorf("an exponential schema: %v", p)
 	}
 }

@@ -13,18 +13,28 @@ import (
 // cycle that consumes nothing ({"$ref": "#"} at the root) ends.
 const maxDepth = 256
 
+// maxSteps bounds the subschemas one validation visits: anyOf and oneOf
+// branches under a recursive $ref can make the work exponential in the
+// document's depth, and a third-party schema must not hang the agent.
+const maxSteps = 1 << 20
+
 // checker collects the problems of one document.
 type checker struct {
-	out []Problem
+	out   []Problem
+	steps *int // visits left, shared with the checkers of branches
 }
+
+// branch is a checker for a subschema whose problems are weighed before
+// they are kept (anyOf, oneOf, not, if).
+func (c *checker) branch() *checker { return &checker{steps: c.steps} }
 
 func (c *checker) add(ptr, msg string) {
 	c.out = append(c.out, Problem{Pointer: ptr, Message: msg})
 }
 
 // valid reports whether v passes n, without recording anything.
-func valid(n *node, v any, ptr string, depth int) bool {
-	var sub checker
+func (c *checker) valid(n *node, v any, ptr string, depth int) bool {
+	sub := c.branch()
 	sub.check(n, v, ptr, depth)
 	return len(sub.out) == 0
 }
@@ -42,6 +52,14 @@ func (c *checker) check(n *node, v any, ptr string, depth int) {
 		c.add(ptr, "the schema nests deeper than "+strconv.Itoa(maxDepth)+" levels here (a $ref cycle?)")
 		return
 	}
+	if *c.steps <= 0 {
+		if *c.steps == 0 {
+			c.add(ptr, "validation stopped: the schema takes more than "+strconv.Itoa(maxSteps)+" steps on this document")
+			*c.steps = -1
+		}
+		return
+	}
+	*c.steps--
 	depth++
 	if n.refNode != nil {
 		c.check(n.refNode, v, ptr, depth)
@@ -98,7 +116,7 @@ func (c *checker) check(n *node, v any, ptr string, depth int) {
 		var errs []Problem
 		ok := false
 		for _, s := range n.anyOf {
-			var sub checker
+			sub := c.branch()
 			sub.check(s, v, ptr, depth)
 			if len(sub.out) == 0 {
 				ok = true
@@ -114,7 +132,7 @@ func (c *checker) check(n *node, v any, ptr string, depth int) {
 		var errs []Problem
 		var passed []string
 		for i, s := range n.oneOf {
-			var sub checker
+			sub := c.branch()
 			sub.check(s, v, ptr, depth)
 			if len(sub.out) == 0 {
 				passed = append(passed, strconv.Itoa(i))
@@ -129,11 +147,11 @@ func (c *checker) check(n *node, v any, ptr string, depth int) {
 			c.add(ptr, "matches more than one of its alternatives ("+strings.Join(passed, ", ")+")")
 		}
 	}
-	if n.not != nil && valid(n.not, v, ptr, depth) {
+	if n.not != nil && c.valid(n.not, v, ptr, depth) {
 		c.add(ptr, "not allowed")
 	}
 	if n.ifNode != nil {
-		if valid(n.ifNode, v, ptr, depth) {
+		if c.valid(n.ifNode, v, ptr, depth) {
 			if n.thenNode != nil {
 				c.check(n.thenNode, v, ptr, depth)
 			}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -166,8 +167,14 @@ func validate(s *node, doc []byte) ([]Problem, error) {
 	if err := dec.Decode(&v); err != nil {
 		return []Problem{{Pointer: "", Message: "not JSON: " + err.Error()}}, nil
 	}
-	var c checker
+	steps := maxSteps
+	c := checker{steps: &steps}
 	c.check(s, v, "", 0)
+	if steps < 0 {
+		// Stopped: what was found is partial, and the document is not
+		// valid (it may not be refused for what was not checked).
+		c.out = append(c.out, Problem{Pointer: "", Message: "validation stopped: the schema takes more than " + strconv.Itoa(maxSteps) + " steps on this document"})
+	}
 	return dedupe(c.out), nil
 }
 
