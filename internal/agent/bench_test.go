@@ -133,8 +133,12 @@ func reportedVersion(e *env) int64 {
 
 // BenchmarkIdleAgent builds the real twinlet binary, connects it to a hub
 // and measures, while it is connected and idle, its resident memory, CPU
-// time and voluntary context switches (wake-ups) from /proc. The idle
-// period is TWINLET_IDLE_SECONDS (default 10; the issue asks for 60).
+// time and wake-ups from /proc (see wakeCounter; each wake is logged
+// with -v, by its time in the window). The idle period is
+// TWINLET_IDLE_SECONDS (default 10; the issue asks for 60). With
+// TWINLET_IDLE_STRACE=file, strace -f follows the agent over the window
+// and writes there which system calls each wake made (it slows them, so
+// it is for the breakdown, not for the numbers).
 // With TWINLET_HEAP_PROFILE=file it builds with -tags heapprof and writes
 // the idle agent's heap profile there (go tool pprof -sample_index=inuse_space).
 func BenchmarkIdleAgent(b *testing.B) {
@@ -182,18 +186,39 @@ func BenchmarkIdleAgent(b *testing.B) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		time.Sleep(trim + time.Second) // let start-up work settle (and the trim run) before measuring
-		cpu0, csw0 := procCPU(cmd.Process.Pid), wakeups(cmd.Process.Pid)
+		pid := cmd.Process.Pid
+		cpu0, _ := procSched(pid)
 		// The resident set over the window, sampled each second: the
 		// agent's own timers (the keep-alive ping, the resync every 5 min
 		// that observes every section) bring pages back until the next
 		// trim, so a single reading at the end depends on when it falls.
+		// The scheduler's counts are sampled every wakeSample: a wake is a
+		// run of samples in which some thread of the agent got the CPU.
 		var rssSum, rssMax, rssN int64
-		for end := time.Now().Add(idle); time.Now().Before(end); {
-			time.Sleep(min(time.Second, time.Until(end)))
-			v := procStatus(cmd.Process.Pid, "VmRSS")
+		var w wakeCounter
+		start := time.Now()
+		w.sample(pid, start)
+		if out := os.Getenv("TWINLET_IDLE_STRACE"); out != "" {
+			st := exec.Command("strace", "-f", "-tt", "-o", out, "-p", strconv.Itoa(pid))
+			if err := st.Start(); err != nil {
+				b.Fatalf("strace: %v", err)
+			}
+			defer func() { st.Process.Signal(os.Interrupt); st.Wait() }()
+		}
+		for end, nextRSS := start.Add(idle), start.Add(time.Second); time.Now().Before(end); {
+			time.Sleep(min(wakeSample, time.Until(end)))
+			w.sample(pid, time.Now())
+			if time.Now().Before(nextRSS) {
+				continue
+			}
+			nextRSS = nextRSS.Add(time.Second)
+			v := procStatus(pid, "VmRSS")
 			rssSum, rssN, rssMax = rssSum+v, rssN+1, max(rssMax, v)
 		}
-		cpu1, csw1 := procCPU(cmd.Process.Pid), wakeups(cmd.Process.Pid)
+		cpu1, _ := procSched(pid)
+		for _, wk := range w.wakes {
+			b.Logf("wake at %8.3f s: %d timeslices", wk.at.Sub(start).Seconds(), wk.slices)
+		}
 		if prof != "" {
 			cmd.Process.Signal(syscall.SIGUSR1)
 			time.Sleep(time.Second)
@@ -220,37 +245,74 @@ func BenchmarkIdleAgent(b *testing.B) {
 		b.ReportMetric(float64(anon)/1024, "rss-anon-MiB")
 		b.ReportMetric(float64(file)/1024, "rss-file-MiB")
 		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/1000/idle.Seconds(), "cpu-ms/s")
-		b.ReportMetric(float64(csw1-csw0)/idle.Seconds(), "wakeups/s")
+		b.ReportMetric(float64(len(w.wakes))/idle.Minutes(), "wakeups/min")
+		b.ReportMetric(float64(w.slices)/idle.Minutes(), "timeslices/min")
 		b.ReportMetric(float64(fi.Size())/(1<<20), "binary-MiB")
 		b.ReportMetric(0, "ns/op")
 	}
 }
 
-// procCPU is the CPU time of every thread of pid, from
-// /proc/PID/task/TID/schedstat (nanoseconds on the CPU; finer than the
-// 10 ms ticks of /proc/PID/stat).
-func procCPU(pid int) time.Duration {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
-	var n int64
-	for _, t := range tasks {
-		b, _ := os.ReadFile(t)
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			v, _ := strconv.ParseInt(f[0], 10, 64)
-			n += v
-		}
-	}
-	return time.Duration(n)
+// wakeSample is how often the idle agent's scheduling counts are read:
+// two wakes closer than this count as one.
+const wakeSample = 50 * time.Millisecond
+
+// wakeCounter counts the wakes of an idle process from samples of its
+// threads' scheduling counts: a wake is a run of consecutive samples in
+// which the count of timeslices grew (a thread got the CPU). Reading
+// /proc does not schedule the process read.
+type wakeCounter struct {
+	primed bool  // the first sample was taken
+	last   int64 // timeslices at the last sample
+	slices int64 // timeslices since the first sample
+	inWake bool  // the last sample saw the process run
+	wakes  []wake
 }
 
-// wakeups sums the voluntary context switches of every thread.
-func wakeups(pid int) int64 {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
-	var n int64
-	for _, t := range tasks {
-		tid, _ := strconv.Atoi(filepath.Base(t))
-		n += procStatusOf(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid), "voluntary_ctxt_switches")
+// wake is one wake of the process: when it was seen and the timeslices
+// its threads ran in it.
+type wake struct {
+	at     time.Time
+	slices int64
+}
+
+func (w *wakeCounter) sample(pid int, now time.Time) {
+	_, n := procSched(pid)
+	if !w.primed {
+		w.primed, w.last = true, n
+		return
 	}
-	return n
+	d := n - w.last
+	w.last = n
+	if d <= 0 {
+		w.inWake = false
+		return
+	}
+	w.slices += d
+	if w.inWake {
+		w.wakes[len(w.wakes)-1].slices += d
+		return
+	}
+	w.inWake = true
+	w.wakes = append(w.wakes, wake{at: now, slices: d})
+}
+
+// procSched sums over every thread of pid its time on the CPU and the
+// timeslices it ran (each time the scheduler gave it the CPU), from
+// /proc/PID/task/TID/schedstat: nanoseconds, finer than the 10 ms ticks
+// of /proc/PID/stat, and counts that include the involuntary switches
+// the voluntary_ctxt_switches of /proc/PID/status leave out.
+func procSched(pid int) (cpu time.Duration, slices int64) {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var ns int64
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		if f := strings.Fields(string(b)); len(f) == 3 {
+			v, _ := strconv.ParseInt(f[0], 10, 64)
+			c, _ := strconv.ParseInt(f[2], 10, 64)
+			ns, slices = ns+v, slices+c
+		}
+	}
+	return time.Duration(ns), slices
 }
 
 // procStatus reads a numeric field of /proc/PID/status (kB for sizes).
