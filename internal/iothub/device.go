@@ -47,8 +47,9 @@ type DeviceConfig struct {
 	// KeepAlive defaults to 120s.
 	KeepAlive time.Duration
 	// AfterPing, when set, is called each time the hub answers a
-	// keep-alive ping, on the connection's reader: it must not block.
-	// An idle agent hands back the pages the ping touched.
+	// keep-alive ping, on the connection's reader as soon as the answer
+	// is read: it must not block. An idle agent hands back the pages the
+	// ping touched, in the same wake.
 	AfterPing func()
 	// RequestTimeout bounds a twin request (default 30s).
 	RequestTimeout time.Duration

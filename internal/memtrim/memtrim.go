@@ -56,9 +56,6 @@ type Trimmer struct {
 	// Unmaps counts the executable's pages handed back after a wake
 	// (AfterWake) without a full trim.
 	Unmaps atomic.Int64
-
-	wakeMu    sync.Mutex // guards wakeTimer only: AfterWake never waits for a trim
-	wakeTimer *time.Timer
 }
 
 // New returns a trimmer; a delay of 0 or less never trims. log (nil:
@@ -126,33 +123,31 @@ func (t *Trimmer) Busy() (done func()) {
 	}
 }
 
-// afterWakeDelay is how long after a wake the pages it touched are handed
-// back: long enough for the wake's work to end (a ping's answer is read
-// and dropped in microseconds), short enough to stay within the same
-// burst of activity for the CPU.
-const afterWakeDelay = time.Second
-
 // AfterWake tells the trimmer that the agent woke briefly for something
-// that is not work (the keep-alive ping): the pages of the executable it
-// touched come back into the resident set and, while the agent is idle
-// (trimmed, nothing in progress), are handed back a moment later. Unlike
-// a trim, the collector stays off and the heap is not scanned. It never
-// blocks; a nil Trimmer or one that never trims does nothing.
+// that is not work (the keep-alive ping, once the hub has answered it):
+// the pages of the executable it touched came back into the resident
+// set and, while the agent is idle (trimmed, nothing in progress), are
+// handed back now, in the same wake. Unlike a trim, the collector stays
+// off and the heap is not scanned. It never blocks: if a trim or the
+// start or end of some work holds the trimmer, that one unmaps (or will,
+// when the work is over), and this does nothing. A nil Trimmer or one
+// that never trims does nothing.
+//
+// The unmap used to wait a second on a timer for the wake's work to end,
+// which woke the idle agent once more after every ping; what the rest of
+// the wake touches (reading the answer's last byte, parking the
+// goroutine) is a few pages, and the resident set measured the same
+// (internal/agent BenchmarkIdleAgent).
 func (t *Trimmer) AfterWake() {
 	if t == nil || t.delay <= 0 {
 		return
 	}
-	t.wakeMu.Lock()
-	defer t.wakeMu.Unlock()
-	if t.wakeTimer == nil {
-		t.wakeTimer = time.AfterFunc(afterWakeDelay, t.unmapIfIdle)
+	// TryLock: whoever holds the lock is trimming (which unmaps too) or
+	// noting work (after which a trim comes); waiting for them would hold
+	// up the caller, the connection's reader, for nothing.
+	if !t.mu.TryLock() {
 		return
 	}
-	t.wakeTimer.Reset(afterWakeDelay)
-}
-
-func (t *Trimmer) unmapIfIdle() {
-	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.stopped || t.active > 0 || !t.idleGC {
 		return // a trim is due anyway, or work is in progress
@@ -175,11 +170,6 @@ func (t *Trimmer) Stop() {
 	if t.timer != nil {
 		t.timer.Stop()
 	}
-	t.wakeMu.Lock()
-	if t.wakeTimer != nil {
-		t.wakeTimer.Stop()
-	}
-	t.wakeMu.Unlock()
 	t.wakeLocked()
 }
 

@@ -142,34 +142,47 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // TestAfterWakeUnmapsOnlyWhenIdle: a wake that is not work (a keep-alive
-// ping) hands the executable's pages back a moment later while the agent
-// is trimmed, leaving the collector off; before the first trim or during
-// work it does nothing.
+// ping) hands the executable's pages back at once, in the same wake,
+// while the agent is trimmed, leaving the collector off; before the
+// first trim or during work it does nothing. At once: an unmap on a
+// timer would wake the idle agent once more after every ping.
 func TestAfterWakeUnmapsOnlyWhenIdle(t *testing.T) {
 	gc := debug.SetGCPercent(77)
 	defer debug.SetGCPercent(gc)
 	tr := New(20*time.Millisecond, nil)
 	defer tr.Stop()
+	tr.AfterWake()
+	if n := tr.Unmaps.Load(); n != 0 {
+		t.Fatalf("%d unmaps before the first trim", n)
+	}
 	done := tr.Busy()
 	tr.AfterWake()
-	time.Sleep(afterWakeDelay + 300*time.Millisecond)
 	if n := tr.Unmaps.Load(); n != 0 {
 		t.Fatalf("%d unmaps during work", n)
 	}
 	done()
 	waitFor(t, "the trim", tr.IdleGC)
 	tr.AfterWake()
-	tr.AfterWake() // one unmap for a burst
-	waitFor(t, "the unmap after the wake", func() bool { return tr.Unmaps.Load() == 1 })
-	time.Sleep(afterWakeDelay / 2)
 	if n := tr.Unmaps.Load(); n != 1 {
-		t.Fatalf("%d unmaps after two wakes at once, want 1", n)
+		t.Fatalf("%d unmaps when AfterWake returned, want 1 (no timer)", n)
 	}
 	if !tr.IdleGC() {
 		t.Fatal("a wake turned the collector back on")
 	}
 	if p := debug.SetGCPercent(-1); p != -1 {
 		t.Fatalf("GC percent after a wake = %d, want -1 (off)", p)
+	}
+	// Held by a trim or by work starting: nothing to do, and no waiting.
+	tr.mu.Lock()
+	tr.AfterWake()
+	tr.mu.Unlock()
+	if n := tr.Unmaps.Load(); n != 1 {
+		t.Fatalf("%d unmaps with the trimmer held, want still 1", n)
+	}
+	tr.Stop()
+	tr.AfterWake()
+	if n := tr.Unmaps.Load(); n != 1 {
+		t.Fatalf("%d unmaps after Stop, want still 1", n)
 	}
 	New(0, nil).AfterWake()
 	var nilT *Trimmer
