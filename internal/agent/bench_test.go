@@ -187,7 +187,7 @@ func BenchmarkIdleAgent(b *testing.B) {
 		}
 		time.Sleep(trim + time.Second) // let start-up work settle (and the trim run) before measuring
 		pid := cmd.Process.Pid
-		cpu0, _ := procSched(pid)
+		cpu0 := procCPU(pid)
 		// The resident set over the window, sampled each second: the
 		// agent's own timers (the keep-alive ping, the resync every 5 min
 		// that observes every section) bring pages back until the next
@@ -215,9 +215,9 @@ func BenchmarkIdleAgent(b *testing.B) {
 			v := procStatus(pid, "VmRSS")
 			rssSum, rssN, rssMax = rssSum+v, rssN+1, max(rssMax, v)
 		}
-		cpu1, _ := procSched(pid)
+		cpu1 := procCPU(pid)
 		for _, wk := range w.wakes {
-			b.Logf("wake at %8.3f s: %d timeslices", wk.at.Sub(start).Seconds(), wk.slices)
+			b.Logf("wake at %8.3f s: %3d timeslices, by thread %v", wk.at.Sub(start).Seconds(), wk.slices, wk.threads)
 		}
 		if prof != "" {
 			cmd.Process.Signal(syscall.SIGUSR1)
@@ -261,58 +261,83 @@ const wakeSample = 50 * time.Millisecond
 // which the count of timeslices grew (a thread got the CPU). Reading
 // /proc does not schedule the process read.
 type wakeCounter struct {
-	primed bool  // the first sample was taken
-	last   int64 // timeslices at the last sample
-	slices int64 // timeslices since the first sample
-	inWake bool  // the last sample saw the process run
+	last   map[int]int64 // timeslices per thread at the last sample; nil before the first
+	slices int64         // timeslices since the first sample
+	inWake bool          // the last sample saw the process run
 	wakes  []wake
 }
 
-// wake is one wake of the process: when it was seen and the timeslices
-// its threads ran in it.
+// wake is one wake of the process: when it was seen, the timeslices its
+// threads ran in it, and which threads ran (the thread's number, in the
+// order the process started them: 1 is the main thread, 2 usually the
+// runtime's monitor, sysmon) with their timeslices.
 type wake struct {
-	at     time.Time
-	slices int64
+	at      time.Time
+	slices  int64
+	threads map[int]int64
 }
 
 func (w *wakeCounter) sample(pid int, now time.Time) {
-	_, n := procSched(pid)
-	if !w.primed {
-		w.primed, w.last = true, n
+	per := threadSlices(pid)
+	if w.last == nil {
+		w.last = per
 		return
 	}
-	d := n - w.last
-	w.last = n
-	if d <= 0 {
+	var d int64
+	ran := map[int]int64{}
+	for tid, n := range per {
+		if dn := n - w.last[tid]; dn > 0 {
+			d += dn
+			ran[tid-pid+1] += dn
+		}
+	}
+	w.last = per
+	if d == 0 {
 		w.inWake = false
 		return
 	}
 	w.slices += d
-	if w.inWake {
-		w.wakes[len(w.wakes)-1].slices += d
-		return
+	if !w.inWake {
+		w.inWake = true
+		w.wakes = append(w.wakes, wake{at: now, threads: map[int]int64{}})
 	}
-	w.inWake = true
-	w.wakes = append(w.wakes, wake{at: now, slices: d})
+	wk := &w.wakes[len(w.wakes)-1]
+	wk.slices += d
+	for t, n := range ran {
+		wk.threads[t] += n
+	}
 }
 
-// procSched sums over every thread of pid its time on the CPU and the
-// timeslices it ran (each time the scheduler gave it the CPU), from
-// /proc/PID/task/TID/schedstat: nanoseconds, finer than the 10 ms ticks
-// of /proc/PID/stat, and counts that include the involuntary switches
-// the voluntary_ctxt_switches of /proc/PID/status leave out.
-func procSched(pid int) (cpu time.Duration, slices int64) {
+// threadSlices is the timeslices each thread of pid ran, by thread id
+// (the third field of /proc/PID/task/TID/schedstat: each time the
+// scheduler gave the thread the CPU, voluntary switches or not).
+func threadSlices(pid int) map[int]int64 {
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
-	var ns int64
+	out := make(map[int]int64, len(tasks))
 	for _, t := range tasks {
+		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(t)))
 		b, _ := os.ReadFile(t)
 		if f := strings.Fields(string(b)); len(f) == 3 {
-			v, _ := strconv.ParseInt(f[0], 10, 64)
-			c, _ := strconv.ParseInt(f[2], 10, 64)
-			ns, slices = ns+v, slices+c
+			out[tid], _ = strconv.ParseInt(f[2], 10, 64)
 		}
 	}
-	return time.Duration(ns), slices
+	return out
+}
+
+// procCPU is the CPU time of every thread of pid, from
+// /proc/PID/task/TID/schedstat (nanoseconds on the CPU; finer than the
+// 10 ms ticks of /proc/PID/stat).
+func procCPU(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var n int64
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			v, _ := strconv.ParseInt(f[0], 10, 64)
+			n += v
+		}
+	}
+	return time.Duration(n)
 }
 
 // procStatus reads a numeric field of /proc/PID/status (kB for sizes).
