@@ -168,8 +168,14 @@ func BenchmarkIdleAgent(b *testing.B) {
 	if v, err := time.ParseDuration(os.Getenv("TWINLET_IDLE_TRIM")); err == nil {
 		trim = v
 	}
+	yaml := fmt.Sprintf("idleTrim: %s\n", trim)
+	// TWINLET_IDLE_KEEPALIVE (connection.keepAlive, e.g. 120s) compares
+	// keep-alives; the default is iothub.DefaultKeepAlive.
+	if v := os.Getenv("TWINLET_IDLE_KEEPALIVE"); v != "" {
+		yaml += fmt.Sprintf("connection: {keepAlive: %s}\n", v)
+	}
 	conf := filepath.Join(e.dir, "twinlet.yaml")
-	os.WriteFile(conf, []byte(fmt.Sprintf("idleTrim: %s\n", trim)), 0o644)
+	os.WriteFile(conf, []byte(yaml), 0o644)
 	for b.Loop() {
 		cmd := exec.Command(bin, "run", "--config", conf, "--root", e.root, "--state-dir", e.state, "--policy", e.policy,
 			"--key-file", key, "--ca-file", filepath.Join(e.dir, "ca.pem"), "--hub-port", port, "--log-level", "warn")
