@@ -12,9 +12,11 @@ import (
 // keepConn is the device connection with the MQTT keep-alive done here
 // instead of in paho. paho checks its keep-alive every 5 s whatever the
 // interval is, so an idle agent woke up 12 times a minute for nothing;
-// keepConn arms one timer for the moment the connection has really been
-// quiet for three quarters of the keep-alive, so an idle device wakes up
-// once every 90 s (with the default keep-alive of 120 s) to ping.
+// keepConn arms one timer, three quarters of the keep-alive after the
+// connect or the last ping's answer, so an idle device wakes up once
+// every 180 s (with the default keep-alive of 240 s) to ping. Traffic
+// does not move the timer; the tick pings unless the connection is busy
+// right now (see tick).
 //
 // paho is told a keep-alive of 0 (so it runs no keep-alive of its own)
 // and keepConn writes the real one into the CONNECT packet on its way
@@ -34,6 +36,7 @@ type keepConn struct {
 	lastRead    atomic.Int64
 	pingSent    atomic.Int64 // 0: none outstanding
 	pings       atomic.Int64 // for tests
+	ticks       atomic.Int64 // for tests: timer firings
 	mute        atomic.Bool  // tests: stop pinging
 	afterPing   func()       // DeviceConfig.AfterPing
 
@@ -124,6 +127,7 @@ func (k *keepConn) arm(d time.Duration) {
 // tick runs when the connection may have been quiet for the keep-alive
 // or a ping may have gone unanswered for too long.
 func (k *keepConn) tick() {
+	k.ticks.Add(1)
 	now := time.Now()
 	if sent := k.pingSent.Load(); sent != 0 {
 		if k.lastRead.Load() < sent {
@@ -140,10 +144,17 @@ func (k *keepConn) tick() {
 		k.pingSent.Store(0)
 	}
 	// MQTT wants a packet within every keep-alive; ping after three
-	// quarters of it, so that a ping on a slow link is not late.
+	// quarters of it, so that a ping on a slow link is not late. A
+	// connection that had traffic since the timer was armed, but none
+	// for a quarter of the keep-alive, is pinged now rather than at
+	// three quarters after that traffic: the agent is awake for this
+	// tick anyway, and waiting would cost a second wake for the same
+	// ping (moving the timer later when the traffic came would too: the
+	// runtime keeps a timer's old deadline as the time to wake up until
+	// it is reached). Only a connection busy right now waits.
 	quiet := min(k.lastWrite.Load(), k.lastRead.Load())
-	if wait := time.Duration(quiet + int64(k.every*3/4) - now.UnixNano()); wait > 0 {
-		k.arm(wait)
+	if wait := time.Duration(quiet + int64(k.every/4) - now.UnixNano()); wait > 0 {
+		k.arm(time.Duration(quiet + int64(k.every*3/4) - now.UnixNano()))
 		return
 	}
 	if k.mute.Load() {

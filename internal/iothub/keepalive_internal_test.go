@@ -89,3 +89,47 @@ func TestKeepConnGivesUpOnASilentHub(t *testing.T) {
 		t.Fatalf("wrote %x with %d pings, want the CONNECT and one ping", b, k.pings.Load())
 	}
 }
+
+// TestKeepConnPingsAtTheTickAfterTraffic: traffic both ways after the
+// timer was armed does not cost the idle device a second wake: the tick
+// that finds the connection quiet for a quarter of the keep-alive pings
+// then, instead of arming the timer again for three quarters after the
+// traffic and pinging at that next wake.
+func TestKeepConnPingsAtTheTickAfterTraffic(t *testing.T) {
+	device, hub := net.Pipe()
+	defer hub.Close()
+	k := newKeepConn(device, 4*time.Second, time.Minute, slog.New(slog.DiscardHandler))
+	defer k.Close()
+	go func() { // paho's reader
+		b := make([]byte, 64)
+		for {
+			if _, err := k.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { // the hub: takes the CONNECT, answers, reads on
+		b := make([]byte, 256)
+		hub.Read(b)
+		time.Sleep(500 * time.Millisecond)        // well after the timer was armed
+		hub.Write([]byte{0x20, 0x02, 0x00, 0x00}) // CONNACK
+		io.Copy(io.Discard, hub)
+	}()
+	if _, err := k.Write(connectPacket(t, 0)); err != nil { // arms the timer for 3 s
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if _, err := k.Write([]byte{0x40, 0x02, 0x00, 0x01}); err != nil { // a PUBACK
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for k.pings.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no ping")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := k.ticks.Load(); n != 1 {
+		t.Fatalf("the timer fired %d times for the first ping, want 1", n)
+	}
+}
