@@ -37,11 +37,14 @@ type keepConn struct {
 	pingSent    atomic.Int64 // 0: none outstanding
 	pings       atomic.Int64 // for tests
 	ticks       atomic.Int64 // for tests: timer firings
+	movedLater  atomic.Int64 // for tests: a pending timer Reset to a later time
+	answered    atomic.Bool  // the last ping was answered; the next tick arms the next one
 	mute        atomic.Bool  // tests: stop pinging
 	afterPing   func()       // DeviceConfig.AfterPing
 
 	mu     sync.Mutex
 	timer  *time.Timer
+	due    time.Time // when the pending timer fires; zero once it has
 	closed bool
 }
 
@@ -85,13 +88,22 @@ func (k *keepConn) Write(b []byte) (int, error) {
 }
 
 // Read notes that the hub said something: any packet answers a ping,
-// and the timer goes from the answer's deadline to the next ping.
+// and the timer goes from the answer's deadline to the next ping: it
+// fires at once, in this wake, and the tick arms it for the next ping.
+// Not Reset to the next ping straight away: the Go runtime leaves a
+// timer moved later at its old place in the timer heap, and its old
+// deadline as the time to wake up, until that time comes
+// (runtime/time.go, timer.modify: "The corresponding heap[i].when is
+// updated later"), which woke the idle agent 30 s after every ping for
+// nothing. A timer that has fired is out of the heap, and the tick adds
+// it back at the right place.
 func (k *keepConn) Read(b []byte) (int, error) {
 	n, err := k.Conn.Read(b)
 	if n > 0 {
 		k.lastRead.Store(time.Now().UnixNano())
 		if k.pingSent.Swap(0) != 0 {
-			k.arm(k.every * 3 / 4)
+			k.answered.Store(true)
+			k.arm(0)
 			if k.afterPing != nil {
 				k.afterPing()
 			}
@@ -117,6 +129,11 @@ func (k *keepConn) arm(d time.Duration) {
 	if k.closed {
 		return
 	}
+	due := time.Now().Add(d)
+	if !k.due.IsZero() && due.After(k.due) {
+		k.movedLater.Add(1)
+	}
+	k.due = due
 	if k.timer == nil {
 		k.timer = time.AfterFunc(d, k.tick)
 		return
@@ -128,6 +145,13 @@ func (k *keepConn) arm(d time.Duration) {
 // or a ping may have gone unanswered for too long.
 func (k *keepConn) tick() {
 	k.ticks.Add(1)
+	k.mu.Lock()
+	k.due = time.Time{} // fired: no longer in the runtime's timer heap
+	k.mu.Unlock()
+	if k.answered.Swap(false) {
+		k.arm(k.every * 3 / 4)
+		return
+	}
 	now := time.Now()
 	if sent := k.pingSent.Load(); sent != 0 {
 		if k.lastRead.Load() < sent {

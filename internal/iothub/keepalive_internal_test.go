@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,5 +132,52 @@ func TestKeepConnPingsAtTheTickAfterTraffic(t *testing.T) {
 	}
 	if n := k.ticks.Load(); n != 1 {
 		t.Fatalf("the timer fired %d times for the first ping, want 1", n)
+	}
+}
+
+// TestKeepConnNeverMovesAPendingTimerLater: the answer to a ping takes
+// the timer from the answer's deadline to the next ping by letting it
+// fire at once, never by Reset to the later time, which the Go runtime
+// would still wake up for at the old deadline (30 s after every ping
+// with the defaults).
+func TestKeepConnNeverMovesAPendingTimerLater(t *testing.T) {
+	device, hub := net.Pipe()
+	defer hub.Close()
+	var answered atomic.Int64
+	k := newKeepConn(device, 2*time.Second, time.Minute, slog.New(slog.DiscardHandler))
+	k.afterPing = func() { answered.Add(1) }
+	defer k.Close()
+	go func() { // paho's reader
+		b := make([]byte, 64)
+		for {
+			if _, err := k.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { // the hub: answers every PINGREQ with a PINGRESP
+		b := make([]byte, 256)
+		for {
+			n, err := hub.Read(b)
+			if err != nil {
+				return
+			}
+			if bytes.Equal(b[:n], pingreq) {
+				hub.Write([]byte{0xd0, 0x00})
+			}
+		}
+	}()
+	if _, err := k.Write(connectPacket(t, 0)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for answered.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pings answered, want 2", answered.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := k.movedLater.Load(); n != 0 {
+		t.Fatalf("a pending timer was moved later %d times", n)
 	}
 }
