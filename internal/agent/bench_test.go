@@ -200,7 +200,7 @@ func BenchmarkIdleAgent(b *testing.B) {
 		// trim, so a single reading at the end depends on when it falls.
 		// The scheduler's counts are sampled every wakeSample: a wake is a
 		// run of samples in which some thread of the agent got the CPU.
-		var rssSum, rssMax, rssN int64
+		var rssSum, rssMax, rssN, lastRSS int64
 		var w wakeCounter
 		start := time.Now()
 		w.sample(pid, start)
@@ -219,6 +219,10 @@ func BenchmarkIdleAgent(b *testing.B) {
 			}
 			nextRSS = nextRSS.Add(time.Second)
 			v := procStatus(pid, "VmRSS")
+			if rssN > 0 && v != lastRSS {
+				b.Logf("rss at  %8.3f s: %d KiB (%+d; file-backed %d KiB)", time.Since(start).Seconds(), v, v-lastRSS, procStatus(pid, "RssFile"))
+			}
+			lastRSS = v
 			rssSum, rssN, rssMax = rssSum+v, rssN+1, max(rssMax, v)
 		}
 		cpu1 := procCPU(pid)
