@@ -56,6 +56,12 @@ type Trimmer struct {
 	// Unmaps counts the executable's pages handed back after a wake
 	// (AfterWake) without a full trim.
 	Unmaps atomic.Int64
+
+	wakeMu      sync.Mutex // guards the fields below only: AfterWake never waits for a trim
+	wakeDelay   time.Duration
+	wakeTimer   *time.Timer
+	wakePending bool      // wakeTimer is armed; it is never moved later
+	lastWake    time.Time // the last AfterWake
 }
 
 // New returns a trimmer; a delay of 0 or less never trims. log (nil:
@@ -64,7 +70,7 @@ func New(delay time.Duration, log *slog.Logger) *Trimmer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Trimmer{delay: delay, log: log}
+	return &Trimmer{delay: delay, log: log, wakeDelay: monitorWake}
 }
 
 // idleHeadroom is how far above what the idle agent holds its memory may
@@ -123,32 +129,72 @@ func (t *Trimmer) Busy() (done func()) {
 	}
 }
 
+// monitorWake is the longest the Go runtime lets an idle process sleep:
+// with every P idle, its monitor thread (sysmon) sleeps until the next
+// timer but at most half of forcegcperiod, 2 minutes (Go 1.26
+// runtime/proc.go, sysmon: "sleep := forcegcperiod / 2"). An unmap due
+// this long after a wake, or sooner, is done in the monitor's wake, which
+// comes anyway, instead of one of its own.
+const monitorWake = 60 * time.Second
+
 // AfterWake tells the trimmer that the agent woke briefly for something
 // that is not work (the keep-alive ping, once the hub has answered it):
 // the pages of the executable it touched came back into the resident
 // set and, while the agent is idle (trimmed, nothing in progress), are
-// handed back now, in the same wake. Unlike a trim, the collector stays
-// off and the heap is not scanned. It never blocks: if a trim or the
-// start or end of some work holds the trimmer, that one unmaps (or will,
-// when the work is over), and this does nothing. A nil Trimmer or one
-// that never trims does nothing.
+// handed back with the runtime's next wake, monitorWake later, which the
+// unmap shares. Unlike a trim, the collector stays off and the heap is
+// not scanned. It never blocks. A nil Trimmer or one that never trims
+// does nothing.
 //
-// The unmap used to wait a second on a timer for the wake's work to end,
-// which woke the idle agent once more after every ping; what the rest of
-// the wake touches (reading the answer's last byte, parking the
-// goroutine) is a few pages, and the resident set measured the same
-// (internal/agent BenchmarkIdleAgent).
+// Not at once: the rest of the wake (paho handing the answer on, the
+// reader going back into TLS to wait for the next packet, the runtime
+// parking its threads) touches about 1 MiB of code again after an unmap
+// in the answer's Read, which then stays resident until the next ping
+// (BenchmarkIdleAgent -v: 4.0 MiB file-backed after each ping, against
+// 3.1 MiB with the unmap in a later wake). And not a second later, as it
+// was: that woke the idle agent once more after every ping. When wakes
+// come more often than monitorWake (a keep-alive of 80 s or less), the
+// next one would come before the timer: then the unmap is done at once.
 func (t *Trimmer) AfterWake() {
 	if t == nil || t.delay <= 0 {
 		return
 	}
-	// TryLock: whoever holds the lock is trimming (which unmaps too) or
-	// noting work (after which a trim comes); waiting for them would hold
-	// up the caller, the connection's reader, for nothing.
-	if !t.mu.TryLock() {
+	t.wakeMu.Lock()
+	defer t.wakeMu.Unlock()
+	now := time.Now()
+	prev := t.lastWake
+	t.lastWake = now
+	if t.wakePending {
+		return // one unmap for the wakes before it; a pending timer is never moved later
+	}
+	if !prev.IsZero() && now.Sub(prev) < t.wakeDelay {
+		// TryLock: whoever holds the lock is trimming (which unmaps
+		// too) or noting work (after which a trim comes); waiting for
+		// them would hold up the caller, the connection's reader.
+		if t.mu.TryLock() {
+			t.unmapIfIdleLocked()
+			t.mu.Unlock()
+		}
 		return
 	}
+	t.wakePending = true
+	if t.wakeTimer == nil {
+		t.wakeTimer = time.AfterFunc(t.wakeDelay, t.afterWakeTimer)
+		return
+	}
+	t.wakeTimer.Reset(t.wakeDelay)
+}
+
+func (t *Trimmer) afterWakeTimer() {
+	t.wakeMu.Lock()
+	t.wakePending = false
+	t.wakeMu.Unlock()
+	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.unmapIfIdleLocked()
+}
+
+func (t *Trimmer) unmapIfIdleLocked() {
 	if t.stopped || t.active > 0 || !t.idleGC {
 		return // a trim is due anyway, or work is in progress
 	}
@@ -170,6 +216,11 @@ func (t *Trimmer) Stop() {
 	if t.timer != nil {
 		t.timer.Stop()
 	}
+	t.wakeMu.Lock()
+	if t.wakeTimer != nil {
+		t.wakeTimer.Stop()
+	}
+	t.wakeMu.Unlock()
 	t.wakeLocked()
 }
 

@@ -141,30 +141,45 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestAfterWakeUnmapsOnlyWhenIdle: a wake that is not work (a keep-alive
-// ping) hands the executable's pages back at once, in the same wake,
-// while the agent is trimmed, leaving the collector off; before the
-// first trim or during work it does nothing. At once: an unmap on a
-// timer would wake the idle agent once more after every ping.
-func TestAfterWakeUnmapsOnlyWhenIdle(t *testing.T) {
+// TestAfterWakeUnmapsInTheMonitorsWake: a wake that is not work (a
+// keep-alive ping) hands the executable's pages back while the agent is
+// trimmed, leaving the collector off, on a timer due when the Go
+// runtime's monitor wakes anyway (monitorWake; shortened here), which
+// later wakes never move; before the first trim or during work it does
+// nothing. Wakes closer together than that unmap at once: the next one
+// would come before the timer.
+func TestAfterWakeUnmapsInTheMonitorsWake(t *testing.T) {
+	if monitorWake != 60*time.Second {
+		t.Fatalf("monitorWake = %v, want the runtime's forcegcperiod/2, 60s", monitorWake)
+	}
 	gc := debug.SetGCPercent(77)
 	defer debug.SetGCPercent(gc)
 	tr := New(20*time.Millisecond, nil)
+	tr.wakeDelay = 200 * time.Millisecond
 	defer tr.Stop()
-	tr.AfterWake()
-	if n := tr.Unmaps.Load(); n != 0 {
-		t.Fatalf("%d unmaps before the first trim", n)
-	}
 	done := tr.Busy()
 	tr.AfterWake()
+	time.Sleep(tr.wakeDelay + 100*time.Millisecond)
 	if n := tr.Unmaps.Load(); n != 0 {
 		t.Fatalf("%d unmaps during work", n)
 	}
 	done()
 	waitFor(t, "the trim", tr.IdleGC)
 	tr.AfterWake()
+	if n := tr.Unmaps.Load(); n != 0 {
+		t.Fatalf("%d unmaps when AfterWake returned, want 0: the unmap waits for the monitor's wake", n)
+	}
+	tr.wakeMu.Lock()
+	pending := tr.wakePending
+	tr.wakeMu.Unlock()
+	if !pending {
+		t.Fatal("no unmap pending after a wake")
+	}
+	tr.AfterWake() // a second wake before it: the same unmap, not moved later
+	waitFor(t, "the unmap after the wake", func() bool { return tr.Unmaps.Load() == 1 })
+	time.Sleep(tr.wakeDelay + 100*time.Millisecond)
 	if n := tr.Unmaps.Load(); n != 1 {
-		t.Fatalf("%d unmaps when AfterWake returned, want 1 (no timer)", n)
+		t.Fatalf("%d unmaps after two wakes at once, want 1", n)
 	}
 	if !tr.IdleGC() {
 		t.Fatal("a wake turned the collector back on")
@@ -172,17 +187,24 @@ func TestAfterWakeUnmapsOnlyWhenIdle(t *testing.T) {
 	if p := debug.SetGCPercent(-1); p != -1 {
 		t.Fatalf("GC percent after a wake = %d, want -1 (off)", p)
 	}
-	// Held by a trim or by work starting: nothing to do, and no waiting.
+	// Wakes closer together than the monitor's: at once.
+	tr.wakeMu.Lock()
+	tr.lastWake = time.Now() // as if the last ping had just been answered
+	tr.wakeMu.Unlock()
+	tr.AfterWake()
+	if n := tr.Unmaps.Load(); n != 2 {
+		t.Fatalf("%d unmaps after a wake less than %v after the last, want 2 (the second at once)", n, tr.wakeDelay)
+	}
+	// At once, but held by a trim or by work starting: nothing to do, and
+	// no waiting.
 	tr.mu.Lock()
+	tr.wakeMu.Lock()
+	tr.lastWake = time.Now()
+	tr.wakeMu.Unlock()
 	tr.AfterWake()
 	tr.mu.Unlock()
-	if n := tr.Unmaps.Load(); n != 1 {
-		t.Fatalf("%d unmaps with the trimmer held, want still 1", n)
-	}
-	tr.Stop()
-	tr.AfterWake()
-	if n := tr.Unmaps.Load(); n != 1 {
-		t.Fatalf("%d unmaps after Stop, want still 1", n)
+	if n := tr.Unmaps.Load(); n != 2 {
+		t.Fatalf("%d unmaps with the trimmer held, want still 2", n)
 	}
 	New(0, nil).AfterWake()
 	var nilT *Trimmer
