@@ -57,9 +57,10 @@ type DeviceConfig struct {
 	// drops the connection after 1.5 times it.
 	KeepAlive time.Duration
 	// AfterPing, when set, is called each time the hub answers a
-	// keep-alive ping, on the connection's reader as soon as the answer
-	// is read: it must not block. An idle agent hands back the pages the
-	// ping touched, in the same wake.
+	// keep-alive ping, on the connection's reader once the answer has
+	// been read whole, as it comes back for the next packet: it must not
+	// block. An idle agent hands back the pages the ping touched, in the
+	// same wake.
 	AfterPing func()
 	// RequestTimeout bounds a twin request (default 30s).
 	RequestTimeout time.Duration

@@ -181,3 +181,49 @@ func TestKeepConnNeverMovesAPendingTimerLater(t *testing.T) {
 		t.Fatalf("a pending timer was moved later %d times", n)
 	}
 }
+
+// TestKeepConnAfterPingOnceTheAnswerIsRead: AfterPing runs when the
+// packet that answered a ping has been read whole and paho's reader
+// comes back for the next one, not while paho is still reading the
+// answer; read a byte at a time, as paho reads a packet's header, and
+// whatever the packet (a PUBLISH with a two-byte length answers too).
+func TestKeepConnAfterPingOnceTheAnswerIsRead(t *testing.T) {
+	device, hub := net.Pipe()
+	defer hub.Close()
+	var calls atomic.Int64
+	k := newKeepConn(device, time.Hour, time.Minute, slog.New(slog.DiscardHandler))
+	k.afterPing = func() { calls.Add(1) }
+	defer k.Close()
+	publish := append([]byte{0x30, 0x83, 0x01}, bytes.Repeat([]byte{'x'}, 131)...) // remaining length 131
+	go func() {
+		hub.Write([]byte{0xd0, 0x00}) // PINGRESP
+		hub.Write(publish)
+		hub.Write([]byte{0x40, 0x02, 0x00, 0x01}) // PUBACK
+	}()
+	read := func(n int, callsBefore, callsAfter int64) {
+		t.Helper()
+		b := make([]byte, n)
+		k.pingSent.Store(1) // a ping is outstanding when the packet starts
+		if got := calls.Load(); got != callsBefore {
+			t.Fatalf("before a %d-byte read: %d AfterPing calls, want %d", n, got, callsBefore)
+		}
+		if _, err := io.ReadFull(k, b); err != nil {
+			t.Fatal(err)
+		}
+		if got := calls.Load(); got != callsAfter {
+			t.Fatalf("after a %d-byte read: %d AfterPing calls, want %d", n, got, callsAfter)
+		}
+	}
+	read(1, 0, 0) // PINGRESP's type: the answer, not yet read whole
+	read(1, 0, 0) // its length, 0: read whole
+	read(1, 0, 1) // paho back for the next packet: AfterPing first
+	k.pingSent.Store(0)
+	b := make([]byte, 2+131)
+	if _, err := io.ReadFull(k, b); err != nil { // the rest of the PUBLISH
+		t.Fatal(err)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("%d AfterPing calls before the PUBLISH that answered was read whole", calls.Load())
+	}
+	read(1, 1, 2) // the PUBACK's first byte: the PUBLISH was read whole
+}

@@ -133,28 +133,29 @@ func (t *Trimmer) Busy() (done func()) {
 // with every P idle, its monitor thread (sysmon) sleeps until the next
 // timer but at most half of forcegcperiod, 2 minutes (Go 1.26
 // runtime/proc.go, sysmon: "sleep := forcegcperiod / 2"). An unmap due
-// this long after a wake, or sooner, is done in the monitor's wake, which
-// comes anyway, instead of one of its own.
+// this long after a wake is done in the monitor's wake, which comes
+// anyway, instead of one of its own.
 const monitorWake = 60 * time.Second
 
 // AfterWake tells the trimmer that the agent woke briefly for something
-// that is not work (the keep-alive ping, once the hub has answered it):
-// the pages of the executable it touched came back into the resident
-// set and, while the agent is idle (trimmed, nothing in progress), are
-// handed back with the runtime's next wake, monitorWake later, which the
-// unmap shares. Unlike a trim, the collector stays off and the heap is
-// not scanned. It never blocks. A nil Trimmer or one that never trims
-// does nothing.
+// that is not work (the keep-alive ping, once the hub's answer has been
+// read): the pages of the executable it touched came back into the
+// resident set and, while the agent is idle (trimmed, nothing in
+// progress), are handed back twice: at once, and with the runtime's next
+// wake, monitorWake later, which that unmap shares. Unlike a trim, the
+// collector stays off and the heap is not scanned. It never blocks. A nil
+// Trimmer or one that never trims does nothing.
 //
-// Not at once: the rest of the wake (paho handing the answer on, the
-// reader going back into TLS to wait for the next packet, the runtime
-// parking its threads) touches about 1 MiB of code again after an unmap
-// in the answer's Read, which then stays resident until the next ping
-// (BenchmarkIdleAgent -v: 4.0 MiB file-backed after each ping, against
-// 3.1 MiB with the unmap in a later wake). And not a second later, as it
-// was: that woke the idle agent once more after every ping. When wakes
-// come more often than monitorWake (a keep-alive of 80 s or less), the
-// next one would come before the timer: then the unmap is done at once.
+// At once, because the ping's pages would otherwise stay until then
+// (BenchmarkIdleAgent -v, keep-alive 120 s: 1.3 MiB). Again later,
+// because what the rest of the answer's wake touches after the first
+// unmap (the reader going back into TLS to wait, paho and the runtime
+// parking their goroutines and threads) stays resident too: 3.6-3.9 MiB
+// file-backed after an unmap at once, 3.1-3.2 MiB after one in a later
+// wake. The later one used to come a second after the ping, on a timer
+// that woke the idle agent once more after every ping. When wakes come
+// more often than monitorWake (a keep-alive of 80 s or less) the next
+// one would come before that timer: only the unmap at once is done.
 func (t *Trimmer) AfterWake() {
 	if t == nil || t.delay <= 0 {
 		return
@@ -164,18 +165,15 @@ func (t *Trimmer) AfterWake() {
 	now := time.Now()
 	prev := t.lastWake
 	t.lastWake = now
-	if t.wakePending {
-		return // one unmap for the wakes before it; a pending timer is never moved later
+	// TryLock: whoever holds the lock is trimming (which unmaps too) or
+	// noting work (after which a trim comes); waiting for them would hold
+	// up the caller, the connection's reader.
+	if t.mu.TryLock() {
+		t.unmapIfIdleLocked()
+		t.mu.Unlock()
 	}
-	if !prev.IsZero() && now.Sub(prev) < t.wakeDelay {
-		// TryLock: whoever holds the lock is trimming (which unmaps
-		// too) or noting work (after which a trim comes); waiting for
-		// them would hold up the caller, the connection's reader.
-		if t.mu.TryLock() {
-			t.unmapIfIdleLocked()
-			t.mu.Unlock()
-		}
-		return
+	if t.wakePending || !prev.IsZero() && now.Sub(prev) < t.wakeDelay {
+		return // a pending timer is never moved later: the runtime would still wake at its old time
 	}
 	t.wakePending = true
 	if t.wakeTimer == nil {

@@ -141,14 +141,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestAfterWakeUnmapsInTheMonitorsWake: a wake that is not work (a
-// keep-alive ping) hands the executable's pages back while the agent is
-// trimmed, leaving the collector off, on a timer due when the Go
-// runtime's monitor wakes anyway (monitorWake; shortened here), which
-// later wakes never move; before the first trim or during work it does
-// nothing. Wakes closer together than that unmap at once: the next one
-// would come before the timer.
-func TestAfterWakeUnmapsInTheMonitorsWake(t *testing.T) {
+// TestAfterWakeUnmapsAtOnceAndInTheMonitorsWake: a wake that is not
+// work (a keep-alive ping) hands the executable's pages back while the
+// agent is trimmed, leaving the collector off: at once, and again on a
+// timer due when the Go runtime's monitor wakes anyway (monitorWake;
+// shortened here), which later wakes never move; before the first trim
+// or during work it does nothing. Wakes closer together than that only
+// unmap at once: the next would come before the timer.
+func TestAfterWakeUnmapsAtOnceAndInTheMonitorsWake(t *testing.T) {
 	if monitorWake != 60*time.Second {
 		t.Fatalf("monitorWake = %v, want the runtime's forcegcperiod/2, 60s", monitorWake)
 	}
@@ -166,20 +166,23 @@ func TestAfterWakeUnmapsInTheMonitorsWake(t *testing.T) {
 	done()
 	waitFor(t, "the trim", tr.IdleGC)
 	tr.AfterWake()
-	if n := tr.Unmaps.Load(); n != 0 {
-		t.Fatalf("%d unmaps when AfterWake returned, want 0: the unmap waits for the monitor's wake", n)
+	if n := tr.Unmaps.Load(); n != 1 {
+		t.Fatalf("%d unmaps when AfterWake returned, want 1 (at once)", n)
 	}
 	tr.wakeMu.Lock()
 	pending := tr.wakePending
 	tr.wakeMu.Unlock()
 	if !pending {
-		t.Fatal("no unmap pending after a wake")
+		t.Fatal("no second unmap pending for the monitor's wake")
 	}
-	tr.AfterWake() // a second wake before it: the same unmap, not moved later
-	waitFor(t, "the unmap after the wake", func() bool { return tr.Unmaps.Load() == 1 })
+	tr.AfterWake() // a second wake before it: at once, and the same timer, not moved later
+	if n := tr.Unmaps.Load(); n != 2 {
+		t.Fatalf("%d unmaps after the second wake, want 2", n)
+	}
+	waitFor(t, "the unmap in the monitor's wake", func() bool { return tr.Unmaps.Load() == 3 })
 	time.Sleep(tr.wakeDelay + 100*time.Millisecond)
-	if n := tr.Unmaps.Load(); n != 1 {
-		t.Fatalf("%d unmaps after two wakes at once, want 1", n)
+	if n := tr.Unmaps.Load(); n != 3 {
+		t.Fatalf("%d unmaps after two wakes at once, want 3 (two at once, one later)", n)
 	}
 	if !tr.IdleGC() {
 		t.Fatal("a wake turned the collector back on")
@@ -187,24 +190,23 @@ func TestAfterWakeUnmapsInTheMonitorsWake(t *testing.T) {
 	if p := debug.SetGCPercent(-1); p != -1 {
 		t.Fatalf("GC percent after a wake = %d, want -1 (off)", p)
 	}
-	// Wakes closer together than the monitor's: at once.
+	// Wakes closer together than the monitor's: at once only.
 	tr.wakeMu.Lock()
 	tr.lastWake = time.Now() // as if the last ping had just been answered
 	tr.wakeMu.Unlock()
 	tr.AfterWake()
-	if n := tr.Unmaps.Load(); n != 2 {
-		t.Fatalf("%d unmaps after a wake less than %v after the last, want 2 (the second at once)", n, tr.wakeDelay)
-	}
-	// At once, but held by a trim or by work starting: nothing to do, and
-	// no waiting.
-	tr.mu.Lock()
 	tr.wakeMu.Lock()
-	tr.lastWake = time.Now()
+	pending = tr.wakePending
 	tr.wakeMu.Unlock()
+	if n := tr.Unmaps.Load(); n != 4 || pending {
+		t.Fatalf("a wake less than %v after the last: %d unmaps (want 4), timer pending %v (want none)", tr.wakeDelay, n, pending)
+	}
+	// Held by a trim or by work starting: nothing to do, and no waiting.
+	tr.mu.Lock()
 	tr.AfterWake()
 	tr.mu.Unlock()
-	if n := tr.Unmaps.Load(); n != 2 {
-		t.Fatalf("%d unmaps with the trimmer held, want still 2", n)
+	if n := tr.Unmaps.Load(); n != 4 {
+		t.Fatalf("%d unmaps with the trimmer held, want still 4", n)
 	}
 	New(0, nil).AfterWake()
 	var nilT *Trimmer
