@@ -105,9 +105,9 @@ func (k *keepConn) Write(b []byte) (int, error) {
 //
 // afterPing runs when paho comes back for the packet after the answer,
 // before this Read waits for it: the answer has been read whole and
-// handed on by then, so the pages that took stay out of what the
-// callback hands back less (unmapping in the Read that brought the
-// answer's first byte left about 0.25 MiB more resident, BenchmarkIdleAgent).
+// handed on by then, so less of what the wake touches comes back after
+// the callback's unmap (unmapping in the Read that brought the answer's
+// first byte left about 0.25 MiB more resident, BenchmarkIdleAgent -v).
 func (k *keepConn) Read(b []byte) (int, error) {
 	if k.afterDue {
 		k.afterDue = false
