@@ -23,10 +23,10 @@ type RunOptions struct {
 	// drift that no watch saw; 0 means 5 minutes.
 	Resync time.Duration
 	// PolicyPoll re-hashes the policy directory this often while it is
-	// not watched (no inotify, the directory missing or removed, a queue
-	// overflow); 0 means 10 seconds. While the watch is in place the
-	// directory is re-hashed at each resync only, so that an idle agent
-	// does not wake up for it.
+	// not watched (no inotify, the directory missing or removed); 0
+	// means 10 seconds. While the watch is in place the directory is
+	// re-hashed at each resync only, in the resync's own wake, so that an
+	// idle agent does not wake up for it.
 	PolicyPoll time.Duration
 	// Backoff for transient failures; zero means DefaultBackoff.
 	Backoff Backoff
@@ -154,14 +154,15 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 		lastHash = r.pol.Hash
 	}
 	r.mu.Unlock()
-	pollEvery := func() time.Duration {
-		if watched {
-			return ro.Resync
-		}
-		return ro.PolicyPoll
-	}
-	poll := time.NewTimer(pollEvery())
+	// poll runs only while the sources are not watched; with the watch
+	// in place, the resync re-hashes them (a second timer on the same
+	// period, out of phase with the resync's jitter, woke the idle agent
+	// once more every period).
+	poll := time.NewTimer(ro.PolicyPoll)
 	defer poll.Stop()
+	if watched {
+		poll.Stop()
+	}
 	rehash := func() {
 		r.rehashes.Add(1)
 		if r.opts.PolicyDir != "" {
@@ -186,7 +187,7 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 				// it. Poll until it is back, then watch it again.
 				r.log.Info("policy directory gone; polling for it", "dir", ev.Name)
 				watched = false
-				poll.Reset(pollEvery())
+				poll.Reset(ro.PolicyPoll)
 				debounce.Reset(100 * time.Millisecond)
 			} else if r.isSourceEvent(ev.Name) {
 				debounce.Reset(100 * time.Millisecond)
@@ -205,12 +206,22 @@ func (r *Reconciler) Run(ctx context.Context, ro RunOptions) error {
 			reload(false)
 			lastHash = r.currentHash()
 		case <-poll.C:
+			r.timerWakes.Add(1)
 			if !watched {
 				watchSources()
 			}
 			rehash()
-			poll.Reset(pollEvery())
+			if !watched {
+				poll.Reset(ro.PolicyPoll)
+			}
 		case <-resync.C:
+			r.timerWakes.Add(1)
+			r.resyncs.Add(1)
+			if watched {
+				// What the watch may have missed (an event lost with no
+				// overflow reported), healed with the drift.
+				rehash()
+			}
 			q.Add(r.order...)
 			resync.Reset(jitter(ro.Resync))
 		case <-ro.Reload:

@@ -150,8 +150,10 @@ type Reconciler struct {
 	log   *slog.Logger
 	ctrls map[string]*controller
 	order []string // dependency order
-	// rehashes counts periodic re-reads of the policy directory (tests).
-	rehashes atomic.Int64
+	// rehashes counts periodic re-reads of the policy directory,
+	// resyncs the resync timer's firings, timerWakes every firing of
+	// the loop's timers (tests).
+	rehashes, resyncs, timerWakes atomic.Int64
 	// unsaved: a reconcile changed the state in memory in ways that need
 	// not be on disk before its result is reported (see pass.unsaved);
 	// the next Publish saves it.

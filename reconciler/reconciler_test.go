@@ -616,6 +616,38 @@ func TestRunSeesPolicyChangesWithoutPolling(t *testing.T) {
 	}
 }
 
+// TestRunRehashesAWatchedPolicyDirInTheResyncsWake: with the policy
+// directory watched, the safety-net re-hash rides on the resync: the
+// loop's timers fire once per resync, not once more for a poll on the
+// same period (which woke an idle agent twice every 5 minutes).
+func TestRunRehashesAWatchedPolicyDirInTheResyncsWake(t *testing.T) {
+	if w, err := fsnotify.NewWatcher(); err != nil {
+		t.Skipf("no inotify instance to watch with (%v): the loop polls instead", err)
+	} else {
+		w.Close()
+	}
+	f := newFixture(t)
+	f.policy(t, "base.yaml", basePolicy)
+	r := f.new(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- r.Run(ctx, RunOptions{Resync: 100 * time.Millisecond, PolicyPoll: 10 * time.Millisecond})
+	}()
+	testutil.Eventually(t, "four resyncs", func() bool { return r.resyncs.Load() >= 4 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	resyncs, wakes, rehashes := r.resyncs.Load(), r.timerWakes.Load(), r.rehashes.Load()
+	if wakes != resyncs {
+		t.Errorf("the loop's timers fired %d times for %d resyncs, want one per resync", wakes, resyncs)
+	}
+	if rehashes != resyncs {
+		t.Errorf("%d re-hashes for %d resyncs, want one per resync", rehashes, resyncs)
+	}
+}
+
 // TestRunPollsForARemovedPolicyDir: the policy directory is removed and
 // created again (as a package upgrade or `rm -r; cp -r` does); its watch
 // went with it, so the loop polls until it is back, watches it again and

@@ -86,6 +86,7 @@ func deviceConfig(cfg config.Config, tpms *tpmSet) (iothub.DeviceConfig, error) 
 	if c.Port != 0 {
 		dc.Addr = net.JoinHostPort(cs.HostName, strconv.Itoa(c.Port))
 	}
+	dc.KeepAlive = c.KeepAlive
 	return dc, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"flag"
 	"io"
 	"net"
 	"net/http"
@@ -12,8 +13,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/twinlet/twinlet/internal/hub"
+	"github.com/twinlet/twinlet/internal/iothub"
 	"github.com/twinlet/twinlet/internal/testutil"
 )
 
@@ -102,3 +105,47 @@ func TestRunConnected(t *testing.T) {
 }
 
 func base64Key(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
+
+// TestKeepAliveFromTheConfig: connection.keepAlive reaches the device
+// client, also when --key-file replaces the file's credential, and its
+// absence leaves iothub's default; a bad value stops `twinlet run` with
+// its file:line.
+func TestKeepAliveFromTheConfig(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "device.key")
+	os.WriteFile(key, []byte("HostName=hub.example;DeviceId=kiosk-17;SharedAccessKey="+base64.StdEncoding.EncodeToString([]byte("k"))+"\n"), 0o600)
+	resolve := func(conf string) iothub.DeviceConfig {
+		t.Helper()
+		p := filepath.Join(dir, "twinlet.yaml")
+		os.WriteFile(p, []byte(conf), 0o644)
+		fs := flag.NewFlagSet("twinlet run", flag.ContinueOnError)
+		var c common
+		c.register(fs)
+		fs.StringVar(&c.keyFile, "key-file", "", "")
+		if err := fs.Parse([]string{"--config", p, "--key-file", key}); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := c.resolve(fs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dc, err := deviceConfig(cfg, &tpmSet{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dc
+	}
+	if dc := resolve("connection:\n  keyFile: /nonexistent.key\n  keepAlive: 600s\n"); dc.KeepAlive != 10*time.Minute {
+		t.Fatalf("keepAlive 600s, --key-file: the device client got %v", dc.KeepAlive)
+	}
+	if dc := resolve("root: /\n"); dc.KeepAlive != 0 {
+		t.Fatalf("no keepAlive: the device client got %v, want 0 (iothub.DefaultKeepAlive)", dc.KeepAlive)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("idleTrim: 30s\nconnection:\n  keepAlive: 30m\n"), 0o644)
+	s := newSandbox(t)
+	args := append(s.args("run"), "--config", bad)
+	if code, _, errs := twinlet(t, args...); code != 1 || !strings.Contains(errs, bad+":3: connection.keepAlive: 30m0s is not between 1s and 1177s") {
+		t.Fatalf("keepAlive 30m: exit %d, %s", code, errs)
+	}
+}

@@ -167,7 +167,7 @@ func (c *common) resolve(fs *flag.FlagSet) (config.Config, error) {
 		if err := config.CheckFile(c.keyFile, true); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return cfg, fmt.Errorf("--key-file: %w", err)
 		}
-		cfg.Connection = config.Connection{KeyFile: c.keyFile, CAFile: cfg.Connection.CAFile, Port: cfg.Connection.Port}
+		cfg.Connection = config.Connection{KeyFile: c.keyFile, CAFile: cfg.Connection.CAFile, Port: cfg.Connection.Port, KeepAlive: cfg.Connection.KeepAlive}
 	}
 	if set["ca-file"] {
 		cfg.Connection.CAFile = c.caFile

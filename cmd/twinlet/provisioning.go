@@ -312,7 +312,7 @@ func (p *provisioner) runIdentity(ctx context.Context, id dps.Identity, pending 
 // deviceConfig is the device client configuration of a stored identity.
 func (p *provisioner) deviceConfig(id dps.Identity) (iothub.DeviceConfig, error) {
 	c := p.cfg
-	c.Connection = config.Connection{CAFile: p.cfg.Connection.CAFile, Port: p.cfg.Connection.Port}
+	c.Connection = config.Connection{CAFile: p.cfg.Connection.CAFile, Port: p.cfg.Connection.Port, KeepAlive: p.cfg.Connection.KeepAlive}
 	switch id.Auth {
 	case dps.AuthKey:
 		c.Connection.ConnectionString = id.ConnectionString
@@ -324,7 +324,7 @@ func (p *provisioner) deviceConfig(id dps.Identity) (iothub.DeviceConfig, error)
 		if err != nil {
 			return iothub.DeviceConfig{}, fmt.Errorf("tpm: %w", err)
 		}
-		dc := iothub.DeviceConfig{HostName: id.HostName, DeviceID: id.DeviceID, Signer: t.Signer(id.Slot)}
+		dc := iothub.DeviceConfig{HostName: id.HostName, DeviceID: id.DeviceID, Signer: t.Signer(id.Slot), KeepAlive: p.cfg.Connection.KeepAlive}
 		if f := p.cfg.Connection.CAFile; f != "" {
 			pem, err := os.ReadFile(f)
 			if err != nil {

@@ -133,8 +133,12 @@ func reportedVersion(e *env) int64 {
 
 // BenchmarkIdleAgent builds the real twinlet binary, connects it to a hub
 // and measures, while it is connected and idle, its resident memory, CPU
-// time and voluntary context switches (wake-ups) from /proc. The idle
-// period is TWINLET_IDLE_SECONDS (default 10; the issue asks for 60).
+// time and wake-ups from /proc (see wakeCounter; each wake is logged
+// with -v, by its time in the window). The idle period is
+// TWINLET_IDLE_SECONDS (default 10; the issue asks for 60). With
+// TWINLET_IDLE_STRACE=file, strace -f follows the agent over the window
+// and writes there which system calls each wake made (it slows them, so
+// it is for the breakdown, not for the numbers).
 // With TWINLET_HEAP_PROFILE=file it builds with -tags heapprof and writes
 // the idle agent's heap profile there (go tool pprof -sample_index=inuse_space).
 func BenchmarkIdleAgent(b *testing.B) {
@@ -164,8 +168,14 @@ func BenchmarkIdleAgent(b *testing.B) {
 	if v, err := time.ParseDuration(os.Getenv("TWINLET_IDLE_TRIM")); err == nil {
 		trim = v
 	}
+	yaml := fmt.Sprintf("idleTrim: %s\n", trim)
+	// TWINLET_IDLE_KEEPALIVE (connection.keepAlive, e.g. 120s) compares
+	// keep-alives; the default is iothub.DefaultKeepAlive.
+	if v := os.Getenv("TWINLET_IDLE_KEEPALIVE"); v != "" {
+		yaml += fmt.Sprintf("connection: {keepAlive: %s}\n", v)
+	}
 	conf := filepath.Join(e.dir, "twinlet.yaml")
-	os.WriteFile(conf, []byte(fmt.Sprintf("idleTrim: %s\n", trim)), 0o644)
+	os.WriteFile(conf, []byte(yaml), 0o644)
 	for b.Loop() {
 		cmd := exec.Command(bin, "run", "--config", conf, "--root", e.root, "--state-dir", e.state, "--policy", e.policy,
 			"--key-file", key, "--ca-file", filepath.Join(e.dir, "ca.pem"), "--hub-port", port, "--log-level", "warn")
@@ -182,18 +192,43 @@ func BenchmarkIdleAgent(b *testing.B) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		time.Sleep(trim + time.Second) // let start-up work settle (and the trim run) before measuring
-		cpu0, csw0 := procCPU(cmd.Process.Pid), wakeups(cmd.Process.Pid)
+		pid := cmd.Process.Pid
+		cpu0 := procCPU(pid)
 		// The resident set over the window, sampled each second: the
 		// agent's own timers (the keep-alive ping, the resync every 5 min
 		// that observes every section) bring pages back until the next
 		// trim, so a single reading at the end depends on when it falls.
-		var rssSum, rssMax, rssN int64
-		for end := time.Now().Add(idle); time.Now().Before(end); {
-			time.Sleep(min(time.Second, time.Until(end)))
-			v := procStatus(cmd.Process.Pid, "VmRSS")
+		// The scheduler's counts are sampled every wakeSample: a wake is a
+		// run of samples in which some thread of the agent got the CPU.
+		var rssSum, rssMax, rssN, lastRSS int64
+		var w wakeCounter
+		start := time.Now()
+		w.sample(pid, start)
+		if out := os.Getenv("TWINLET_IDLE_STRACE"); out != "" {
+			st := exec.Command("strace", "-f", "-tt", "-o", out, "-p", strconv.Itoa(pid))
+			if err := st.Start(); err != nil {
+				b.Fatalf("strace: %v", err)
+			}
+			defer func() { st.Process.Signal(os.Interrupt); st.Wait() }()
+		}
+		for end, nextRSS := start.Add(idle), start.Add(time.Second); time.Now().Before(end); {
+			time.Sleep(min(wakeSample, time.Until(end)))
+			w.sample(pid, time.Now())
+			if time.Now().Before(nextRSS) {
+				continue
+			}
+			nextRSS = nextRSS.Add(time.Second)
+			v := procStatus(pid, "VmRSS")
+			if rssN > 0 && v != lastRSS {
+				b.Logf("rss at  %8.3f s: %d KiB (%+d; file-backed %d KiB)", time.Since(start).Seconds(), v, v-lastRSS, procStatus(pid, "RssFile"))
+			}
+			lastRSS = v
 			rssSum, rssN, rssMax = rssSum+v, rssN+1, max(rssMax, v)
 		}
-		cpu1, csw1 := procCPU(cmd.Process.Pid), wakeups(cmd.Process.Pid)
+		cpu1 := procCPU(pid)
+		for _, wk := range w.wakes {
+			b.Logf("wake at %8.3f s: %3d timeslices, by thread %v", wk.at.Sub(start).Seconds(), wk.slices, wk.threads)
+		}
 		if prof != "" {
 			cmd.Process.Signal(syscall.SIGUSR1)
 			time.Sleep(time.Second)
@@ -220,10 +255,83 @@ func BenchmarkIdleAgent(b *testing.B) {
 		b.ReportMetric(float64(anon)/1024, "rss-anon-MiB")
 		b.ReportMetric(float64(file)/1024, "rss-file-MiB")
 		b.ReportMetric(float64((cpu1-cpu0).Microseconds())/1000/idle.Seconds(), "cpu-ms/s")
-		b.ReportMetric(float64(csw1-csw0)/idle.Seconds(), "wakeups/s")
+		b.ReportMetric(float64(len(w.wakes))/idle.Minutes(), "wakeups/min")
+		b.ReportMetric(float64(w.slices)/idle.Minutes(), "timeslices/min")
 		b.ReportMetric(float64(fi.Size())/(1<<20), "binary-MiB")
 		b.ReportMetric(0, "ns/op")
 	}
+}
+
+// wakeSample is how often the idle agent's scheduling counts are read:
+// two wakes closer than this count as one.
+const wakeSample = 50 * time.Millisecond
+
+// wakeCounter counts the wakes of an idle process from samples of its
+// threads' scheduling counts: a wake is a run of consecutive samples in
+// which the count of timeslices grew (a thread got the CPU). Reading
+// /proc does not schedule the process read.
+type wakeCounter struct {
+	last   map[int]int64 // timeslices per thread at the last sample; nil before the first
+	slices int64         // timeslices since the first sample
+	inWake bool          // the last sample saw the process run
+	wakes  []wake
+}
+
+// wake is one wake of the process: when it was seen, the timeslices its
+// threads ran in it, and which threads ran (the thread's number, in the
+// order the process started them: 1 is the main thread, 2 usually the
+// runtime's monitor, sysmon) with their timeslices.
+type wake struct {
+	at      time.Time
+	slices  int64
+	threads map[int]int64
+}
+
+func (w *wakeCounter) sample(pid int, now time.Time) {
+	per := threadSlices(pid)
+	if w.last == nil {
+		w.last = per
+		return
+	}
+	var d int64
+	ran := map[int]int64{}
+	for tid, n := range per {
+		if dn := n - w.last[tid]; dn > 0 {
+			d += dn
+			ran[tid-pid+1] += dn
+		}
+	}
+	w.last = per
+	if d == 0 {
+		w.inWake = false
+		return
+	}
+	w.slices += d
+	if !w.inWake {
+		w.inWake = true
+		w.wakes = append(w.wakes, wake{at: now, threads: map[int]int64{}})
+	}
+	wk := &w.wakes[len(w.wakes)-1]
+	wk.slices += d
+	for t, n := range ran {
+		wk.threads[t] += n
+	}
+}
+
+// threadSlices is the timeslices each thread of pid ran, by thread id
+// (the third field of /proc/PID/task/TID/schedstat: each time the
+// scheduler gave the thread the CPU, voluntary switches or not).
+func threadSlices(pid int) map[int]int64 {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	out := make(map[int]int64, len(tasks))
+	for _, t := range tasks {
+		tid, _ := strconv.Atoi(filepath.Base(filepath.Dir(t)))
+		b, _ := os.ReadFile(t)
+		if f := strings.Fields(string(b)); len(f) == 3 {
+			out[tid], _ = strconv.ParseInt(f[2], 10, 64)
+		}
+	}
+	return out
 }
 
 // procCPU is the CPU time of every thread of pid, from
@@ -240,17 +348,6 @@ func procCPU(pid int) time.Duration {
 		}
 	}
 	return time.Duration(n)
-}
-
-// wakeups sums the voluntary context switches of every thread.
-func wakeups(pid int) int64 {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
-	var n int64
-	for _, t := range tasks {
-		tid, _ := strconv.Atoi(filepath.Base(t))
-		n += procStatusOf(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid), "voluntary_ctxt_switches")
-	}
-	return n
 }
 
 // procStatus reads a numeric field of /proc/PID/status (kB for sizes).

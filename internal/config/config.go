@@ -262,10 +262,23 @@ type Connection struct {
 	// HTTPSPort overrides 443 for the HTTPS requests of file upload
 	// (tests, emulators such as twinhub).
 	HTTPSPort int `yaml:"httpsPort"`
+	// KeepAlive is the MQTT keep-alive, whole seconds from 1s to
+	// MaxKeepAlive; 0 means iothub.DefaultKeepAlive. The agent pings
+	// after three quarters of it without traffic, the hub drops the
+	// connection after 1.5 times it: a longer one wakes an idle device
+	// less often, a shorter one keeps a NAT that forgets quiet
+	// connections sooner from dropping it.
+	KeepAlive time.Duration `yaml:"keepAlive"`
 	// DPS provisions the identity through the Device Provisioning
 	// Service (see dps.go); the identity is kept in the state directory.
 	DPS *DPS `yaml:"dps"`
 }
+
+// MaxKeepAlive is the longest keep-alive IoT Hub honours: it gives up on
+// a device after 1.5 times its keep-alive, but never later than 1767 s
+// (29.45 min), so that beyond 1177 s the hub would not wait as long as
+// the keep-alive it was told.
+const MaxKeepAlive = 1177 * time.Second
 
 // X509 is a client certificate and its key (PEM files).
 type X509 struct {
@@ -405,6 +418,9 @@ func (c *Config) Check() error {
 	if n > 1 {
 		return fmt.Errorf("%sconnection: set only one of connectionString, keyFile, x509, tpm", c.at("connection"))
 	}
+	if err := c.checkKeepAlive(); err != nil {
+		return err
+	}
 	if c.Connection.DPS != nil {
 		if n > 0 {
 			return fmt.Errorf("connection: dps provisions the identity; do not set connectionString, keyFile or x509 with it")
@@ -438,6 +454,49 @@ func (c *Config) Check() error {
 		return err
 	}
 	return c.checkFiles()
+}
+
+// checkKeepAlive checks connection.keepAlive: absent (or 0, which the
+// file may not give) means the default; otherwise whole seconds from 1s
+// to MaxKeepAlive, the unit the CONNECT packet carries.
+func (c *Config) checkKeepAlive() error {
+	d := c.Connection.KeepAlive
+	if d == 0 && !c.given("connection", "keepAlive") {
+		return nil
+	}
+	at := c.at("connection", "keepAlive")
+	switch {
+	case d < time.Second || d > MaxKeepAlive:
+		return fmt.Errorf("%sconnection.keepAlive: %v is not between 1s and %ds (IoT Hub drops a device after 1.5 × its keep-alive, at most after 1767s)", at, d, MaxKeepAlive/time.Second)
+	case d%time.Second != 0:
+		return fmt.Errorf("%sconnection.keepAlive: %v is not whole seconds (MQTT sends the keep-alive in seconds)", at, d)
+	}
+	return nil
+}
+
+// given reports whether the file the config was read from sets the
+// value at keys (mapping keys only).
+func (c *Config) given(keys ...string) bool {
+	if c.src == nil || c.src.doc == nil {
+		return false
+	}
+	n := c.src.doc
+	for _, k := range keys {
+		if n.Kind != yaml.MappingNode {
+			return false
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == k {
+				next = n.Content[i+1]
+			}
+		}
+		if next == nil {
+			return false
+		}
+		n = next
+	}
+	return true
 }
 
 // CheckAllowedRoots checks the allowed roots against the root they will

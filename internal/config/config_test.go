@@ -278,6 +278,31 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// TestKeepAlive: connection.keepAlive sets the MQTT keep-alive, whole
+// seconds from 1s to 1177s (beyond that IoT Hub would give up on the
+// device sooner than 1.5 × the keep-alive it was told); a bad value is
+// located.
+func TestKeepAlive(t *testing.T) {
+	c, err := located(t, "connection:\n  keyFile: /nonexistent/k\n  keepAlive: 15m\n", 0o600)
+	if err != "" || c.Connection.KeepAlive != 15*time.Minute {
+		t.Fatalf("keepAlive 15m: %v %s", c.Connection.KeepAlive, err)
+	}
+	if c, err := located(t, "root: /\n", 0o600); err != "" || c.Connection.KeepAlive != 0 {
+		t.Fatalf("absent keepAlive: %v %s, want 0 (the default)", c.Connection.KeepAlive, err)
+	}
+	for _, tt := range []struct{ body, want string }{
+		{"connection:\n  keyFile: /k\n  keepAlive: 0s\n", "F:3: connection.keepAlive: 0s is not between 1s and 1177s"},
+		{"connection:\n  keepAlive: 1178s\n", "F:2: connection.keepAlive: 19m38s is not between 1s and 1177s"},
+		{"connection:\n  keepAlive: -5s\n", "F:2: connection.keepAlive: -5s is not between"},
+		{"connection:\n  keepAlive: 90500ms\n", "F:2: connection.keepAlive: 1m30.5s is not whole seconds"},
+		{"connection:\n  keepAlive: 240\n", "line 2: cannot unmarshal !!int `240` into time.Duration"},
+	} {
+		if _, err := located(t, tt.body, 0o600); !strings.Contains(err, tt.want) {
+			t.Errorf("%q: %s, want %s", tt.body, err, tt.want)
+		}
+	}
+}
+
 // TestTimeouts: timeouts replaces a section's call timeout; an unknown
 // section and a value out of range are located.
 func TestTimeouts(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,4 +89,141 @@ func TestKeepConnGivesUpOnASilentHub(t *testing.T) {
 	if !bytes.HasSuffix(b, pingreq) || k.pings.Load() != 1 {
 		t.Fatalf("wrote %x with %d pings, want the CONNECT and one ping", b, k.pings.Load())
 	}
+}
+
+// TestKeepConnPingsAtTheTickAfterTraffic: traffic both ways after the
+// timer was armed does not cost the idle device a second wake: the tick
+// that finds the connection quiet for a quarter of the keep-alive pings
+// then, instead of arming the timer again for three quarters after the
+// traffic and pinging at that next wake.
+func TestKeepConnPingsAtTheTickAfterTraffic(t *testing.T) {
+	device, hub := net.Pipe()
+	defer hub.Close()
+	k := newKeepConn(device, 4*time.Second, time.Minute, slog.New(slog.DiscardHandler))
+	defer k.Close()
+	go func() { // paho's reader
+		b := make([]byte, 64)
+		for {
+			if _, err := k.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { // the hub: takes the CONNECT, answers, reads on
+		b := make([]byte, 256)
+		hub.Read(b)
+		time.Sleep(500 * time.Millisecond)        // well after the timer was armed
+		hub.Write([]byte{0x20, 0x02, 0x00, 0x00}) // CONNACK
+		io.Copy(io.Discard, hub)
+	}()
+	if _, err := k.Write(connectPacket(t, 0)); err != nil { // arms the timer for 3 s
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if _, err := k.Write([]byte{0x40, 0x02, 0x00, 0x01}); err != nil { // a PUBACK
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for k.pings.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no ping")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := k.ticks.Load(); n != 1 {
+		t.Fatalf("the timer fired %d times for the first ping, want 1", n)
+	}
+}
+
+// TestKeepConnNeverMovesAPendingTimerLater: the answer to a ping takes
+// the timer from the answer's deadline to the next ping by letting it
+// fire at once, never by Reset to the later time, which the Go runtime
+// would still wake up for at the old deadline (30 s after every ping
+// with the defaults).
+func TestKeepConnNeverMovesAPendingTimerLater(t *testing.T) {
+	device, hub := net.Pipe()
+	defer hub.Close()
+	var answered atomic.Int64
+	k := newKeepConn(device, 2*time.Second, time.Minute, slog.New(slog.DiscardHandler))
+	k.afterPing = func() { answered.Add(1) }
+	defer k.Close()
+	go func() { // paho's reader
+		b := make([]byte, 64)
+		for {
+			if _, err := k.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { // the hub: answers every PINGREQ with a PINGRESP
+		b := make([]byte, 256)
+		for {
+			n, err := hub.Read(b)
+			if err != nil {
+				return
+			}
+			if bytes.Equal(b[:n], pingreq) {
+				hub.Write([]byte{0xd0, 0x00})
+			}
+		}
+	}()
+	if _, err := k.Write(connectPacket(t, 0)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for answered.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pings answered, want 2", answered.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := k.movedLater.Load(); n != 0 {
+		t.Fatalf("a pending timer was moved later %d times", n)
+	}
+}
+
+// TestKeepConnAfterPingOnceTheAnswerIsRead: AfterPing runs when the
+// packet that answered a ping has been read whole and paho's reader
+// comes back for the next one, not while paho is still reading the
+// answer; read a byte at a time, as paho reads a packet's header, and
+// whatever the packet (a PUBLISH with a two-byte length answers too).
+func TestKeepConnAfterPingOnceTheAnswerIsRead(t *testing.T) {
+	device, hub := net.Pipe()
+	defer hub.Close()
+	var calls atomic.Int64
+	k := newKeepConn(device, time.Hour, time.Minute, slog.New(slog.DiscardHandler))
+	k.afterPing = func() { calls.Add(1) }
+	defer k.Close()
+	publish := append([]byte{0x30, 0x83, 0x01}, bytes.Repeat([]byte{'x'}, 131)...) // remaining length 131
+	go func() {
+		hub.Write([]byte{0xd0, 0x00}) // PINGRESP
+		hub.Write(publish)
+		hub.Write([]byte{0x40, 0x02, 0x00, 0x01}) // PUBACK
+	}()
+	read := func(n int, callsBefore, callsAfter int64) {
+		t.Helper()
+		b := make([]byte, n)
+		k.pingSent.Store(1) // a ping is outstanding when the packet starts
+		if got := calls.Load(); got != callsBefore {
+			t.Fatalf("before a %d-byte read: %d AfterPing calls, want %d", n, got, callsBefore)
+		}
+		if _, err := io.ReadFull(k, b); err != nil {
+			t.Fatal(err)
+		}
+		if got := calls.Load(); got != callsAfter {
+			t.Fatalf("after a %d-byte read: %d AfterPing calls, want %d", n, got, callsAfter)
+		}
+	}
+	read(1, 0, 0) // PINGRESP's type: the answer, not yet read whole
+	read(1, 0, 0) // its length, 0: read whole
+	read(1, 0, 1) // paho back for the next packet: AfterPing first
+	k.pingSent.Store(0)
+	b := make([]byte, 2+131)
+	if _, err := io.ReadFull(k, b); err != nil { // the rest of the PUBLISH
+		t.Fatal(err)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("%d AfterPing calls before the PUBLISH that answered was read whole", calls.Load())
+	}
+	read(1, 1, 2) // the PUBACK's first byte: the PUBLISH was read whole
 }

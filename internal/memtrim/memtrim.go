@@ -57,8 +57,11 @@ type Trimmer struct {
 	// (AfterWake) without a full trim.
 	Unmaps atomic.Int64
 
-	wakeMu    sync.Mutex // guards wakeTimer only: AfterWake never waits for a trim
-	wakeTimer *time.Timer
+	wakeMu      sync.Mutex // guards the fields below only: AfterWake never waits for a trim
+	wakeDelay   time.Duration
+	wakeTimer   *time.Timer
+	wakePending bool      // wakeTimer is armed; it is never moved later
+	lastWake    time.Time // the last AfterWake
 }
 
 // New returns a trimmer; a delay of 0 or less never trims. log (nil:
@@ -67,7 +70,7 @@ func New(delay time.Duration, log *slog.Logger) *Trimmer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Trimmer{delay: delay, log: log}
+	return &Trimmer{delay: delay, log: log, wakeDelay: monitorWake}
 }
 
 // idleHeadroom is how far above what the idle agent holds its memory may
@@ -126,34 +129,70 @@ func (t *Trimmer) Busy() (done func()) {
 	}
 }
 
-// afterWakeDelay is how long after a wake the pages it touched are handed
-// back: long enough for the wake's work to end (a ping's answer is read
-// and dropped in microseconds), short enough to stay within the same
-// burst of activity for the CPU.
-const afterWakeDelay = time.Second
+// monitorWake is the longest the Go runtime lets an idle process sleep:
+// with every P idle, its monitor thread (sysmon) sleeps until the next
+// timer but at most half of forcegcperiod, 2 minutes (Go 1.26
+// runtime/proc.go, sysmon: "sleep := forcegcperiod / 2"). An unmap due
+// this long after a wake is done in the monitor's wake, which comes
+// anyway, instead of one of its own.
+const monitorWake = 60 * time.Second
 
 // AfterWake tells the trimmer that the agent woke briefly for something
-// that is not work (the keep-alive ping): the pages of the executable it
-// touched come back into the resident set and, while the agent is idle
-// (trimmed, nothing in progress), are handed back a moment later. Unlike
-// a trim, the collector stays off and the heap is not scanned. It never
-// blocks; a nil Trimmer or one that never trims does nothing.
+// that is not work (the keep-alive ping, once the hub's answer has been
+// read): the pages of the executable it touched came back into the
+// resident set and, while the agent is idle (trimmed, nothing in
+// progress), are handed back twice: at once, and with the runtime's next
+// wake, monitorWake later, which that unmap shares. Unlike a trim, the
+// collector stays off and the heap is not scanned. It never blocks. A nil
+// Trimmer or one that never trims does nothing.
+//
+// At once, because the ping's pages would otherwise stay until then
+// (BenchmarkIdleAgent -v, keep-alive 120 s: 1.3 MiB). Again later,
+// because what the rest of the answer's wake touches after the first
+// unmap (the reader going back into TLS to wait, paho and the runtime
+// parking their goroutines and threads) stays resident too: 3.6-3.9 MiB
+// file-backed after an unmap at once, 3.1-3.2 MiB after one in a later
+// wake. The later one used to come a second after the ping, on a timer
+// that woke the idle agent once more after every ping. When wakes come
+// more often than monitorWake (a keep-alive of 80 s or less) the next
+// one would come before that timer: only the unmap at once is done.
 func (t *Trimmer) AfterWake() {
 	if t == nil || t.delay <= 0 {
 		return
 	}
 	t.wakeMu.Lock()
 	defer t.wakeMu.Unlock()
+	now := time.Now()
+	prev := t.lastWake
+	t.lastWake = now
+	// TryLock: whoever holds the lock is trimming (which unmaps too) or
+	// noting work (after which a trim comes); waiting for them would hold
+	// up the caller, the connection's reader.
+	if t.mu.TryLock() {
+		t.unmapIfIdleLocked()
+		t.mu.Unlock()
+	}
+	if t.wakePending || !prev.IsZero() && now.Sub(prev) < t.wakeDelay {
+		return // a pending timer is never moved later: the runtime would still wake at its old time
+	}
+	t.wakePending = true
 	if t.wakeTimer == nil {
-		t.wakeTimer = time.AfterFunc(afterWakeDelay, t.unmapIfIdle)
+		t.wakeTimer = time.AfterFunc(t.wakeDelay, t.afterWakeTimer)
 		return
 	}
-	t.wakeTimer.Reset(afterWakeDelay)
+	t.wakeTimer.Reset(t.wakeDelay)
 }
 
-func (t *Trimmer) unmapIfIdle() {
+func (t *Trimmer) afterWakeTimer() {
+	t.wakeMu.Lock()
+	t.wakePending = false
+	t.wakeMu.Unlock()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.unmapIfIdleLocked()
+}
+
+func (t *Trimmer) unmapIfIdleLocked() {
 	if t.stopped || t.active > 0 || !t.idleGC {
 		return // a trim is due anyway, or work is in progress
 	}

@@ -141,35 +141,72 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestAfterWakeUnmapsOnlyWhenIdle: a wake that is not work (a keep-alive
-// ping) hands the executable's pages back a moment later while the agent
-// is trimmed, leaving the collector off; before the first trim or during
-// work it does nothing.
-func TestAfterWakeUnmapsOnlyWhenIdle(t *testing.T) {
+// TestAfterWakeUnmapsAtOnceAndInTheMonitorsWake: a wake that is not
+// work (a keep-alive ping) hands the executable's pages back while the
+// agent is trimmed, leaving the collector off: at once, and again on a
+// timer due when the Go runtime's monitor wakes anyway (monitorWake;
+// shortened here), which later wakes never move; before the first trim
+// or during work it does nothing. Wakes closer together than that only
+// unmap at once: the next would come before the timer.
+func TestAfterWakeUnmapsAtOnceAndInTheMonitorsWake(t *testing.T) {
+	if monitorWake != 60*time.Second {
+		t.Fatalf("monitorWake = %v, want the runtime's forcegcperiod/2, 60s", monitorWake)
+	}
 	gc := debug.SetGCPercent(77)
 	defer debug.SetGCPercent(gc)
 	tr := New(20*time.Millisecond, nil)
+	tr.wakeDelay = 200 * time.Millisecond
 	defer tr.Stop()
 	done := tr.Busy()
 	tr.AfterWake()
-	time.Sleep(afterWakeDelay + 300*time.Millisecond)
+	time.Sleep(tr.wakeDelay + 100*time.Millisecond)
 	if n := tr.Unmaps.Load(); n != 0 {
 		t.Fatalf("%d unmaps during work", n)
 	}
 	done()
 	waitFor(t, "the trim", tr.IdleGC)
 	tr.AfterWake()
-	tr.AfterWake() // one unmap for a burst
-	waitFor(t, "the unmap after the wake", func() bool { return tr.Unmaps.Load() == 1 })
-	time.Sleep(afterWakeDelay / 2)
 	if n := tr.Unmaps.Load(); n != 1 {
-		t.Fatalf("%d unmaps after two wakes at once, want 1", n)
+		t.Fatalf("%d unmaps when AfterWake returned, want 1 (at once)", n)
+	}
+	tr.wakeMu.Lock()
+	pending := tr.wakePending
+	tr.wakeMu.Unlock()
+	if !pending {
+		t.Fatal("no second unmap pending for the monitor's wake")
+	}
+	tr.AfterWake() // a second wake before it: at once, and the same timer, not moved later
+	if n := tr.Unmaps.Load(); n != 2 {
+		t.Fatalf("%d unmaps after the second wake, want 2", n)
+	}
+	waitFor(t, "the unmap in the monitor's wake", func() bool { return tr.Unmaps.Load() == 3 })
+	time.Sleep(tr.wakeDelay + 100*time.Millisecond)
+	if n := tr.Unmaps.Load(); n != 3 {
+		t.Fatalf("%d unmaps after two wakes at once, want 3 (two at once, one later)", n)
 	}
 	if !tr.IdleGC() {
 		t.Fatal("a wake turned the collector back on")
 	}
 	if p := debug.SetGCPercent(-1); p != -1 {
 		t.Fatalf("GC percent after a wake = %d, want -1 (off)", p)
+	}
+	// Wakes closer together than the monitor's: at once only.
+	tr.wakeMu.Lock()
+	tr.lastWake = time.Now() // as if the last ping had just been answered
+	tr.wakeMu.Unlock()
+	tr.AfterWake()
+	tr.wakeMu.Lock()
+	pending = tr.wakePending
+	tr.wakeMu.Unlock()
+	if n := tr.Unmaps.Load(); n != 4 || pending {
+		t.Fatalf("a wake less than %v after the last: %d unmaps (want 4), timer pending %v (want none)", tr.wakeDelay, n, pending)
+	}
+	// Held by a trim or by work starting: nothing to do, and no waiting.
+	tr.mu.Lock()
+	tr.AfterWake()
+	tr.mu.Unlock()
+	if n := tr.Unmaps.Load(); n != 4 {
+		t.Fatalf("%d unmaps with the trimmer held, want still 4", n)
 	}
 	New(0, nil).AfterWake()
 	var nilT *Trimmer
