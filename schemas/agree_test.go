@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/santhosh-tekuri/jsonschema/v5"
+
+	"github.com/twinlet/twinlet/internal/testutil"
 )
 
 // A general-purpose JSON Schema library (test-only: it is not in the
@@ -119,7 +121,7 @@ func TestAgreesWithReference(t *testing.T) {
 			if probs, err := ours.Validate([]byte(seed)); err != nil || probs != nil {
 				t.Errorf("%s: seed %s is not valid: %v %v", tg.name, seed, probs, err)
 			}
-			for _, m := range append([]any{v}, mutations(v)...) {
+			for _, m := range append([]any{v}, testutil.Mutations(v, mutationValues)...) {
 				doc, _ := json.Marshal(m)
 				docs++
 				probs, err := ours.Validate(doc)
@@ -153,59 +155,9 @@ func TestAgreesWithReference(t *testing.T) {
 	t.Logf("%d documents over %d schemas, %d invalid", docs, len(targets), invalid)
 }
 
-// mutations returns documents one change away from doc: at every place,
-// an unknown member added, each member removed, and the value replaced
-// by values of every JSON type, empty, long, out of range and badly
-// formed.
-func mutations(doc any) []any {
-	repl := []any{"", "x", "13", "Bad_Value!", "/abs/path", "a/../b", strings.Repeat("a", 300), "é", 0.0, -1.0, 1.5, 5.0, 1e9, 0.3,
-		true, false, nil, []any{}, []any{"x"}, []any{"x", "x"}, []any{1.0, true}, map[string]any{}, map[string]any{"k": 1.0}}
-	var out []any
-	var walk func(v any, set func(any) any)
-	walk = func(v any, set func(any) any) {
-		for _, r := range repl {
-			out = append(out, set(r))
-		}
-		switch x := v.(type) {
-		case map[string]any:
-			out = append(out, set(with(x, "zzUnknown", "x")), set(with(x, "x-extra", 1.0)))
-			for k := range x {
-				out = append(out, set(without(x, k)))
-				walk(x[k], func(nv any) any { return set(with(x, k, nv)) })
-			}
-		case []any:
-			out = append(out, set(append(append([]any(nil), x...), x...)))
-			for i := range x {
-				walk(x[i], func(nv any) any {
-					c := append([]any(nil), x...)
-					c[i] = nv
-					return set(c)
-				})
-			}
-		}
-	}
-	walk(doc, func(v any) any { return v })
-	return out
-}
-
-func with(m map[string]any, k string, v any) map[string]any {
-	c := make(map[string]any, len(m)+1)
-	for a, b := range m {
-		c[a] = b
-	}
-	c[k] = v
-	return c
-}
-
-func without(m map[string]any, k string) map[string]any {
-	c := make(map[string]any, len(m))
-	for a, b := range m {
-		if a != k {
-			c[a] = b
-		}
-	}
-	return c
-}
+// mutationValues are what each place of a seed is replaced by.
+var mutationValues = []any{"", "x", "13", "Bad_Value!", "/abs/path", "a/../b", strings.Repeat("a", 300), "é", 0.0, -1.0, 1.5, 5.0, 1e9, 0.3,
+	true, false, nil, []any{}, []any{"x"}, []any{"x", "x"}, []any{1.0, true}, map[string]any{}, map[string]any{"k": 1.0}}
 
 // TestCompileRefuses: a schema this validator would enforce less than it
 // says, or that is not a schema, is refused with the location.

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/big"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -426,7 +428,7 @@ func (c *compiler) keywords(n *node, s map[string]any, loc string) error {
 			if !ok {
 				return c.errorf(at, "dependentRequired must be an object of string arrays")
 			}
-			for _, name := range sortedKeys(m) {
+			for _, name := range slices.Sorted(maps.Keys(m)) {
 				needs, err := names(m[name], at+"/"+escape(name), "each member of dependentRequired")
 				if err != nil {
 					return err
@@ -438,7 +440,7 @@ func (c *compiler) keywords(n *node, s map[string]any, loc string) error {
 			if m, err = schemaMap(k); err != nil {
 				return err
 			}
-			for _, name := range sortedKeys(m) {
+			for _, name := range slices.Sorted(maps.Keys(m)) {
 				n.dependentSchemas = append(n.dependentSchemas, dependentSchema{name: name, n: m[name]})
 			}
 		case "allOf":
@@ -461,13 +463,4 @@ func (c *compiler) keywords(n *node, s map[string]any, loc string) error {
 		}
 	}
 	return nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

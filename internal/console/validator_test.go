@@ -11,6 +11,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/twinlet/twinlet/internal/console"
+	"github.com/twinlet/twinlet/internal/testutil"
 	"github.com/twinlet/twinlet/schemas"
 )
 
@@ -156,58 +157,9 @@ var methodSeeds = map[string][]string{
 	"reboot.now":          {`{"delay": 10, "reason": "kernel update"}`},
 }
 
-// mutations returns documents one change away from doc: at every place,
-// an unknown member added, each member removed, and the value replaced
-// by values of every JSON type, empty, long, out of range and badly
-// formed.
-func mutations(doc any) []any {
-	repl := []any{"", "x", "Bad_Value!", "/abs/path", "a/../b", strings.Repeat("a", 300), "é", float64(0), float64(-1),
-		1.5, float64(1e9), true, false, nil, []any{}, []any{"x"}, []any{"x", "x"}, map[string]any{}}
-	var out []any
-	var walk func(v any, set func(any) any)
-	walk = func(v any, set func(any) any) {
-		for _, r := range repl {
-			out = append(out, set(r))
-		}
-		switch x := v.(type) {
-		case map[string]any:
-			out = append(out, set(with(x, "zzUnknown", "x")))
-			for k := range x {
-				out = append(out, set(without(x, k)))
-				walk(x[k], func(nv any) any { return set(with(x, k, nv)) })
-			}
-		case []any:
-			for i := range x {
-				walk(x[i], func(nv any) any {
-					c := append([]any(nil), x...)
-					c[i] = nv
-					return set(c)
-				})
-			}
-		}
-	}
-	walk(doc, func(v any) any { return v })
-	return out
-}
-
-func with(m map[string]any, k string, v any) map[string]any {
-	c := make(map[string]any, len(m)+1)
-	for a, b := range m {
-		c[a] = b
-	}
-	c[k] = v
-	return c
-}
-
-func without(m map[string]any, k string) map[string]any {
-	c := make(map[string]any, len(m))
-	for a, b := range m {
-		if a != k {
-			c[a] = b
-		}
-	}
-	return c
-}
+// mutationValues are what each place of a seed is replaced by.
+var mutationValues = []any{"", "x", "Bad_Value!", "/abs/path", "a/../b", strings.Repeat("a", 300), "é", float64(0), float64(-1),
+	1.5, float64(1e9), true, false, nil, []any{}, []any{"x"}, []any{"x", "x"}, map[string]any{}}
 
 // TestValidatorsAgreeMutated runs both validators on every section schema
 // the console serves and every provider method's payload schema, over
@@ -267,7 +219,7 @@ func TestValidatorsAgreeMutated(t *testing.T) {
 			if ps, _ := sch.Validate([]byte(seed)); len(ps) > 0 {
 				continue // an invalid corpus document: mutations of it say little
 			}
-			for _, m := range mutations(v) {
+			for _, m := range testutil.Mutations(v, mutationValues) {
 				b, _ := json.Marshal(m)
 				docs = append(docs, b)
 			}

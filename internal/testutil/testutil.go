@@ -75,3 +75,55 @@ func Untar(t testing.TB, archive []byte) map[string][]byte {
 		out[h.Name] = data
 	}
 }
+
+// Mutations returns documents one change away from doc (decoded JSON),
+// for validators to be run on: at every place the value replaced by each
+// of repl, and in objects an unknown member added and each member
+// removed, in arrays the items repeated.
+func Mutations(doc any, repl []any) []any {
+	var out []any
+	var walk func(v any, set func(any) any)
+	walk = func(v any, set func(any) any) {
+		for _, r := range repl {
+			out = append(out, set(r))
+		}
+		switch x := v.(type) {
+		case map[string]any:
+			out = append(out, set(with(x, "zzUnknown", "x")), set(with(x, "x-extra", 1.0)))
+			for k := range x {
+				out = append(out, set(without(x, k)))
+				walk(x[k], func(nv any) any { return set(with(x, k, nv)) })
+			}
+		case []any:
+			out = append(out, set(append(append([]any(nil), x...), x...)))
+			for i := range x {
+				walk(x[i], func(nv any) any {
+					c := append([]any(nil), x...)
+					c[i] = nv
+					return set(c)
+				})
+			}
+		}
+	}
+	walk(doc, func(v any) any { return v })
+	return out
+}
+
+func with(m map[string]any, k string, v any) map[string]any {
+	c := make(map[string]any, len(m)+1)
+	for a, b := range m {
+		c[a] = b
+	}
+	c[k] = v
+	return c
+}
+
+func without(m map[string]any, k string) map[string]any {
+	c := make(map[string]any, len(m))
+	for a, b := range m {
+		if a != k {
+			c[a] = b
+		}
+	}
+	return c
+}
