@@ -592,11 +592,7 @@ func TestValidatedOnceUnderOneSchema(t *testing.T) {
 // watched, a change is applied through inotify alone (the poll and the
 // resync are an hour away), so an idle agent need not re-hash it.
 func TestRunSeesPolicyChangesWithoutPolling(t *testing.T) {
-	if w, err := fsnotify.NewWatcher(); err != nil {
-		t.Skipf("no inotify instance to watch with (%v): the loop polls instead", err)
-	} else {
-		w.Close()
-	}
+	needInotify(t)
 	f := newFixture(t)
 	f.policy(t, "base.yaml", basePolicy)
 	r := f.new(t)
@@ -621,11 +617,7 @@ func TestRunSeesPolicyChangesWithoutPolling(t *testing.T) {
 // loop's timers fire once per resync, not once more for a poll on the
 // same period (which woke an idle agent twice every 5 minutes).
 func TestRunRehashesAWatchedPolicyDirInTheResyncsWake(t *testing.T) {
-	if w, err := fsnotify.NewWatcher(); err != nil {
-		t.Skipf("no inotify instance to watch with (%v): the loop polls instead", err)
-	} else {
-		w.Close()
-	}
+	needInotify(t)
 	f := newFixture(t)
 	f.policy(t, "base.yaml", basePolicy)
 	r := f.new(t)
@@ -709,4 +701,15 @@ func TestReportGoesOutBeforeItsLocalCopies(t *testing.T) {
 	if err != nil || !bytes.Equal(bytes.TrimSpace(rep), bytes.TrimSpace(indent(r.Document()))) {
 		t.Fatalf("reported.json is not the last report (%v)", err)
 	}
+}
+
+// needInotify skips a test of the watched policy directory where no
+// inotify instance is left (the loop polls instead).
+func needInotify(t *testing.T) {
+	t.Helper()
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		t.Skipf("no inotify instance to watch with (%v): the loop polls instead", err)
+	}
+	w.Close()
 }
