@@ -101,14 +101,7 @@ func TestKeepConnPingsAtTheTickAfterTraffic(t *testing.T) {
 	defer hub.Close()
 	k := newKeepConn(device, 4*time.Second, time.Minute, slog.New(slog.DiscardHandler))
 	defer k.Close()
-	go func() { // paho's reader
-		b := make([]byte, 64)
-		for {
-			if _, err := k.Read(b); err != nil {
-				return
-			}
-		}
-	}()
+	go readAll(k) // paho's reader
 	go func() { // the hub: takes the CONNECT, answers, reads on
 		b := make([]byte, 256)
 		hub.Read(b)
@@ -123,13 +116,7 @@ func TestKeepConnPingsAtTheTickAfterTraffic(t *testing.T) {
 	if _, err := k.Write([]byte{0x40, 0x02, 0x00, 0x01}); err != nil { // a PUBACK
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for k.pings.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no ping")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, "no ping", func() bool { return k.pings.Load() > 0 })
 	if n := k.ticks.Load(); n != 1 {
 		t.Fatalf("the timer fired %d times for the first ping, want 1", n)
 	}
@@ -147,14 +134,7 @@ func TestKeepConnNeverMovesAPendingTimerLater(t *testing.T) {
 	k := newKeepConn(device, 2*time.Second, time.Minute, slog.New(slog.DiscardHandler))
 	k.afterPing = func() { answered.Add(1) }
 	defer k.Close()
-	go func() { // paho's reader
-		b := make([]byte, 64)
-		for {
-			if _, err := k.Read(b); err != nil {
-				return
-			}
-		}
-	}()
+	go readAll(k) // paho's reader
 	go func() { // the hub: answers every PINGREQ with a PINGRESP
 		b := make([]byte, 256)
 		for {
@@ -170,13 +150,7 @@ func TestKeepConnNeverMovesAPendingTimerLater(t *testing.T) {
 	if _, err := k.Write(connectPacket(t, 0)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for answered.Load() < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d pings answered, want 2", answered.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, "fewer than 2 pings answered", func() bool { return answered.Load() >= 2 })
 	if n := k.movedLater.Load(); n != 0 {
 		t.Fatalf("a pending timer was moved later %d times", n)
 	}
@@ -226,4 +200,26 @@ func TestKeepConnAfterPingOnceTheAnswerIsRead(t *testing.T) {
 		t.Fatalf("%d AfterPing calls before the PUBLISH that answered was read whole", calls.Load())
 	}
 	read(1, 1, 2) // the PUBACK's first byte: the PUBLISH was read whole
+}
+
+// readAll reads from k until it fails, as paho's reader does.
+func readAll(k *keepConn) {
+	b := make([]byte, 64)
+	for {
+		if _, err := k.Read(b); err != nil {
+			return
+		}
+	}
+}
+
+// waitFor fails with msg when cond is not true within 30 s.
+func waitFor(t *testing.T, msg string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
