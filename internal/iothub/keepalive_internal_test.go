@@ -102,7 +102,7 @@ func TestKeepConnPingsAtTheTickAfterTraffic(t *testing.T) {
 	k := newKeepConn(device, 4*time.Second, time.Minute, slog.New(slog.DiscardHandler))
 	defer k.Close()
 	go readAll(k) // paho's reader
-	go func() { // the hub: takes the CONNECT, answers, reads on
+	go func() {   // the hub: takes the CONNECT, answers, reads on
 		b := make([]byte, 256)
 		hub.Read(b)
 		time.Sleep(500 * time.Millisecond)        // well after the timer was armed
@@ -135,7 +135,7 @@ func TestKeepConnNeverMovesAPendingTimerLater(t *testing.T) {
 	k.afterPing = func() { answered.Add(1) }
 	defer k.Close()
 	go readAll(k) // paho's reader
-	go func() { // the hub: answers every PINGREQ with a PINGRESP
+	go func() {   // the hub: answers every PINGREQ with a PINGRESP
 		b := make([]byte, 256)
 		for {
 			n, err := hub.Read(b)
