@@ -215,7 +215,11 @@ func (k *keepConn) tick() {
 			k.Close()
 			return
 		}
-		k.pingSent.Store(0)
+		// The answer is being read: Read stores lastRead before it
+		// takes pingSent, and arms the timer at once when it does.
+		// Clearing pingSent here would take the answer from it, and
+		// its AfterPing with it.
+		return
 	}
 	// MQTT wants a packet within every keep-alive; ping after three
 	// quarters of it, so that a ping on a slow link is not late. A

@@ -202,6 +202,41 @@ func TestKeepConnAfterPingOnceTheAnswerIsRead(t *testing.T) {
 	read(1, 1, 2) // the PUBACK's first byte: the PUBLISH was read whole
 }
 
+// TestKeepConnTickLeavesTheAnswerToRead: a tick that fires while paho's
+// reader is between noting the read and taking the outstanding ping (the
+// answer is in, pingSent is not yet taken) leaves the ping to Read, which
+// then counts the answer and calls AfterPing once it has been read whole.
+// The tick used to clear pingSent itself, and the answer's AfterPing was
+// lost (a flaky CI failure of the test above).
+func TestKeepConnTickLeavesTheAnswerToRead(t *testing.T) {
+	device, hub := net.Pipe()
+	defer hub.Close()
+	var calls atomic.Int64
+	k := newKeepConn(device, time.Hour, time.Minute, slog.New(slog.DiscardHandler))
+	k.afterPing = func() { calls.Add(1) }
+	defer k.Close()
+	go hub.Write([]byte{0xd0, 0x00, 0x40, 0x02, 0x00, 0x01}) // PINGRESP, PUBACK
+	sent := time.Now().Add(-time.Second).UnixNano()
+	k.pingSent.Store(sent)
+	k.lastRead.Store(time.Now().UnixNano()) // Read noted the answer ...
+	k.tick()                                // ... and the timer fired just then
+	if k.pingSent.Load() != sent {
+		t.Fatal("the tick took the outstanding ping from Read")
+	}
+	if _, err := io.ReadFull(k, make([]byte, 2)); err != nil { // the PINGRESP
+		t.Fatal(err)
+	}
+	if !k.answered.Load() && k.ticks.Load() < 2 {
+		t.Fatal("Read did not count the answer")
+	}
+	if _, err := io.ReadFull(k, make([]byte, 1)); err != nil { // paho back for the PUBACK
+		t.Fatal(err)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("%d AfterPing calls, want 1", calls.Load())
+	}
+}
+
 // readAll reads from k until it fails, as paho's reader does.
 func readAll(k *keepConn) {
 	b := make([]byte, 64)
