@@ -54,7 +54,9 @@ type Info struct {
 	ReadsDesired []string
 	// ReadOnly providers only observe and report (deviceInfo); they have
 	// no desired state, their Plan always returns no change, and they are
-	// reconciled on every pass whether or not anything desires them.
+	// reconciled on every pass whether or not anything desires them,
+	// after the sections that change the system in a one-time pass, and
+	// again whenever another section has changed something.
 	ReadOnly bool
 	// Timeout bounds each call of this provider (Observe, Apply of one
 	// change, a method); 0 means DefaultTimeout. A package install needs

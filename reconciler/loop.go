@@ -285,6 +285,16 @@ func (r *Reconciler) work(ctx context.Context, q *queue, b Backoff, w *fsnotify.
 				}
 			}
 		}
+		if res.Status.Changes > 0 && !c.info.ReadOnly {
+			// Read-only sections (deviceInfo) inventory the system this
+			// section just changed (its hostname): look again now rather
+			// than report the old value until the next resync.
+			for _, other := range r.order {
+				if r.ctrls[other].info.ReadOnly {
+					q.Add(other)
+				}
+			}
+		}
 		r.Publish()
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -86,16 +87,22 @@ func (r *Reconciler) ReconcileAll(ctx context.Context, dryRun bool) *Report {
 
 // passDeps are the sections that one pass over every section (ReconcileAll)
 // runs before id: those it depends on and those it reads
-// (Info.ReadsDesired), and for a reboot policy every other section, so
+// (Info.ReadsDesired); for a read-only section every section that
+// changes the system, so that it inventories what the pass left (the new
+// hostname, not the old); and for a reboot policy every other section, so
 // that it sees every reboot the pass latches.
 func (r *Reconciler) passDeps(id string) []string {
 	info := r.ctrls[id].info
-	if !info.RebootPolicy {
+	if !info.RebootPolicy && !info.ReadOnly {
 		return before(info)
 	}
-	var ds []string
+	ds := before(info)
 	for _, other := range r.order {
-		if !r.ctrls[other].info.RebootPolicy && !r.reaches(other, id, map[string]bool{}) {
+		oi := r.ctrls[other].info
+		if other == id || oi.RebootPolicy || (info.ReadOnly && oi.ReadOnly) || slices.Contains(ds, other) {
+			continue
+		}
+		if !r.reaches(other, id, map[string]bool{}) {
 			ds = append(ds, other)
 		}
 	}
