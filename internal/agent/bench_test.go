@@ -174,6 +174,11 @@ func BenchmarkIdleAgent(b *testing.B) {
 	if v := os.Getenv("TWINLET_IDLE_KEEPALIVE"); v != "" {
 		yaml += fmt.Sprintf("connection: {keepAlive: %s}\n", v)
 	}
+	// TWINLET_IDLE_RESYNC (resync, e.g. 20s) brings the resync into a
+	// short window.
+	if v := os.Getenv("TWINLET_IDLE_RESYNC"); v != "" {
+		yaml += fmt.Sprintf("resync: %s\n", v)
+	}
 	conf := filepath.Join(e.dir, "twinlet.yaml")
 	os.WriteFile(conf, []byte(yaml), 0o644)
 	for b.Loop() {
@@ -205,7 +210,7 @@ func BenchmarkIdleAgent(b *testing.B) {
 		start := time.Now()
 		w.sample(pid, start)
 		if out := os.Getenv("TWINLET_IDLE_STRACE"); out != "" {
-			st := exec.Command("strace", "-f", "-tt", "-o", out, "-p", strconv.Itoa(pid))
+			st := exec.Command("strace", "-f", "-tt", "-s", "4096", "-o", out, "-p", strconv.Itoa(pid))
 			if err := st.Start(); err != nil {
 				b.Fatalf("strace: %v", err)
 			}
