@@ -207,8 +207,15 @@ spec:
 	os.RemoveAll(blocker)
 	testutil.Eventually(t, "the fixed canary Ready", func() bool { return e.run("", "rollout", "status", "app").code == 0 })
 	r = e.run("", "rollout", "run", "app", "--interval", "100ms", "--timeout", "30s")
-	if r.code != 0 || !strings.Contains(r.stdout, "resuming app--") || !strings.Contains(r.stdout, fmt.Sprintf("complete: %d of %d devices Ready", n, n)) {
-		t.Fatalf("resumed rollout: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	// The last stage passes at minReady 90: 18 of the 20 devices may be
+	// Ready when the rollout completes (four runs side by side printed 19
+	// of 20 in 4 of 16); the rest follow.
+	var ready, applied int
+	if _, after, ok := strings.Cut(r.stdout, "complete: "); ok {
+		fmt.Sscanf(after, "%d of %d devices Ready", &ready, &applied)
+	}
+	if r.code != 0 || !strings.Contains(r.stdout, "resuming app--") || applied != n || ready*100 < 90*n {
+		t.Fatalf("resumed rollout: exit %d, %d of %d Ready (want at least 90%% of %d)\n%s%s", r.code, ready, applied, n, r.stdout, r.stderr)
 	}
 	testutil.Eventually(t, "app.conf on every device, motd kept", func() bool {
 		for i := range roots {
